@@ -1,0 +1,191 @@
+package wechat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// tokenServer answers the token endpoints with "at-1", "at-2", ... valid for
+// lifetime, counting fetches.
+func tokenServer(t *testing.T, lifetime int) *scripted {
+	return newScripted(t, func(n int64, r recordedRequest) (int, any) {
+		return 200, fmt.Sprintf(`{"access_token":"at-%d","expires_in":%d}`, n, lifetime)
+	})
+}
+
+func newStable(t *testing.T, base string, clock *fakeClock, store TokenStore) *StableTokenSource {
+	t.Helper()
+	s, err := NewStableTokenSource(StableTokenConfig{BaseURL: base, Secrets: StaticSecrets{"wxapp": "app-secret-1"},
+		Store: store, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestStableTokenRequest(t *testing.T) {
+	srv := tokenServer(t, 7200)
+	src := newStable(t, srv.URL, newFakeClock(), nil)
+	if _, err := src.Token(context.Background(), "wxapp"); err != nil {
+		t.Fatal(err)
+	}
+	r := srv.requests()[0]
+	if r.Path != "/cgi-bin/stable_token" || r.ContentType != "application/json" || r.Query != "" {
+		t.Fatalf("request %+v", r)
+	}
+	var body map[string]any
+	if err := json.Unmarshal(r.Body, &body); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"grant_type": "client_credential", "appid": "wxapp", "secret": "app-secret-1", "force_refresh": false}
+	if fmt.Sprint(body) != fmt.Sprint(want) {
+		t.Fatalf("body %v, want %v", body, want)
+	}
+}
+
+func TestTokenCachedUntilShortlyBeforeExpiry(t *testing.T) {
+	srv := tokenServer(t, 7200)
+	clock := newFakeClock()
+	src := newStable(t, srv.URL, clock, nil)
+	ctx := context.Background()
+	get := func() string {
+		t.Helper()
+		tok, err := src.Token(ctx, "wxapp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if a, b := get(), get(); a != "at-1" || b != "at-1" {
+		t.Fatalf("got %q, %q", a, b)
+	}
+	clock.Advance(7200*time.Second - DefaultEarly - time.Second)
+	if tok := get(); tok != "at-1" {
+		t.Fatalf("renewed too early: %q", tok)
+	}
+	clock.Advance(time.Second)
+	if tok := get(); tok != "at-2" {
+		t.Fatalf("not renewed %v before expiry: %q", DefaultEarly, tok)
+	}
+	if n := len(srv.requests()); n != 2 {
+		t.Fatalf("%d fetches, want 2", n)
+	}
+}
+
+func TestConcurrentCallersShareOneFetch(t *testing.T) {
+	release := make(chan struct{})
+	srv := newScripted(t, func(n int64, r recordedRequest) (int, any) {
+		<-release
+		return 200, fmt.Sprintf(`{"access_token":"at-%d","expires_in":7200}`, n)
+	})
+	src := newStable(t, srv.URL, newFakeClock(), nil)
+	var wg sync.WaitGroup
+	toks := make([]string, 32)
+	errs := make([]error, len(toks))
+	for i := range toks {
+		wg.Go(func() { toks[i], errs[i] = src.Token(context.Background(), "wxapp") })
+	}
+	close(release)
+	wg.Wait()
+	for i := range toks {
+		if errs[i] != nil || toks[i] != "at-1" {
+			t.Fatalf("caller %d: %q, %v", i, toks[i], errs[i])
+		}
+	}
+	if n := len(srv.requests()); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
+	}
+}
+
+func TestRefreshFetchesOnlyIfStillStale(t *testing.T) {
+	srv := tokenServer(t, 7200)
+	src := newStable(t, srv.URL, newFakeClock(), nil)
+	ctx := context.Background()
+	first, _ := src.Token(ctx, "wxapp")
+	second, err := src.Refresh(ctx, "wxapp", first)
+	if err != nil || second == first {
+		t.Fatalf("Refresh(current) = %q, %v; want a new token", second, err)
+	}
+	// Another caller still holding the first token refreshes it: nothing to do.
+	third, err := src.Refresh(ctx, "wxapp", first)
+	if err != nil || third != second {
+		t.Fatalf("Refresh(old) = %q, %v; want %q without a fetch", third, err, second)
+	}
+	if n := len(srv.requests()); n != 2 {
+		t.Fatalf("%d fetches, want 2", n)
+	}
+}
+
+func TestTokenEndpointErrors(t *testing.T) {
+	srv := newScripted(t, func(int64, recordedRequest) (int, any) {
+		return 200, `{"errcode":40001,"errmsg":"invalid credential, secret app-secret-1 wrong"}`
+	})
+	src := newStable(t, srv.URL, newFakeClock(), nil)
+	_, err := src.Token(context.Background(), "wxapp")
+	if ClassOf(err) != ClassConfiguration {
+		t.Fatalf("bad secret: class %v (%v), want configuration", ClassOf(err), err)
+	}
+	if strings.Contains(err.Error(), "app-secret-1") {
+		t.Fatalf("error shows the secret: %v", err)
+	}
+	_, err = src.Token(context.Background(), "wxother")
+	if !errors.Is(err, ErrUnknownAppID) {
+		t.Fatalf("unknown appid: %v", err)
+	}
+	srv2 := newScripted(t, func(int64, recordedRequest) (int, any) { return 200, `{"errcode":0}` })
+	src2 := newStable(t, srv2.URL, newFakeClock(), nil)
+	if _, err := src2.Token(context.Background(), "wxapp"); err == nil {
+		t.Fatal("an answer without access_token was accepted")
+	}
+}
+
+func TestCallerCancellationDoesNotFailOthers(t *testing.T) {
+	release := make(chan struct{})
+	srv := newScripted(t, func(n int64, r recordedRequest) (int, any) {
+		<-release
+		return 200, `{"access_token":"at-1","expires_in":7200}`
+	})
+	src := newStable(t, srv.URL, newFakeClock(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := src.Token(ctx, "wxapp"); first <- err }()
+	for len(srv.requests()) == 0 { // wait until the flight is on the wire
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled caller: %v", err)
+	}
+	close(release)
+	tok, err := src.Token(context.Background(), "wxapp")
+	if err != nil || tok != "at-1" {
+		t.Fatalf("second caller: %q, %v", tok, err)
+	}
+	if n := len(srv.requests()); n != 1 {
+		t.Fatalf("%d fetches, want 1: the canceled caller's flight should have finished", n)
+	}
+}
+
+func TestConfigsValidate(t *testing.T) {
+	bad := map[string]StableTokenConfig{
+		"no secrets": {},
+		"early 5m":   {Secrets: StaticSecrets{}, Early: 5 * time.Minute},
+		"neg early":  {Secrets: StaticSecrets{}, Early: -1},
+		"neg lock":   {Secrets: StaticSecrets{}, LockTTL: -1},
+		"bad base":   {Secrets: StaticSecrets{}, BaseURL: "x"},
+	}
+	for name, cfg := range bad {
+		if _, err := NewStableTokenSource(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+		if _, err := NewAccessTokenSource(AccessTokenConfig(cfg)); err == nil {
+			t.Errorf("%s: accepted by AccessTokenSource", name)
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package wechat
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// maxResponseBytes bounds how much of an answer is read. The largest known
+// answer, get_delivery_list with about 1,400 carriers, is under 100 KiB.
+const maxResponseBytes = 4 << 20
+
+// encodeJSON marshals v the way WeChat wants it: raw UTF-8, no HTML escaping
+// of <>&, no trailing newline. A nil v is the empty object.
+func encodeJSON(v any) ([]byte, error) {
+	if v == nil {
+		return []byte("{}"), nil
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// envelope is the part every WeChat answer shares.
+type envelope struct {
+	Errcode int    `json:"errcode"`
+	Errmsg  string `json:"errmsg"`
+}
+
+// decodeResponse turns one HTTP answer into out or an error. It is tolerant of
+// unknown fields; an answer that is not JSON is a (transient) decode error.
+// It never panics, whatever body holds.
+func decodeResponse(endpoint string, status int, body []byte, out any, classify func(int) Class) error {
+	var env envelope
+	if status != http.StatusOK {
+		_ = json.Unmarshal(body, &env) // best effort: some gateways answer with a WeChat body
+		msg := env.Errmsg
+		if msg == "" {
+			msg = http.StatusText(status)
+		}
+		return &Error{Endpoint: endpoint, Code: env.Errcode, Msg: msg, HTTPStatus: status,
+			Class: httpClass(status, env.Errcode, classify)}
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		return fmt.Errorf("wechat %s: decode response: %w", endpoint, err)
+	}
+	if env.Errcode != 0 {
+		return &Error{Endpoint: endpoint, Code: env.Errcode, Msg: env.Errmsg, Class: classify(env.Errcode)}
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("wechat %s: decode response: %w", endpoint, err)
+		}
+	}
+	return nil
+}
+
+// httpClass classifies an answer whose status was not 200. Server trouble is
+// transient whatever the body says; an errcode is trusted next; any other
+// status (404 from a wrong BaseURL, 403 from a proxy) needs an operator.
+func httpClass(status, code int, classify func(int) Class) Class {
+	switch {
+	case status >= 500, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+		return ClassTransient
+	case code != 0:
+		return classify(code)
+	default:
+		return ClassConfiguration
+	}
+}
+
+// wire is the HTTP plumbing shared by Client and the token sources.
+type wire struct {
+	base     string // no trailing slash
+	hc       *http.Client
+	classify func(int) Class
+}
+
+// request is one call on the wire.
+type request struct {
+	method   string // GET or POST
+	endpoint string // name used in errors, e.g. "trace_waybill"
+	path     string // e.g. "/cgi-bin/stable_token"
+	query    url.Values
+	body     []byte   // POST only
+	secrets  []string // values scrubbed from errmsg besides the query's
+}
+
+// do sends r and decodes the answer into out. Neither the query (which may hold
+// an access_token or a secret) nor r.secrets ever appear in the returned error.
+func (w *wire) do(ctx context.Context, r *request, out any) error {
+	u := w.base + r.path
+	if len(r.query) > 0 {
+		u += "?" + r.query.Encode()
+	}
+	var body io.Reader
+	if r.method == http.MethodPost {
+		body = bytes.NewReader(r.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
+	if err != nil {
+		return fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err))
+	}
+	req.Header.Set("Accept", "application/json")
+	if r.method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err))
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return fmt.Errorf("wechat %s: read response: %w", r.endpoint, err)
+	}
+	if len(data) > maxResponseBytes {
+		return fmt.Errorf("wechat %s: response larger than %d bytes", r.endpoint, maxResponseBytes)
+	}
+	err = decodeResponse(r.endpoint, resp.StatusCode, data, out, w.classify)
+	var we *Error
+	if errors.As(err, &we) {
+		we.Msg = scrub(we.Msg, r)
+	}
+	return err
+}
+
+// scrub removes every secret of r from s, in case WeChat echoes one.
+func scrub(s string, r *request) string {
+	for _, vs := range r.query {
+		for _, v := range vs {
+			s = scrubOne(s, v)
+		}
+	}
+	for _, v := range r.secrets {
+		s = scrubOne(s, v)
+	}
+	return s
+}
+
+func scrubOne(s, secret string) string {
+	if len(secret) < 6 { // short values (grant_type, flags) are not secrets
+		return s
+	}
+	return strings.ReplaceAll(s, secret, "[redacted]")
+}
+
+// redactURLError drops the query (access_token, secret) from the URL that
+// net/http puts in its errors, keeping the error chain intact for errors.Is/As.
+func redactURLError(err error) error {
+	ue, ok := err.(*url.Error) // net/http returns it unwrapped
+	if !ok {
+		return err
+	}
+	u := ue.URL
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		u = u[:i] + "?[redacted]"
+	}
+	return &url.Error{Op: ue.Op, URL: u, Err: ue.Err}
+}
