@@ -1,0 +1,113 @@
+package waybill
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill/wechat"
+)
+
+func fail(err error) func() (*wechat.TraceWaybillResponse, error) {
+	return func() (*wechat.TraceWaybillResponse, error) { return nil, err }
+}
+
+func succeed() (*wechat.TraceWaybillResponse, error) {
+	return &wechat.TraceWaybillResponse{WaybillToken: "t"}, nil
+}
+
+func TestBreakerCountsOnlyTransientFaults(t *testing.T) {
+	cases := map[string]error{
+		"invalid openid":     wechatErr(40003),
+		"daily quota":        wechatErr(45009),
+		"minute rate":        wechatErr(45011),
+		"not yet":            wechatErr(931023),
+		"plugin not enabled": wechatErr(48001),
+		"cancelled":          fmt.Errorf("trace: %w", context.Canceled),
+	}
+	for name, err := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := newBreakers(BreakerConfig{ConsecutiveFailures: 2})
+			_, _ = b.execute("wxa", fail(wechatErr(-1)))
+			for range 10 {
+				_, _ = b.execute("wxa", fail(err))
+			}
+			assert.Equal(t, gobreaker.StateClosed, b.state("wxa"), "must not trip")
+			// Nor reset: one more transient fault completes the streak.
+			_, _ = b.execute("wxa", fail(wechatErr(-1)))
+			assert.Equal(t, gobreaker.StateOpen, b.state("wxa"), "must not reset the streak either")
+		})
+	}
+}
+
+func TestBreakerIsPerAppID(t *testing.T) {
+	var mu sync.Mutex
+	var changes []string
+	b := newBreakers(BreakerConfig{OnStateChange: func(key string, from, to gobreaker.State) {
+		mu.Lock()
+		defer mu.Unlock()
+		changes = append(changes, fmt.Sprintf("%s %s→%s", key, from, to))
+	}})
+	for range 5 {
+		_, err := b.execute("wxbroken", fail(wechatErr(-1)))
+		require.Error(t, err)
+	}
+	called := false
+	_, err := b.execute("wxbroken", func() (*wechat.TraceWaybillResponse, error) { called = true; return succeed() })
+	require.ErrorIs(t, err, ErrBreakerOpen)
+	assert.False(t, called, "an open breaker must not call WeChat")
+
+	resp, err := b.execute("wxhealthy", succeed)
+	require.NoError(t, err, "another merchant is unaffected")
+	assert.Equal(t, "t", resp.WaybillToken)
+	assert.Equal(t, []string{"wxbroken closed→open"}, changes)
+}
+
+func TestBreakerSharedKey(t *testing.T) {
+	b := newBreakers(BreakerConfig{ConsecutiveFailures: 1, Key: func(string) string { return "all" }})
+	_, _ = b.execute("wxa", fail(wechatErr(-1)))
+	_, err := b.execute("wxb", succeed)
+	assert.ErrorIs(t, err, ErrBreakerOpen)
+}
+
+func TestBreakerHalfOpenProbeCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := newBreakers(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Minute})
+		_, _ = b.execute("wxa", fail(wechatErr(-1)))
+		require.Equal(t, gobreaker.StateOpen, b.state("wxa"))
+		time.Sleep(time.Minute + time.Second)
+		assert.Equal(t, gobreaker.StateHalfOpen, b.state("wxa"))
+		_, err := b.execute("wxa", succeed)
+		require.NoError(t, err)
+		assert.Equal(t, gobreaker.StateClosed, b.state("wxa"))
+	})
+}
+
+// TestHandlerWaitsOutOpenBreaker: with WeChat failing for a while, the
+// breaker opens, the event waits instead of being dead-lettered, and it is
+// traced once WeChat recovers.
+func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", wechatErr(-1), wechatErr(-1), wechatErr(-1), wechatErr(-1))
+		h := newTestHandler(t, tr, pub, func(c *Config) {
+			c.Breaker = BreakerConfig{ConsecutiveFailures: 2, OpenTimeout: 10 * time.Second}
+			c.Retry.BreakerWait = time.Second
+			c.Backoff = func(int) time.Duration { return 100 * time.Millisecond }
+		})
+		require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+		assert.Len(t, pub.on(DefaultTracedTopic), 1)
+		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+		// Calls were made only while closed or half-open: 2 to trip, 1 probe
+		// that failed and reopened, 1 probe... until the script runs out.
+		assert.Equal(t, 5, tr.callsFor("SF100"))
+		assert.Positive(t, h.Stats().Waits, "the event waited on the open breaker")
+	})
+}

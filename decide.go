@@ -1,0 +1,142 @@
+package waybill
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// Action is what the handler does with an event whose WeChat call failed.
+type Action int
+
+const (
+	// ActionRetry calls again in place after Config.Backoff. Used for
+	// transient faults: the event is never dead-lettered for them.
+	ActionRetry Action = iota + 1
+	// ActionPark defers the event until a later time (the next minute, the
+	// next quota window, hours for a waybill WeChat does not know yet).
+	// With parking configured the event moves to a delay topic and the
+	// partition flows on; without it, the handler waits in place.
+	ActionPark
+	// ActionDeadLetter publishes the event to the dead-letter topic with its
+	// reason and acknowledges it.
+	ActionDeadLetter
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionRetry:
+		return "retry"
+	case ActionPark:
+		return "park"
+	case ActionDeadLetter:
+		return "dead_letter"
+	}
+	return "unknown"
+}
+
+// Decision is the handler's verdict on one failed call.
+type Decision struct {
+	Action Action
+	// Until is when a parked event may run again (ActionPark only).
+	Until time.Time
+	// Reason is set for ActionDeadLetter.
+	Reason Reason
+}
+
+// DecideFunc maps a failed call to a Decision. attempts counts the calls made
+// for the event so far, this one included, across redeliveries.
+type DecideFunc func(err error, class wechat.Class, attempts int, now time.Time) Decision
+
+// RetryPolicy holds the timing the default decision table needs. The zero
+// value is usable: see each field.
+type RetryPolicy struct {
+	// NotYetDelay is how long an event waits after WeChat answered 931023
+	// (waybill not known yet). Zero means 1 hour.
+	NotYetDelay time.Duration
+	// NotYetAttempts bounds the calls made for an event that keeps getting
+	// 931023; then it is dead-lettered with ReasonNotYetExhausted. Zero
+	// means 24, about a day at the default delay.
+	NotYetAttempts int
+	// BreakerWait is how long an event waits when its appid's breaker is
+	// open. Zero means 5 s.
+	BreakerWait time.Duration
+	// QuotaReset returns the start of the next daily quota window after now.
+	// Nil means the next 00:00 in Asia/Shanghai, WeChat's working assumption.
+	QuotaReset func(now time.Time) time.Time
+}
+
+func (p *RetryPolicy) setDefaults() {
+	if p.NotYetDelay == 0 {
+		p.NotYetDelay = time.Hour
+	}
+	if p.NotYetAttempts == 0 {
+		p.NotYetAttempts = 24
+	}
+	if p.BreakerWait == 0 {
+		p.BreakerWait = 5 * time.Second
+	}
+	if p.QuotaReset == nil {
+		p.QuotaReset = NextShanghaiMidnight
+	}
+}
+
+// shanghai is UTC+8 all year (China has no daylight saving time), so a fixed
+// zone is exact and needs no tzdata on the machine.
+var shanghai = time.FixedZone("CST", 8*3600)
+
+// NextShanghaiMidnight returns the first 00:00 China Standard Time after now.
+func NextShanghaiMidnight(now time.Time) time.Time {
+	t := now.In(shanghai)
+	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, shanghai)
+}
+
+// Decide is the default decision table, one row per wechat.Class:
+//
+//	transient, token     → retry in place with backoff (never dead-lettered)
+//	breaker open         → park for BreakerWait
+//	minute_rate (45011)  → park until the next minute
+//	daily_quota (45009)  → park until the quota window resets
+//	not_yet (931023)     → park for NotYetDelay, dead-letter after NotYetAttempts
+//	permanent            → dead-letter, reason permanent
+//	configuration        → dead-letter, reason configuration
+func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now time.Time) Decision {
+	p.setDefaults()
+	if errors.Is(err, ErrBreakerOpen) {
+		return Decision{Action: ActionPark, Until: now.Add(p.BreakerWait)}
+	}
+	switch class {
+	case wechat.ClassMinuteRate:
+		return Decision{Action: ActionPark, Until: now.Truncate(time.Minute).Add(time.Minute)}
+	case wechat.ClassDailyQuota:
+		return Decision{Action: ActionPark, Until: p.QuotaReset(now)}
+	case wechat.ClassNotYet:
+		if attempts >= p.NotYetAttempts {
+			return Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}
+		}
+		return Decision{Action: ActionPark, Until: now.Add(p.NotYetDelay)}
+	case wechat.ClassPermanent:
+		return Decision{Action: ActionDeadLetter, Reason: ReasonPermanent}
+	case wechat.ClassConfiguration:
+		return Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}
+	default:
+		// Transient, token (the client already refreshed once) and anything
+		// unknown: an event that could succeed later is never dead-lettered.
+		return Decision{Action: ActionRetry}
+	}
+}
+
+// DefaultBackoff is exponential from 200 ms, capped at 30 s, with ±20 %
+// jitter so that many handlers do not retry in lockstep.
+func DefaultBackoff(attempt int) time.Duration {
+	const base, ceiling = 200 * time.Millisecond, 30 * time.Second
+	d := base
+	for i := 1; i < attempt && d < ceiling; i++ {
+		d *= 2
+	}
+	d = min(d, ceiling)
+	jitter := time.Duration(rand.Int64N(int64(d)/5*2+1)) - d/5
+	return d + jitter
+}
