@@ -53,7 +53,8 @@
 //   - Quotas: per appid and path a day (45009), per appid and openid a day
 //     (45009; 100 for the query plugin, 50 for the message component), per
 //     appid and path a minute (45011); days start at a configurable time
-//     (default 00:00 UTC+8). A refused call uses no quota.
+//     (default 00:00 UTC+8). A call counts once its token and openid pass;
+//     a call refused for quota does not count.
 //
 // # Simplified
 //
