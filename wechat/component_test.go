@@ -1,0 +1,114 @@
+package wechat
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/waybillkit/waybill/wechat/wechattest"
+)
+
+const (
+	componentID = "wxcomponent000001"
+	merchantID  = "wxmerchant0000001"
+)
+
+// componentSandbox starts a sandbox knowing platform componentID (ticket
+// "ticket-0001") and its authorizer merchantID (refresh token "refresh-0001").
+func componentSandbox(t *testing.T, clock *fakeClock) *wechattest.Server {
+	t.Helper()
+	srv := wechattest.NewServer(wechattest.Config{Now: clock.Now})
+	t.Cleanup(srv.Close)
+	srv.AddComponent(componentID, "component-secret-1", "ticket-0001")
+	srv.AddAuthorizer(componentID, merchantID, "refresh-0001")
+	return srv
+}
+
+func newComponent(t *testing.T, base string, clock *fakeClock, store TokenStore) *ComponentTokenSource {
+	t.Helper()
+	src, err := NewComponentTokenSource(ComponentConfig{BaseURL: base, ComponentAppID: "wxcomponent000001",
+		ComponentSecret: "component-secret-1", Store: store, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src
+}
+
+func TestComponentRotatesAndSavesRefreshToken(t *testing.T) {
+	clock := newFakeClock()
+	srv := componentSandbox(t, clock)
+	const comp, merchant = componentID, merchantID
+	store := new(MemoryStore)
+	src := newComponent(t, srv.URL, clock, store)
+	ctx := context.Background()
+
+	if _, err := src.Token(ctx, merchant); !errors.Is(err, ErrNoRefreshToken) || ClassOf(err) != ClassConfiguration {
+		t.Fatalf("without refresh token: %v", err)
+	}
+	if err := src.SetRefreshToken(ctx, merchant, "refresh-0001"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Token(ctx, merchant); !errors.Is(err, ErrNoVerifyTicket) || ClassOf(err) != ClassConfiguration {
+		t.Fatalf("without ticket: %v", err)
+	}
+	if err := src.SetVerifyTicket(ctx, "ticket-0001"); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t, srv.URL, src)
+	for gen := range 3 {
+		if _, err := c.TraceWaybill(ctx, merchant, sampleTrace()); err != nil {
+			t.Fatalf("generation %d: %v", gen, err)
+		}
+		saved, ok, _ := store.Load(ctx, "authorizer_refresh_token:"+comp+":"+merchant)
+		if !ok || saved.Value != srv.RefreshToken(merchant) || saved.Value == "refresh-0001" {
+			t.Fatalf("generation %d: saved refresh token differs from the sandbox's current one", gen)
+		}
+		// Past the token's life and the old refresh token's grace: only the
+		// saved, rotated refresh token still works.
+		clock.Advance(2*time.Hour + 10*time.Minute)
+		if err := src.SetVerifyTicket(ctx, "ticket-0001"); err != nil { // pushed every 10 min
+			t.Fatal(err)
+		}
+	}
+	if n := len(srv.CallsTo("api_authorizer_token")); n != 3 {
+		t.Fatalf("%d authorizer fetches, want 3", n)
+	}
+	if n := len(srv.CallsTo("api_component_token")); n != 3 {
+		t.Fatalf("%d component fetches, want 3", n)
+	}
+	ct, err := src.ComponentAccessToken(ctx)
+	if err != nil || ct == "" {
+		t.Fatalf("ComponentAccessToken: %q, %v", ct, err)
+	}
+}
+
+func TestComponentRefreshTokenRevoked(t *testing.T) {
+	clock := newFakeClock()
+	srv := componentSandbox(t, clock)
+	src := newComponent(t, srv.URL, clock, nil)
+	ctx := context.Background()
+	_ = src.SetVerifyTicket(ctx, "ticket-0001")
+	_ = src.SetRefreshToken(ctx, "wxmerchant0000001", "refresh-stale-or-forged")
+	_, err := src.Token(ctx, "wxmerchant0000001")
+	var we *Error
+	if !errors.As(err, &we) || we.Code != 61023 || ClassOf(err) != ClassConfiguration {
+		t.Fatalf("bad refresh token: %v", err)
+	}
+	if errors.Is(err, ErrNoRefreshToken) {
+		t.Fatal("confused with a missing refresh token")
+	}
+}
+
+func TestComponentConfigValidate(t *testing.T) {
+	for name, cfg := range map[string]ComponentConfig{
+		"empty":     {},
+		"no secret": {ComponentAppID: "wxc"},
+		"no appid":  {ComponentSecret: "s"},
+		"bad early": {ComponentAppID: "wxc", ComponentSecret: "s", Early: time.Hour},
+	} {
+		if _, err := NewComponentTokenSource(cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
