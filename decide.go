@@ -42,6 +42,9 @@ type Decision struct {
 	Action Action
 	// Until is when a parked event may run again (ActionPark only).
 	Until time.Time
+	// Window marks Until as the start of the next quota window, so that
+	// parking files the event in the window tier.
+	Window bool
 	// Reason is set for ActionDeadLetter.
 	Reason Reason
 }
@@ -111,7 +114,7 @@ func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now tim
 	case wechat.ClassMinuteRate:
 		return Decision{Action: ActionPark, Until: now.Truncate(time.Minute).Add(time.Minute)}
 	case wechat.ClassDailyQuota:
-		return Decision{Action: ActionPark, Until: p.QuotaReset(now)}
+		return Decision{Action: ActionPark, Until: p.QuotaReset(now), Window: true}
 	case wechat.ClassNotYet:
 		if attempts >= p.NotYetAttempts {
 			return Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}

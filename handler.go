@@ -61,6 +61,12 @@ type Config struct {
 	Backoff func(attempt int) time.Duration
 	// Breaker configures the per-appid circuit breakers.
 	Breaker BreakerConfig
+	// Parking, when set, moves events that must wait (ActionPark) to delay
+	// topics on Publisher and acknowledges them, so their partition flows on;
+	// run a DelayRunner to bring them back. Nil means such events wait in
+	// place, holding their partition: fine when one appid's traffic is all
+	// there is, wrong for a service provider's mixed topic.
+	Parking *ParkingConfig
 
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
@@ -86,6 +92,11 @@ func (c *Config) setDefaults() {
 		c.Classify = wechat.ClassOf
 	}
 	c.Retry.setDefaults()
+	if c.Parking != nil {
+		p := *c.Parking // the caller's value stays theirs
+		p.setDefaults(c.InputTopic)
+		c.Parking = &p
+	}
 	if c.Decide == nil {
 		c.Decide = c.Retry.Decide
 	}
@@ -111,6 +122,11 @@ func (c *Config) Validate() error {
 	}
 	if c.InputTopic == c.TracedTopic || c.InputTopic == c.DeadLetterTopic {
 		errs = append(errs, fmt.Errorf("input topic %q must differ from the output topics", c.InputTopic))
+	}
+	if c.Parking != nil {
+		if err := c.Parking.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("waybill config: %w", errors.Join(errs...))
@@ -168,21 +184,17 @@ func (h *Handler) Handle(msg *message.Message) error {
 		if ev != nil {
 			key = ev.OrderID
 		}
-		if err := h.results.dead(msg, key, st.deadLetter(ReasonInvalidEvent, nil, err.Error(), now)); err != nil {
-			return err
-		}
-		h.stats.dead.Add(1)
-		return nil
+		return h.deadLetter(msg, key, st.deadLetter(ReasonInvalidEvent, nil, err.Error(), now))
 	}
 	fields := watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
 
 	req := ev.TraceRequest()
 	for {
 		st.attempts++
-		resp, err := h.breakers.execute(ev.AppID, func() (*wechat.TraceWaybillResponse, error) {
+		resp, callErr := h.breakers.execute(ev.AppID, func() (*wechat.TraceWaybillResponse, error) {
 			return h.cfg.Client.TraceWaybill(ctx, ev.AppID, req)
 		})
-		if err == nil {
+		if callErr == nil {
 			out := &WaybillTraced{
 				Version: SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
 				WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: resp.WaybillToken,
@@ -200,18 +212,27 @@ func (h *Handler) Handle(msg *message.Message) error {
 		}
 		now := h.cfg.Now()
 		st.failed(now)
-		class := h.cfg.Classify(err)
-		d := h.cfg.Decide(err, class, st.attempts, now)
-		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "action": d.Action.String(), "err": err.Error()})
+		class := h.cfg.Classify(callErr)
+		d := h.cfg.Decide(callErr, class, st.attempts, now)
+		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "action": d.Action.String(), "err": callErr.Error()})
 		switch d.Action {
 		case ActionDeadLetter:
 			h.cfg.Logger.Info("dead-lettering event", logFields)
-			if err := h.results.dead(msg, ev.OrderID, st.deadLetter(d.Reason, err, "", now)); err != nil {
-				return err
-			}
-			h.stats.dead.Add(1)
-			return nil
+			return h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
 		case ActionPark:
+			if h.cfg.Parking != nil {
+				parked, err := h.park(msg, st, d.Until, d.Window, now)
+				if err != nil {
+					return err
+				}
+				if parked {
+					h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
+					h.stats.parked.Add(1)
+					return nil
+				}
+				h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
+				return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
+			}
 			h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
 			h.stats.waits.Add(1)
 			if err := sleepUntil(ctx, h.cfg.Now, d.Until); err != nil {
@@ -227,21 +248,31 @@ func (h *Handler) Handle(msg *message.Message) error {
 	}
 }
 
+// deadLetter publishes a dead letter and counts it.
+func (h *Handler) deadLetter(msg *message.Message, key string, d *DeadLetter) error {
+	if err := h.results.dead(msg, key, d); err != nil {
+		return err
+	}
+	h.stats.dead.Add(1)
+	return nil
+}
+
 // Stats counts what the handler did since it was built.
 type Stats struct {
 	Traced       int64 // waybill.traced events published
 	DeadLettered int64 // dead letters published
 	Retries      int64 // in-place retries after transient faults
-	Waits        int64 // waits for a later time (quota, rate, not-yet, breaker)
+	Waits        int64 // in-place waits for a later time (quota, rate, not-yet, breaker)
+	Parked       int64 // events moved to a delay topic
 }
 
-type counters struct{ traced, dead, retries, waits atomic.Int64 }
+type counters struct{ traced, dead, retries, waits, parked atomic.Int64 }
 
 // Stats returns a snapshot of the handler's counters.
 func (h *Handler) Stats() Stats {
 	return Stats{
 		Traced: h.stats.traced.Load(), DeadLettered: h.stats.dead.Load(),
-		Retries: h.stats.retries.Load(), Waits: h.stats.waits.Load(),
+		Retries: h.stats.retries.Load(), Waits: h.stats.waits.Load(), Parked: h.stats.parked.Load(),
 	}
 }
 

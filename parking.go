@@ -1,0 +1,277 @@
+package waybill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Parking moves an event that cannot succeed now but can later (quota spent,
+// 45011, 931023, its appid's breaker open) off the hot partition: the handler
+// publishes it to a delay topic with the time it may run again and
+// acknowledges the input, so the events behind it flow on. A DelayRunner
+// republishes it to the input topic when due.
+//
+// One delay topic with mixed due times would block behind its head: an event
+// parked until midnight would hold back one due in a minute. So each delay
+// topic is a tier with one fixed delay, in which due order equals arrival
+// order, plus one tier for "the next quota window", whose due time (the next
+// reset) only grows with arrival time. An event goes to the shortest tier that
+// waits at least as long as it must; one that must wait longer than the
+// longest tier goes round it again.
+//
+// Per-order ordering: a parked event leaves its partition, so a later event
+// of the same order can overtake it. waybill publishes one trace per order, so
+// this matters only to producers that publish several events per order.
+type ParkingConfig struct {
+	// Tiers are the fixed delays, ascending. Nil means 1 min, 10 min, 1 h.
+	Tiers []time.Duration
+	// TopicPrefix names the delay topics: prefix + tier (e.g.
+	// "order.shipped.delay.10m0s") and prefix + "window". "" means the input
+	// topic + ".delay.".
+	TopicPrefix string
+	// MaxParks bounds how often one event is parked; then it is
+	// dead-lettered with ReasonTooManyAttempts and its history. Zero means
+	// 200 (days of hourly 931023 retries).
+	MaxParks int
+}
+
+// Headers of a parked event, besides HeaderAttempts and HeaderFirstFailure.
+const (
+	HeaderDueAt      = "waybill_due_at"      // RFC 3339: when it may run again
+	HeaderParkedFrom = "waybill_parked_from" // the topic to return it to
+	HeaderParks      = "waybill_parks"       // how often it was parked
+)
+
+func (c *ParkingConfig) setDefaults(input string) {
+	if c.Tiers == nil {
+		c.Tiers = []time.Duration{time.Minute, 10 * time.Minute, time.Hour}
+	}
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = input + ".delay."
+	}
+	if c.MaxParks == 0 {
+		c.MaxParks = 200
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c *ParkingConfig) Validate() error {
+	for i, d := range c.Tiers {
+		if d <= 0 {
+			return fmt.Errorf("parking tier %d: delay %s must be positive", i, d)
+		}
+		if i > 0 && d <= c.Tiers[i-1] {
+			return fmt.Errorf("parking tiers must ascend: %s after %s", d, c.Tiers[i-1])
+		}
+	}
+	if len(c.Tiers) == 0 {
+		return errors.New("parking needs at least one tier")
+	}
+	return nil
+}
+
+// Topics lists every delay topic, for creating them and for a DelayRunner.
+func (c ParkingConfig) Topics(input string) []string {
+	c.setDefaults(input)
+	out := make([]string, 0, len(c.Tiers)+1)
+	for _, d := range c.Tiers {
+		out = append(out, c.TopicPrefix+d.String())
+	}
+	return append(out, c.TopicPrefix+"window")
+}
+
+// route picks the delay topic and due time for an event that must wait until
+// until. window marks "the next quota window".
+func (c *ParkingConfig) route(now, until time.Time, window bool) (topic string, due time.Time) {
+	if window {
+		return c.TopicPrefix + "window", until
+	}
+	wait := until.Sub(now)
+	for _, d := range c.Tiers {
+		if d >= wait {
+			return c.TopicPrefix + d.String(), now.Add(d)
+		}
+	}
+	last := c.Tiers[len(c.Tiers)-1]
+	return c.TopicPrefix + last.String(), now.Add(last)
+}
+
+// park publishes msg to its delay topic. The payload and the original
+// headers travel untouched; the history headers are updated.
+func (h *Handler) park(msg *message.Message, st *delivery, until time.Time, window bool, now time.Time) (parked bool, err error) {
+	p := h.cfg.Parking
+	parks, _ := strconv.Atoi(msg.Metadata.Get(HeaderParks))
+	if parks >= p.MaxParks {
+		return false, nil
+	}
+	topic, due := p.route(now, until, window)
+	out := message.NewMessage(msg.UUID, msg.Payload)
+	out.Metadata = make(message.Metadata, len(msg.Metadata)+5)
+	for k, v := range msg.Metadata {
+		out.Metadata[k] = v
+	}
+	out.Metadata.Set(HeaderAttempts, strconv.Itoa(st.attempts))
+	out.Metadata.Set(HeaderFirstFailure, st.firstFailure.UTC().Format(time.RFC3339Nano))
+	out.Metadata.Set(HeaderDueAt, due.UTC().Format(time.RFC3339Nano))
+	out.Metadata.Set(HeaderParkedFrom, h.cfg.InputTopic)
+	out.Metadata.Set(HeaderParks, strconv.Itoa(parks+1))
+	if err := h.cfg.Publisher.Publish(topic, out); err != nil {
+		return false, fmt.Errorf("park %s on %s: %w", msg.UUID, topic, err)
+	}
+	return true, nil
+}
+
+// DelayRunnerConfig configures a DelayRunner.
+type DelayRunnerConfig struct {
+	// Kafka reaches the cluster; ConsumerGroup "" means "waybill-delay".
+	Kafka KafkaConfig
+	// Topics are the delay topics to serve: ParkingConfig.Topics(input).
+	Topics []string
+	// Publisher republishes due events to their input topic. Required.
+	Publisher message.Publisher
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+	// Logger: nil means none.
+	Logger watermill.LoggerAdapter
+}
+
+// DelayRunner returns parked events to their input topic when they are due.
+// Each partition of each tier is served on its own, so an event due later
+// never holds back one due earlier elsewhere; within a partition due order is
+// arrival order, so it waits for the head only. A parked event is committed
+// only after it was republished: a crash republishes it again (at-least-once),
+// never loses it. While waiting it holds no busy loop: one timer per
+// partition.
+type DelayRunner struct {
+	cfg   DelayRunnerConfig
+	group sarama.ConsumerGroup
+	// unmarshal converts records to Watermill messages, as the subscriber
+	// does, so headers and UUID round-trip.
+	unmarshal func(*sarama.ConsumerMessage) (*message.Message, error)
+	returned  sync.Map // topic → *atomicCounter, for tests and metrics
+}
+
+// NewDelayRunner connects to Kafka.
+func NewDelayRunner(cfg DelayRunnerConfig) (*DelayRunner, error) {
+	if cfg.Publisher == nil {
+		return nil, errors.New("delay runner: Publisher is required")
+	}
+	if len(cfg.Topics) == 0 {
+		return nil, errors.New("delay runner: no Topics")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = watermill.NopLogger{}
+	}
+	if cfg.Kafka.ConsumerGroup == "" {
+		cfg.Kafka.ConsumerGroup = "waybill-delay"
+	}
+	sc := cfg.Kafka.sarama()
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// Commit exactly what was republished, nothing ahead of it.
+	sc.Consumer.Offsets.AutoCommit.Enable = false
+	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.ConsumerGroup, sc)
+	if err != nil {
+		return nil, fmt.Errorf("delay runner: %w", err)
+	}
+	return &DelayRunner{cfg: cfg, group: group, unmarshal: NewMarshaler().Unmarshal}, nil
+}
+
+// Run serves the delay topics until ctx ends, then closes the runner.
+func (r *DelayRunner) Run(ctx context.Context) error {
+	defer r.group.Close()
+	for ctx.Err() == nil {
+		if err := r.group.Consume(ctx, r.cfg.Topics, r); err != nil {
+			if errors.Is(err, sarama.ErrClosedConsumerGroup) || ctx.Err() != nil {
+				break
+			}
+			r.cfg.Logger.Error("delay runner: consume", err, nil)
+			if sleepFor(ctx, time.Second) != nil {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// Returned reports how many events were returned from topic.
+func (r *DelayRunner) Returned(topic string) int64 {
+	if v, ok := r.returned.Load(topic); ok {
+		return v.(*counter).n.Load()
+	}
+	return 0
+}
+
+// Setup is part of sarama.ConsumerGroupHandler.
+func (r *DelayRunner) Setup(sarama.ConsumerGroupSession) error { return nil }
+
+// Cleanup is part of sarama.ConsumerGroupHandler.
+func (r *DelayRunner) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+// ConsumeClaim is part of sarama.ConsumerGroupHandler: it serves one
+// partition, waiting for each event's due time in turn.
+func (r *DelayRunner) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	ctx := sess.Context()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case rec, ok := <-claim.Messages():
+			if !ok {
+				return nil
+			}
+			if err := r.release(ctx, rec); err != nil {
+				// Not committed: the next session (this one's successor after
+				// a rebalance, or a restart) starts from this record.
+				if ctx.Err() == nil {
+					r.cfg.Logger.Error("delay runner: return parked event", err, watermill.LogFields{"topic": rec.Topic, "offset": rec.Offset})
+				}
+				return nil
+			}
+			sess.MarkMessage(rec, "")
+			sess.Commit()
+		}
+	}
+}
+
+func (r *DelayRunner) release(ctx context.Context, rec *sarama.ConsumerMessage) error {
+	msg, err := r.unmarshal(rec)
+	if err != nil {
+		return err
+	}
+	due, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderDueAt))
+	if err != nil {
+		// A record without a due time is returned at once rather than lost.
+		due = time.Time{}
+	}
+	if err := sleepUntil(ctx, r.cfg.Now, due); err != nil {
+		return err
+	}
+	dest := msg.Metadata.Get(HeaderParkedFrom)
+	if dest == "" {
+		return fmt.Errorf("parked event %s at %s/%d/%d: no %s header", msg.UUID, rec.Topic, rec.Partition, rec.Offset, HeaderParkedFrom)
+	}
+	out := message.NewMessage(msg.UUID, msg.Payload)
+	out.Metadata = msg.Metadata
+	delete(out.Metadata, HeaderDueAt)
+	delete(out.Metadata, HeaderParkedFrom)
+	if err := r.cfg.Publisher.Publish(dest, out); err != nil {
+		return fmt.Errorf("return parked event %s to %s: %w", msg.UUID, dest, err)
+	}
+	c, _ := r.returned.LoadOrStore(rec.Topic, &counter{})
+	c.(*counter).n.Add(1)
+	return nil
+}
+
+type counter struct{ n atomic.Int64 }
