@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -187,5 +188,47 @@ func TestConfigsValidate(t *testing.T) {
 		if _, err := NewAccessTokenSource(AccessTokenConfig(cfg)); err == nil {
 			t.Errorf("%s: accepted by AccessTokenSource", name)
 		}
+	}
+}
+
+// countingStore counts reads of a shared store.
+type countingStore struct {
+	MemoryStore
+	loads atomic.Int64
+}
+
+func (s *countingStore) Load(ctx context.Context, key string) (Token, bool, error) {
+	s.loads.Add(1)
+	return s.MemoryStore.Load(ctx, key)
+}
+
+func TestSharedStoreReadOncePerLifetime(t *testing.T) {
+	srv := tokenServer(t, 7200)
+	clock := newFakeClock()
+	store := new(countingStore)
+	src := newStable(t, srv.URL, clock, store)
+	ctx := context.Background()
+	if _, err := src.Token(ctx, "wxapp"); err != nil {
+		t.Fatal(err)
+	}
+	after1 := store.loads.Load()
+	for range 50 {
+		if _, err := src.Token(ctx, "wxapp"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := store.loads.Load(); n != after1 {
+		t.Fatalf("%d store reads for 50 cached calls, want 0", n-after1)
+	}
+	// Refresh always consults the store: another process may have renewed.
+	if err := store.Save(ctx, "stable_token:wxapp", Token{Value: "renewed-elsewhere", Expiry: clock.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := src.Refresh(ctx, "wxapp", "at-1")
+	if err != nil || tok != "renewed-elsewhere" {
+		t.Fatalf("Refresh = %q, %v", tok, err)
+	}
+	if n := len(srv.requests()); n != 1 {
+		t.Fatalf("%d fetches, want 1", n)
 	}
 }

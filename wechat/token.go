@@ -203,6 +203,7 @@ type cache struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	local   map[string]Token // last token seen per key, so a shared store is read once per lifetime
 }
 
 type flight struct {
@@ -233,7 +234,7 @@ func (s cacheSettings) validate() error {
 
 func newCache(s cacheSettings) *cache {
 	c := &cache{store: s.store, early: s.early, lockTTL: s.lockTTL, now: s.now, log: s.log,
-		flights: make(map[string]*flight)}
+		flights: make(map[string]*flight), local: make(map[string]Token)}
 	if c.store == nil {
 		c.store = new(MemoryStore)
 	}
@@ -259,11 +260,24 @@ func (c *cache) usable(tok Token, stale string) bool {
 }
 
 // get returns a usable token for key, other than stale, fetching one with
-// fetch if needed. Callers in this process asking for the same key and stale
-// share one flight. The flight is detached from any one caller's cancellation
-// (others wait on it) and bounded by the lock TTL.
+// fetch if needed. It looks in this process's copy, then in the store.
+// Callers in this process asking for the same key and stale share one
+// flight. The flight is detached from any one caller's cancellation (others
+// wait on it) and bounded by the lock TTL.
+//
+// The local copy is safe even when another process renews the token: all
+// processes see the same expiry and renew at the same moment, and a token
+// renewed out of turn is rejected by WeChat, which makes the client call
+// Refresh, which always reads the store.
 func (c *cache) get(ctx context.Context, key, stale string, fetch func(context.Context) (Token, error)) (string, error) {
+	c.mu.Lock()
+	tok, ok := c.local[key]
+	c.mu.Unlock()
+	if stale == "" && ok && c.usable(tok, "") {
+		return tok.Value, nil
+	}
 	if tok, ok, err := c.store.Load(ctx, key); err == nil && ok && c.usable(tok, stale) {
+		c.remember(key, tok)
 		return tok.Value, nil
 	}
 	fk := key + "\x00" + stale
@@ -276,6 +290,9 @@ func (c *cache) get(ctx context.Context, key, stale string, fetch func(context.C
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.lockTTL)
 			f.tok, f.err = c.refresh(fctx, key, stale, fetch)
 			cancel()
+			if f.err == nil {
+				c.remember(key, f.tok)
+			}
 			c.mu.Lock()
 			delete(c.flights, fk)
 			c.mu.Unlock()
@@ -289,6 +306,12 @@ func (c *cache) get(ctx context.Context, key, stale string, fetch func(context.C
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
+}
+
+func (c *cache) remember(key string, tok Token) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.local[key] = tok
 }
 
 // refresh takes the store's lock for key and fetches, unless the store turns
