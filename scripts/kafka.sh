@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Private Apache Kafka 4.x broker for tests and local runs.
+#
+#   scripts/kafka.sh fetch   download the broker jars from Maven Central (cached)
+#   scripts/kafka.sh start   start (or reuse) the broker; print its address
+#   scripts/kafka.sh addr    print the running broker's address; fail if none
+#   scripts/kafka.sh stop    stop it and wait until it has exited
+#
+# The broker is org.apache.kafka:kafka_2.13 and its runtime dependencies, copied
+# by `mvn dependency:copy-dependencies` (scripts/kafka/pom.xml) into
+# .cache/kafka/<version>/libs and run straight from that class path: no tarball,
+# no install. It is a single KRaft node (broker and controller in one process)
+# on free ports of 127.0.0.1, with a fresh log dir in .cache/kafka/run/ each time
+# it starts. "start" returns only once the broker logs that it has started and
+# its port accepts connections.
+#
+# Environment:
+#   KAFKA_VERSION          broker version to fetch and run (default below)
+#   KAFKA_JAVA_OPTS        JVM options for the broker (default: a small heap)
+#   KAFKA_START_TIMEOUT    seconds to wait for the broker to serve (default 120)
+#
+# When java (17 or later) or mvn is missing it is installed from Debian's
+# packages (root, or sudo, needed), so a fresh CI machine needs nothing else.
+# Concurrent callers (parallel test binaries) are serialized with flock, and all
+# share one broker.
+set -euo pipefail
+
+# 4.4.0 is the newest Kafka on Maven Central that this script was tried with;
+# 4.1.1 and 4.3.1 work the same way.
+version="${KAFKA_VERSION:-4.4.0}"
+# A test broker carries little load and starts often, usually on a small CI
+# machine: the client compiler alone and the serial collector start it sooner
+# and leave more CPU to the tests.
+java_opts="${KAFKA_JAVA_OPTS:--Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true}"
+start_timeout="${KAFKA_START_TIMEOUT:-120}"
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+conf="$root/scripts/kafka"
+cache="$root/.cache/kafka"
+libs="$cache/$version/libs"
+run="$cache/run"
+pidfile="$run/kafka.pid"
+addrfile="$run/addr"
+versionfile="$run/version"
+logfile="$run/server.log"
+outfile="$run/stdout.log"
+lockfile="$cache/lock"
+
+die() { echo "scripts/kafka.sh: $*" >&2; exit 1; }
+note() { echo "scripts/kafka.sh: $*" >&2; }
+
+java_bin() {
+	if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
+		echo "$JAVA_HOME/bin/java"
+	else
+		command -v java || true
+	fi
+}
+
+# java_major: the feature version of the java found by java_bin, or 0.
+java_major() {
+	local j v
+	j="$(java_bin)"
+	[[ -n "$j" ]] || { echo 0; return; }
+	v="$("$j" -version 2>&1 | sed -n 's/.* version "\([0-9]*\)[."].*/\1/p' | head -n 1)"
+	echo "${v:-0}"
+}
+
+# install_tools: make sure java >= 17 and mvn exist, installing Debian's
+# packages when they do not.
+install_tools() {
+	local want=()
+	[[ "$(java_major)" -ge 17 ]] || want+=(default-jre-headless)
+	command -v mvn >/dev/null 2>&1 || want+=(maven)
+	[[ ${#want[@]} -eq 0 ]] && return 0
+	local sudo=""
+	if [[ "$(id -u)" != 0 ]]; then
+		command -v sudo >/dev/null 2>&1 ||
+			die "missing ${want[*]} and not root: apt-get install ${want[*]} (Kafka 4 needs Java 17 or later)"
+		sudo="sudo"
+	fi
+	command -v apt-get >/dev/null 2>&1 ||
+		die "missing ${want[*]} and no apt-get here: install Java 17+ and Maven"
+	note "installing ${want[*]} from Debian's packages"
+	$sudo apt-get update -qq >&2 || die "apt-get update failed"
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${want[@]}" >&2 ||
+		die "apt-get install ${want[*]} failed"
+	[[ "$(java_major)" -ge 17 ]] || die "java 17 or later still missing after install (found: $(java_bin))"
+	command -v mvn >/dev/null 2>&1 || die "mvn still missing after install"
+}
+
+# fetch: copy the broker's jars into $libs unless a complete copy is there.
+# Maven writes into a scratch directory that is renamed into place only when it
+# has finished, so an interrupted fetch never leaves a half class path behind.
+fetch() {
+	[[ -f "$libs/.complete" ]] && return 0
+	install_tools
+	local tmp="$cache/$version/libs.tmp"
+	rm -rf "$tmp"
+	mkdir -p "$tmp"
+	note "fetching org.apache.kafka:kafka_2.13:$version from Maven Central"
+	mvn -B -q -Dstyle.color=never -f "$conf/pom.xml" dependency:copy-dependencies \
+		-Dkafka.version="$version" -DincludeScope=runtime \
+		-DoutputDirectory="$tmp" >&2 ||
+		die "mvn could not fetch org.apache.kafka:kafka_2.13:$version (see output above)"
+	compgen -G "$tmp/kafka_2.13-$version.jar" >/dev/null ||
+		die "mvn finished but kafka_2.13-$version.jar is not in $tmp"
+	touch "$tmp/.complete"
+	rm -rf "$libs"
+	mv "$tmp" "$libs"
+}
+
+# port_in_use PORT: true when something accepts connections on 127.0.0.1:PORT.
+port_in_use() {
+	timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0"' "$1" 2>/dev/null
+}
+
+# free_port: print a port of 127.0.0.1 nobody listens on. Ports come from below
+# Linux's ephemeral range (32768+) so outgoing connections cannot hold them.
+free_port() {
+	local p i
+	for i in $(seq 1 50); do
+		p=$((20000 + RANDOM % 12000))
+		port_in_use "$p" || { echo "$p"; return 0; }
+	done
+	die "no free port found on 127.0.0.1"
+}
+
+# cluster_id: print a new KRaft cluster id, as `kafka-storage random-uuid`
+# would (16 random bytes, unpadded URL-safe base64, not starting with '-'),
+# without paying for another JVM start.
+cluster_id() {
+	local id
+	while :; do
+		id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c 1-22)"
+		[[ "$id" == -* ]] || { echo "$id"; return 0; }
+	done
+}
+
+# alive PID: true when PID is a live broker process (not a recycled pid).
+alive() {
+	kill -0 "$1" 2>/dev/null && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
+}
+
+# running: true when our pidfile names a live broker whose port answers.
+running() {
+	[[ -s "$pidfile" && -s "$addrfile" ]] || return 1
+	local addr
+	addr="$(cat "$addrfile")"
+	alive "$(cat "$pidfile")" && port_in_use "${addr##*:}"
+}
+
+# launch: format a fresh log dir and start the broker on new ports; wait until
+# it serves. Returns 1 (broker stopped again) when it did not come up, so the
+# caller can retry on other ports.
+launch() {
+	local port cport pid cluster i j
+	port="$(free_port)"
+	cport="$(free_port)"
+	[[ "$port" != "$cport" ]] || return 1
+
+	rm -rf "$run/data"
+	mkdir -p "$run/data"
+	sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$cport|g" -e "s|@LOG_DIR@|$run/data|g" \
+		"$conf/server.properties.in" >"$run/server.properties"
+
+	j="$(java_bin)"
+	cluster="$(cluster_id)"
+	"$j" -Dlog4j2.configurationFile="$conf/log4j2.xml" -Dkafka.log.file="$logfile" \
+		-cp "$libs/*" kafka.tools.StorageTool format -t "$cluster" -c "$run/server.properties" \
+		>>"$outfile" 2>&1 ||
+		die "kafka.tools.StorageTool format failed (see $outfile)"
+
+	# The broker runs in its own session with every inherited descriptor
+	# closed: the caller (often `go test` reading our stdout) must not wait for
+	# it, and it must not hold the lock on fd 9.
+	: >"$logfile"
+	# shellcheck disable=SC2086 # java_opts is a list of options.
+	setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
+		"$j" $java_opts \
+		-Dlog4j2.configurationFile="$conf/log4j2.xml" -Dkafka.log.file="$logfile" \
+		-cp "$libs/*" kafka.Kafka "$run/server.properties" \
+		</dev/null >>"$outfile" 2>&1 9>&- &
+
+	for i in $(seq 1 $((start_timeout * 10))); do
+		pid="$(cat "$pidfile" 2>/dev/null || true)"
+		if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then
+			note "broker exited while starting on 127.0.0.1:$port"
+			tail -n 20 "$logfile" "$outfile" >&2 2>/dev/null || true
+			rm -f "$pidfile"
+			return 1
+		fi
+		if grep -q 'Kafka Server started' "$logfile" 2>/dev/null && port_in_use "$port"; then
+			echo "127.0.0.1:$port" >"$addrfile"
+			echo "$version" >"$versionfile"
+			return 0
+		fi
+		sleep 0.1
+	done
+	note "broker did not serve on 127.0.0.1:$port within ${start_timeout}s"
+	tail -n 20 "$logfile" "$outfile" >&2 2>/dev/null || true
+	stop
+	return 1
+}
+
+start() {
+	if running; then
+		local have
+		have="$(cat "$versionfile" 2>/dev/null || echo unknown)"
+		[[ "$have" == "$version" ]] ||
+			note "reusing the running Kafka $have although $version was asked for; run scripts/kafka.sh stop first to switch"
+		cat "$addrfile"
+		return 0
+	fi
+	stop
+	fetch
+	mkdir -p "$run"
+	: >"$outfile"
+	local attempt
+	for attempt in 1 2 3; do
+		if launch; then
+			cat "$addrfile"
+			return 0
+		fi
+	done
+	die "Kafka $version did not start (logs: $logfile, $outfile)"
+}
+
+stop() {
+	rm -f "$addrfile" "$versionfile"
+	[[ -s "$pidfile" ]] || return 0
+	local pid i
+	pid="$(cat "$pidfile")"
+	if alive "$pid"; then
+		# SIGTERM runs the broker's controlled shutdown; give it time, then insist.
+		kill "$pid" 2>/dev/null || true
+		for i in $(seq 1 300); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			note "broker $pid ignored SIGTERM for 30s; killing it"
+			kill -9 "$pid" 2>/dev/null || true
+			for i in $(seq 1 50); do
+				kill -0 "$pid" 2>/dev/null || break
+				sleep 0.1
+			done
+		fi
+	fi
+	rm -f "$pidfile"
+	rm -rf "$run/data"
+}
+
+cmd="${1:-}"
+case "$cmd" in
+fetch | start | stop | addr) ;;
+*) die "usage: scripts/kafka.sh fetch|start|stop|addr" ;;
+esac
+
+mkdir -p "$cache"
+exec 9>"$lockfile"
+flock 9
+
+case "$cmd" in
+fetch) fetch ;;
+start) start ;;
+stop) stop ;;
+addr) running || die "not running; run scripts/kafka.sh start"; cat "$addrfile" ;;
+esac
