@@ -145,3 +145,36 @@ func ExampleWaybillStatus() {
 	// 6 signed_by_proxy true
 	// 7 WaybillStatus(7) false
 }
+
+// A third-party platform calls for the merchants that authorized it.
+func ExampleComponentTokenSource() {
+	srv := wechattest.NewServer(wechattest.Config{})
+	defer srv.Close()
+	srv.AddComponent("wxplatform", "platform-secret", "ticket@@@1")
+	srv.AddAuthorizer("wxplatform", "wxmerchant", "refresh@@@1")
+
+	tokens, err := wechat.NewComponentTokenSource(wechat.ComponentConfig{
+		BaseURL:         srv.URL,
+		ComponentAppID:  "wxplatform",
+		ComponentSecret: "platform-secret",
+		// Store: a redisstore.Store in production, so that the rotating
+		// authorizer_refresh_token survives restarts.
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	// From the platform's push handler and its authorization callback:
+	_ = tokens.SetVerifyTicket(ctx, "ticket@@@1")
+	_ = tokens.SetRefreshToken(ctx, "wxmerchant", "refresh@@@1")
+
+	client, _ := wechat.NewClient(wechat.Config{BaseURL: srv.URL, Tokens: tokens})
+	if err := client.OpenQueryPlugin(ctx, "wxmerchant"); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("query plugin opened for wxmerchant")
+	fmt.Println(len(srv.CallsTo("api_component_token")), len(srv.CallsTo("api_authorizer_token")))
+	// Output:
+	// query plugin opened for wxmerchant
+	// 1 1
+}

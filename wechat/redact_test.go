@@ -1,8 +1,10 @@
 package wechat
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -50,5 +52,54 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}
 	if got := fmt.Sprint(StaticSecrets{"wx1": secret, "wx0": secret}); got != "wechat.StaticSecrets{wx0:[redacted] wx1:[redacted]}" {
 		t.Errorf("StaticSecrets prints %q", got)
+	}
+}
+
+// TestLogsAndErrorsShowNoSecret runs the paths that log and fail — fetch,
+// rejection, refresh, retry, a token endpoint error — and searches every log
+// record and error for the secrets and the tokens the sandbox issued.
+func TestLogsAndErrorsShowNoSecret(t *testing.T) {
+	serverClock, clientClock := newFakeClock(), newFakeClock()
+	srv := sharingSandbox(t, serverClock)
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	src, err := NewAccessTokenSource(AccessTokenConfig{BaseURL: srv.URL, Secrets: StaticSecrets{appID: appSecret, "wxwrong": "wrong-secret-1"},
+		Now: clientClock.Now, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(Config{BaseURL: srv.URL, Tokens: src, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var errs []error
+	_, err = c.TraceWaybill(ctx, appID, sampleTrace())
+	errs = append(errs, err)
+	serverClock.Advance(11 * time.Minute) // 42001, refresh, retry
+	_, err = c.TraceWaybill(ctx, appID, sampleTrace())
+	errs = append(errs, err)
+	_, err = c.TraceWaybill(ctx, "wxwrong", sampleTrace()) // the token endpoint refuses
+	errs = append(errs, err)
+	if errs[0] != nil || errs[1] != nil || errs[2] == nil {
+		t.Fatalf("errors %v", errs)
+	}
+	if !strings.Contains(logs.String(), "token rejected") || !strings.Contains(logs.String(), "fetched token") {
+		t.Fatalf("expected refresh records, got %s", logs.String())
+	}
+	secrets := []string{appSecret, "wrong-secret-1"}
+	for _, call := range srv.Calls() {
+		if tok := call.Query.Get("access_token"); tok != "" {
+			secrets = append(secrets, tok)
+		}
+	}
+	if len(secrets) < 4 {
+		t.Fatalf("found only %d secrets to look for", len(secrets))
+	}
+	text := logs.String() + fmt.Sprint(errs)
+	for _, s := range secrets {
+		if strings.Contains(text, s) {
+			t.Errorf("%q appears in logs or errors:\n%s", s, text)
+		}
 	}
 }
