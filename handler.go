@@ -22,10 +22,13 @@ const (
 	DefaultDeadLetterTopic = "order.shipped.dead"
 )
 
-// Tracer is the one WeChat call the handler makes. *wechat.Client satisfies
+// Tracer is the WeChat calls the handler makes. *wechat.Client satisfies
 // it; tests may pass their own.
 type Tracer interface {
 	TraceWaybill(ctx context.Context, appid string, req *wechat.TraceWaybillRequest) (*wechat.TraceWaybillResponse, error)
+	// UpdateWaybillGoods is called, with Config.Traces set, when an event
+	// for an already traced waybill carries other goods.
+	UpdateWaybillGoods(ctx context.Context, appid string, req *wechat.UpdateWaybillGoodsRequest) error
 }
 
 // Config configures a Handler. Client and Publisher are required; every
@@ -68,6 +71,20 @@ type Config struct {
 	// there is, wrong for a service provider's mixed topic.
 	Parking *ParkingConfig
 
+	// Traces, when set, remembers each waybill's token so that a redelivered
+	// or duplicate event republishes the same waybill.traced without calling
+	// WeChat (saving the buyer's 100 calls a day), and concurrent duplicates
+	// make one call. Use NewMemoryStore for one process, redisdedup for many.
+	// Nil means every event is traced (WeChat answers a repeat with the same
+	// token, at the cost of a call).
+	Traces TraceStore
+	// ClaimTTL bounds how long a crashed handler's claim on a waybill blocks
+	// others. Zero means 1 min.
+	ClaimTTL time.Duration
+	// ClaimPoll is how often a duplicate waits for the handler that holds the
+	// claim. Zero means 100 ms.
+	ClaimPoll time.Duration
+
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger: nil means no logging. Phone numbers, secrets and tokens are
@@ -102,6 +119,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Backoff == nil {
 		c.Backoff = DefaultBackoff
+	}
+	if c.ClaimTTL == 0 {
+		c.ClaimTTL = time.Minute
+	}
+	if c.ClaimPoll == 0 {
+		c.ClaimPoll = 100 * time.Millisecond
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -186,29 +209,134 @@ func (h *Handler) Handle(msg *message.Message) error {
 		}
 		return h.deadLetter(msg, key, st.deadLetter(ReasonInvalidEvent, nil, err.Error(), now))
 	}
-	fields := watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
+	return h.process(ctx, msg, st, ev)
+}
 
-	req := ev.TraceRequest()
-	for {
-		st.attempts++
-		resp, callErr := h.breakers.execute(ev.AppID, func() (*wechat.TraceWaybillResponse, error) {
+// process traces a valid event, reusing a stored token when Config.Traces
+// has one.
+func (h *Handler) process(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped) error {
+	trace := func() (string, bool, error) {
+		req := ev.TraceRequest()
+		resp, done, err := h.call(ctx, msg, st, ev, func() (*wechat.TraceWaybillResponse, error) {
 			return h.cfg.Client.TraceWaybill(ctx, ev.AppID, req)
 		})
+		if done {
+			return "", true, err
+		}
+		return resp.WaybillToken, false, nil
+	}
+	store := h.cfg.Traces
+	if store == nil {
+		token, done, err := trace()
+		if done {
+			return err
+		}
+		return h.publishTraced(ev, token, h.cfg.Now())
+	}
+
+	key := DedupKey{AppID: ev.AppID, WaybillID: ev.WaybillID, TransID: ev.TransID}
+	goods := GoodsFingerprint(ev.Goods)
+	for {
+		rec, ok, err := store.Get(ctx, key)
+		if err != nil {
+			// Not knowing whether it was traced, calling WeChat could waste
+			// the buyer's quota: leave the event for redelivery.
+			return fmt.Errorf("trace store get %s: %w", key, err)
+		}
+		if ok {
+			if rec.GoodsHash != goods {
+				if done, err := h.updateGoods(ctx, msg, st, ev, key, rec, goods); done {
+					return err
+				}
+			}
+			h.stats.deduped.Add(1)
+			return h.publishTraced(ev, rec.WaybillToken, rec.TracedAt)
+		}
+		release, won, err := store.Claim(ctx, key, h.cfg.ClaimTTL)
+		if err != nil {
+			return fmt.Errorf("trace store claim %s: %w", key, err)
+		}
+		if !won {
+			// Another handler is tracing this waybill right now: wait for
+			// its record instead of making a second call.
+			if err := sleepFor(ctx, h.cfg.ClaimPoll); err != nil {
+				return fmt.Errorf("wait for trace of %s: %w", key, err)
+			}
+			continue
+		}
+		// Someone may have finished between our Get and our Claim.
+		if _, ok, err := store.Get(ctx, key); err != nil || ok {
+			release()
+			if err != nil {
+				return fmt.Errorf("trace store get %s: %w", key, err)
+			}
+			continue
+		}
+		token, done, err := trace()
+		if done {
+			release()
+			return err
+		}
+		rec = TraceRecord{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
+		if err := store.Put(ctx, key, rec); err != nil {
+			// WeChat has traced it; the output must not be lost for a
+			// store fault. A redelivery would trace again, which WeChat
+			// answers with the same token.
+			h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
+		}
+		release()
+		return h.publishTraced(ev, token, rec.TracedAt)
+	}
+}
+
+// updateGoods calls update_waybill_goods for a waybill traced with other
+// goods: WeChat ignores goods on a repeated trace_waybill.
+func (h *Handler) updateGoods(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, key DedupKey, rec TraceRecord, goods string) (bool, error) {
+	req := &wechat.UpdateWaybillGoodsRequest{WaybillToken: rec.WaybillToken, OpenID: ev.OpenID, GoodsInfo: ev.TraceRequest().GoodsInfo}
+	_, done, err := h.call(ctx, msg, st, ev, func() (*wechat.TraceWaybillResponse, error) {
+		return &wechat.TraceWaybillResponse{WaybillToken: rec.WaybillToken}, h.cfg.Client.UpdateWaybillGoods(ctx, ev.AppID, req)
+	})
+	if done {
+		return true, err
+	}
+	h.stats.goodsUpdates.Add(1)
+	rec.GoodsHash = goods
+	if err := h.cfg.Traces.Put(ctx, key, rec); err != nil {
+		h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
+	}
+	return false, nil
+}
+
+// publishTraced publishes waybill.traced. tracedAt is when WeChat issued the
+// token, so a duplicate republishes the very same event.
+func (h *Handler) publishTraced(ev *OrderShipped, token string, tracedAt time.Time) error {
+	out := &WaybillTraced{
+		Version: SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
+		WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: token,
+		TracedAt: tracedAt.UTC(),
+	}
+	if err := h.results.traced(ev, out); err != nil {
+		return err
+	}
+	h.stats.traced.Add(1)
+	return nil
+}
+
+// call makes one WeChat call for ev behind its appid's breaker, retrying,
+// waiting or parking as the decision table says. It returns the response, or
+// done=true when the event was dead-lettered or parked (err nil: acknowledge)
+// or must be redelivered (err non-nil).
+func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, fn func() (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, bool, error) {
+	fields := watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
+	for {
+		st.attempts++
+		resp, callErr := h.breakers.execute(ev.AppID, fn)
 		if callErr == nil {
-			out := &WaybillTraced{
-				Version: SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
-				WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: resp.WaybillToken,
-				TracedAt: h.cfg.Now().UTC(),
-			}
-			if err := h.results.traced(ev, out); err != nil {
-				return err
-			}
-			h.stats.traced.Add(1)
-			return nil
+			return resp, false, nil
 		}
 		if ctx.Err() != nil {
 			// Shutting down: leave the message unacknowledged for redelivery.
-			return fmt.Errorf("trace_waybill order %s: %w", ev.OrderID, ctx.Err())
+			return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, ctx.Err())
 		}
 		now := h.cfg.Now()
 		st.failed(now)
@@ -218,31 +346,31 @@ func (h *Handler) Handle(msg *message.Message) error {
 		switch d.Action {
 		case ActionDeadLetter:
 			h.cfg.Logger.Info("dead-lettering event", logFields)
-			return h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
+			return nil, true, h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
 		case ActionPark:
 			if h.cfg.Parking != nil {
 				parked, err := h.park(msg, st, d.Until, d.Window, now)
 				if err != nil {
-					return err
+					return nil, true, err
 				}
 				if parked {
 					h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
 					h.stats.parked.Add(1)
-					return nil
+					return nil, true, nil
 				}
 				h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
-				return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
+				return nil, true, h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
 			}
 			h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
 			h.stats.waits.Add(1)
 			if err := sleepUntil(ctx, h.cfg.Now, d.Until); err != nil {
-				return fmt.Errorf("trace_waybill order %s: %w", ev.OrderID, err)
+				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
 			}
 		default:
 			h.cfg.Logger.Debug("retrying after transient fault", logFields)
 			h.stats.retries.Add(1)
 			if err := sleepFor(ctx, h.cfg.Backoff(st.attempts)); err != nil {
-				return fmt.Errorf("trace_waybill order %s: %w", ev.OrderID, err)
+				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
 			}
 		}
 	}
@@ -264,15 +392,20 @@ type Stats struct {
 	Retries      int64 // in-place retries after transient faults
 	Waits        int64 // in-place waits for a later time (quota, rate, not-yet, breaker)
 	Parked       int64 // events moved to a delay topic
+	Deduplicated int64 // traced from a stored token, without trace_waybill
+	GoodsUpdates int64 // update_waybill_goods calls for changed goods
 }
 
-type counters struct{ traced, dead, retries, waits, parked atomic.Int64 }
+type counters struct {
+	traced, dead, retries, waits, parked, deduped, goodsUpdates atomic.Int64
+}
 
 // Stats returns a snapshot of the handler's counters.
 func (h *Handler) Stats() Stats {
 	return Stats{
 		Traced: h.stats.traced.Load(), DeadLettered: h.stats.dead.Load(),
 		Retries: h.stats.retries.Load(), Waits: h.stats.waits.Load(), Parked: h.stats.parked.Load(),
+		Deduplicated: h.stats.deduped.Load(), GoodsUpdates: h.stats.goodsUpdates.Load(),
 	}
 }
 

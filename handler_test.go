@@ -47,6 +47,19 @@ func (s *scriptedTracer) TraceWaybill(_ context.Context, appid string, req *wech
 	return &wechat.TraceWaybillResponse{WaybillToken: "tok-" + appid + "-" + req.WaybillID}, nil
 }
 
+// UpdateWaybillGoods answers from the script under "update:"+token.
+func (s *scriptedTracer) UpdateWaybillGoods(_ context.Context, _ string, req *wechat.UpdateWaybillGoodsRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := "update:" + req.WaybillToken
+	n := s.calls[key]
+	s.calls[key] = n + 1
+	if errs := s.script[key]; n < len(errs) && errs[n] != nil {
+		return errs[n]
+	}
+	return nil
+}
+
 func (s *scriptedTracer) callsFor(waybill string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
