@@ -99,10 +99,15 @@ fetch() {
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
 	note "fetching org.apache.kafka:kafka_2.13:$version from Maven Central"
-	mvn -B -q -Dstyle.color=never -f "$conf/pom.xml" dependency:copy-dependencies \
+	# Maven's output goes to a file and is shown only when it fails: a quiet
+	# run still prints terminal escapes.
+	local mvnlog="$cache/$version/mvn.log"
+	if ! mvn -B -Dstyle.color=never -f "$conf/pom.xml" dependency:copy-dependencies \
 		-Dkafka.version="$version" -DincludeScope=runtime \
-		-DoutputDirectory="$tmp" >&2 ||
-		die "mvn could not fetch org.apache.kafka:kafka_2.13:$version (see output above)"
+		-DoutputDirectory="$tmp" >"$mvnlog" 2>&1; then
+		grep -E 'ERROR|FAIL' "$mvnlog" | tail -n 30 >&2 || true
+		die "mvn could not fetch org.apache.kafka:kafka_2.13:$version (full log: $mvnlog)"
+	fi
 	compgen -G "$tmp/kafka_2.13-$version.jar" >/dev/null ||
 		die "mvn finished but kafka_2.13-$version.jar is not in $tmp"
 	touch "$tmp/.complete"
