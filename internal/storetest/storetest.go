@@ -1,0 +1,339 @@
+// Package storetest is the behaviour every waybill.TraceStore shares, run
+// against each implementation so that the memory and Redis stores cannot
+// drift apart.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill"
+)
+
+// Env is one empty store namespace under test.
+type Env struct {
+	// Open returns a handle on the namespace. Handles share data and claims,
+	// as processes sharing one Redis do; each call may return a new handle
+	// (a new client) or the same store.
+	Open func() waybill.TraceStore
+	// Advance lets d pass for the stores: a step of a fake clock, or a sleep
+	// when the store keeps real time.
+	Advance func(d time.Duration)
+	// ExactClock is true when Advance moves the store's clock exactly, so
+	// the suite may also check that a record or claim is still there just
+	// before it expires. With a real clock such a check would be a race
+	// against the machine's speed, so only expiry itself is checked.
+	ExactClock bool
+}
+
+// NewEnv makes an empty namespace whose records live ttl after their Put.
+type NewEnv func(t *testing.T, ttl time.Duration) Env
+
+// Timing of the suite. Expiries are short so that a real server passes them
+// quickly; long is never reached, not even by a slow machine.
+const (
+	short = 150 * time.Millisecond
+	long  = time.Hour
+)
+
+// Run runs the shared behaviour table against the stores newEnv makes.
+func Run(t *testing.T, newEnv NewEnv) {
+	ctx := context.Background()
+	rec := func(token string) waybill.TraceRecord {
+		return waybill.TraceRecord{
+			WaybillToken: token,
+			GoodsHash:    waybill.GoodsFingerprint([]waybill.Goods{{Name: token}}),
+			TracedAt:     time.Date(2026, 3, 1, 8, 30, 15, 123456789, time.FixedZone("CST", 8*3600)),
+		}
+	}
+	k := waybill.DedupKey{AppID: "wx0001", WaybillID: "SF1001", TransID: "4200001"}
+
+	cases := []struct {
+		name string
+		ttl  time.Duration
+		run  func(t *testing.T, env Env)
+	}{
+		{"get of an unknown key misses", long, func(t *testing.T, env Env) {
+			_, ok, err := env.Open().Get(ctx, k)
+			require.NoError(t, err)
+			assert.False(t, ok)
+		}},
+		{"put then get round-trips every field", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			want := rec("tok-1")
+			require.NoError(t, s.Put(ctx, k, want))
+			got, ok, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			require.True(t, ok)
+			assert.Equal(t, want.WaybillToken, got.WaybillToken)
+			assert.Equal(t, want.GoodsHash, got.GoodsHash)
+			assert.True(t, want.TracedAt.Equal(got.TracedAt), "TracedAt %v, want %v", got.TracedAt, want.TracedAt)
+		}},
+		{"put replaces the record", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			require.NoError(t, s.Put(ctx, k, rec("tok-1")))
+			require.NoError(t, s.Put(ctx, k, rec("tok-2")))
+			got, ok, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			require.True(t, ok)
+			assert.Equal(t, "tok-2", got.WaybillToken)
+			assert.Equal(t, rec("tok-2").GoodsHash, got.GoodsHash)
+		}},
+		{"keys differing in any part, or only in where a part ends, are separate", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			keys := []waybill.DedupKey{
+				k,
+				{AppID: "wx0002", WaybillID: k.WaybillID, TransID: k.TransID},
+				{AppID: k.AppID, WaybillID: "SF1002", TransID: k.TransID},
+				{AppID: k.AppID, WaybillID: k.WaybillID},
+				{AppID: "a:b", WaybillID: "c"},
+				{AppID: "a", WaybillID: "b:c"},
+				{AppID: "a%3Ab", WaybillID: "c"},
+				{AppID: "a", WaybillID: "b", TransID: "c"},
+			}
+			for i, key := range keys {
+				require.NoError(t, s.Put(ctx, key, rec(fmt.Sprint("tok-", i))))
+			}
+			for i, key := range keys {
+				got, ok, err := s.Get(ctx, key)
+				require.NoError(t, err)
+				require.True(t, ok, "key %+v", key)
+				assert.Equal(t, fmt.Sprint("tok-", i), got.WaybillToken, "key %+v", key)
+			}
+		}},
+		{"a record is shared by every handle", long, func(t *testing.T, env Env) {
+			require.NoError(t, env.Open().Put(ctx, k, rec("tok-1")))
+			got, ok, err := env.Open().Get(ctx, k)
+			require.NoError(t, err)
+			require.True(t, ok)
+			assert.Equal(t, "tok-1", got.WaybillToken)
+		}},
+		{"a record expires ttl after its put, and a put restarts it", short, func(t *testing.T, env Env) {
+			s := env.Open()
+			require.NoError(t, s.Put(ctx, k, rec("tok-1")))
+			if env.ExactClock {
+				env.Advance(short - time.Millisecond)
+				_, ok, err := s.Get(ctx, k)
+				require.NoError(t, err)
+				require.True(t, ok, "expired before its ttl")
+				require.NoError(t, s.Put(ctx, k, rec("tok-2")))
+				env.Advance(short - time.Millisecond)
+				_, ok, err = s.Get(ctx, k)
+				require.NoError(t, err)
+				require.True(t, ok, "a second put did not restart the ttl")
+			}
+			env.Advance(short + 50*time.Millisecond)
+			_, ok, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			assert.False(t, ok, "still there after its ttl")
+		}},
+		{"a canceled context fails every call", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			canceled, cancel := context.WithCancel(ctx)
+			cancel()
+			_, _, err := s.Get(canceled, k)
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.ErrorIs(t, s.Put(canceled, k, rec("tok-1")), context.Canceled)
+			_, _, err = s.Claim(canceled, k, long)
+			assert.ErrorIs(t, err, context.Canceled)
+			_, ok, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			assert.False(t, ok, "a put with a canceled context stored its record")
+		}},
+		{"a claim needs a positive ttl", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			for _, ttl := range []time.Duration{0, -time.Second} {
+				_, ok, err := s.Claim(ctx, k, ttl)
+				assert.Error(t, err, "ttl %v", ttl)
+				assert.False(t, ok, "ttl %v", ttl)
+			}
+		}},
+		{"a claim excludes others until released", long, func(t *testing.T, env Env) {
+			a, b := env.Open(), env.Open()
+			release, ok, err := a.Claim(ctx, k, long)
+			require.NoError(t, err)
+			require.True(t, ok)
+			for _, s := range []waybill.TraceStore{a, b} {
+				_, ok, err := s.Claim(ctx, k, long)
+				require.NoError(t, err)
+				assert.False(t, ok, "a second claim won while the first is held")
+			}
+			other := waybill.DedupKey{AppID: k.AppID, WaybillID: k.WaybillID, TransID: "4200002"}
+			releaseOther, ok, err := b.Claim(ctx, other, long)
+			require.NoError(t, err)
+			assert.True(t, ok, "a claim on another key was refused")
+			releaseOther()
+			release()
+			release2, ok, err := b.Claim(ctx, k, long)
+			require.NoError(t, err)
+			require.True(t, ok, "no claim after release")
+			release2()
+		}},
+		{"claims and records do not interfere", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			release, ok, err := s.Claim(ctx, k, long)
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, found, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			assert.False(t, found, "a claim shows as a record")
+			require.NoError(t, s.Put(ctx, k, rec("tok-1")))
+			_, ok, err = s.Claim(ctx, k, long)
+			require.NoError(t, err)
+			assert.False(t, ok, "a put released the claim")
+			release()
+			got, found, err := s.Get(ctx, k)
+			require.NoError(t, err)
+			require.True(t, found, "release removed the record")
+			assert.Equal(t, "tok-1", got.WaybillToken)
+		}},
+		{"a crashed holder's claim expires, and its late release spares the next holder", long, func(t *testing.T, env Env) {
+			crashed, next := env.Open(), env.Open()
+			staleRelease, ok, err := crashed.Claim(ctx, k, short)
+			require.NoError(t, err)
+			require.True(t, ok)
+			if env.ExactClock {
+				env.Advance(short - time.Millisecond)
+				_, ok, err := next.Claim(ctx, k, long)
+				require.NoError(t, err)
+				require.False(t, ok, "the claim expired before its ttl")
+			}
+			env.Advance(short + 50*time.Millisecond)
+			release, ok, err := next.Claim(ctx, k, long)
+			require.NoError(t, err)
+			require.True(t, ok, "an expired claim still blocks the key")
+
+			staleRelease() // the old holder wakes up and releases what it no longer holds
+			_, ok, err = crashed.Claim(ctx, k, long)
+			require.NoError(t, err)
+			assert.False(t, ok, "a stale release removed the new holder's claim")
+
+			release()
+			release() // twice is harmless
+			release3, ok, err := crashed.Claim(ctx, k, long)
+			require.NoError(t, err)
+			require.True(t, ok)
+			release() // and so is a late one
+			_, ok, err = next.Claim(ctx, k, long)
+			require.NoError(t, err)
+			assert.False(t, ok, "a repeated release removed a later claim")
+			release3()
+		}},
+		{"of many concurrent claimers exactly one wins, each round", long, func(t *testing.T, env Env) {
+			const claimers = 50
+			stores := make([]waybill.TraceStore, claimers)
+			for i := range stores {
+				stores[i] = env.Open()
+			}
+			// round races every claimer for k at once and returns the
+			// winners' release funcs.
+			round := func(ttl time.Duration) []func() {
+				var (
+					mu      sync.Mutex
+					winners []func()
+					start   = make(chan struct{})
+					wg      sync.WaitGroup
+				)
+				for _, s := range stores {
+					wg.Go(func() {
+						<-start
+						release, ok, err := s.Claim(ctx, k, ttl)
+						assert.NoError(t, err)
+						if ok {
+							mu.Lock()
+							winners = append(winners, release)
+							mu.Unlock()
+						}
+					})
+				}
+				close(start)
+				wg.Wait()
+				return winners
+			}
+			w := round(long)
+			require.Len(t, w, 1, "first round")
+			require.Empty(t, round(long), "while the winner holds the claim")
+			w[0]()
+			w = round(long)
+			require.Len(t, w, 1, "after release")
+			w[0]()
+			// A holder that crashes: its short claim lapses, then everyone
+			// races again.
+			stale, ok, err := stores[0].Claim(ctx, k, short)
+			require.NoError(t, err)
+			require.True(t, ok)
+			env.Advance(short + 50*time.Millisecond)
+			w = round(long)
+			require.Len(t, w, 1, "after the claim expired unreleased")
+			stale()
+			require.Empty(t, round(long), "after a stale release")
+			w[0]()
+		}},
+		{"duplicates in flight reach the remote side once", long, func(t *testing.T, env Env) {
+			// The pattern the handler follows: look, claim, look again,
+			// call, put, release; losers poll until the record appears.
+			const workers = 30
+			var calls atomic.Int32
+			tokens := make([]string, workers)
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i := range workers {
+				s := env.Open()
+				wg.Go(func() {
+					<-start
+					tok, err := traceOnce(ctx, s, k, func() string {
+						calls.Add(1)
+						return "tok-only"
+					})
+					assert.NoError(t, err)
+					tokens[i] = tok
+				})
+			}
+			close(start)
+			wg.Wait()
+			assert.Equal(t, int32(1), calls.Load(), "remote calls")
+			for i, tok := range tokens {
+				assert.Equal(t, "tok-only", tok, "worker %d", i)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.run(t, newEnv(t, c.ttl))
+		})
+	}
+}
+
+// traceOnce returns the token stored under key, calling trace to make it when
+// there is none, with at most one caller tracing at a time.
+func traceOnce(ctx context.Context, s waybill.TraceStore, key waybill.DedupKey, trace func() string) (string, error) {
+	deadline := time.Now().Add(time.Minute) // a hang fails instead of blocking the test binary
+	for time.Now().Before(deadline) {
+		if rec, ok, err := s.Get(ctx, key); err != nil || ok {
+			return rec.WaybillToken, err
+		}
+		release, ok, err := s.Claim(ctx, key, long)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		defer release()
+		if rec, ok, err := s.Get(ctx, key); err != nil || ok {
+			return rec.WaybillToken, err
+		}
+		tok := trace()
+		return tok, s.Put(ctx, key, waybill.TraceRecord{WaybillToken: tok})
+	}
+	return "", errors.New("no record appeared within a minute")
+}
