@@ -1,0 +1,315 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+type action int
+
+const (
+	doAllow action = iota
+	doRefund
+	doExhaust
+)
+
+// step is one call in a decision case. Allow steps carry the decision they
+// must get; refund steps name the earlier step whose decision they refund.
+type step struct {
+	do        action
+	at        time.Time
+	app, user string
+	n         int
+	ref       int
+
+	allowed           bool
+	reason            Reason
+	retryAt           time.Time
+	appLeft, userLeft int64
+}
+
+func allow(at time.Time, app, user string) step {
+	return step{do: doAllow, at: at, app: app, user: user, n: 1}
+}
+
+func allowN(at time.Time, app, user string, n int) step {
+	s := allow(at, app, user)
+	s.n = n
+	return s
+}
+
+func (s step) ok(appLeft, userLeft int64) step {
+	s.allowed, s.appLeft, s.userLeft = true, appLeft, userLeft
+	return s
+}
+
+func (s step) deny(r Reason, retryAt time.Time, appLeft, userLeft int64) step {
+	s.reason, s.retryAt, s.appLeft, s.userLeft = r, retryAt, appLeft, userLeft
+	return s
+}
+
+// refund gives back all calls of step ref; refundN n of them.
+func refund(ref int) step                   { return step{do: doRefund, ref: ref} }
+func refundN(ref, n int) step               { return step{do: doRefund, ref: ref, n: n} }
+func exhaust(at time.Time, app string) step { return step{do: doExhaust, at: at, app: app} }
+
+type decisionCase struct {
+	name  string
+	cfg   Config
+	steps []step
+}
+
+func decisionCases() []decisionCase {
+	t0 := cst("2026-03-14 10:00:00")
+	mid := cst("2026-03-15 00:00:00") // the first reset after t0
+	sec := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	noRate := func(app, user int64) Config {
+		return Config{Defaults: Limits{AppDaily: app, UserDaily: user, Rate: -1}}
+	}
+	return []decisionCase{
+		{"zero config: WeChat's quotas, 20 calls/s, burst 20", Config{}, []step{
+			allowN(t0, "wxA", "u1", 20).ok(99_980, 80),
+			allow(t0, "wxA", "u2").deny(ReasonRate, sec(0.05), 99_980, 100),
+			allow(sec(0.05), "wxA", "u2").ok(99_979, 99),
+		}},
+		{"appid daily quota", noRate(3, -1), []step{
+			allow(t0, "wxA", "u1").ok(2, -1),
+			allow(t0, "wxA", "u2").ok(1, -1),
+			allow(t0, "wxA", "u3").ok(0, -1),
+			allow(t0, "wxA", "u4").deny(ReasonAppDaily, mid, 0, -1),
+			allow(t0, "wxB", "u4").ok(2, -1),
+			allow(mid.Add(-time.Nanosecond), "wxA", "u4").deny(ReasonAppDaily, mid, 0, -1),
+			allow(mid, "wxA", "u4").ok(2, -1),
+		}},
+		{"openid daily quota", noRate(10, 2), []step{
+			allow(t0, "wxA", "u1").ok(9, 1),
+			allow(t0, "wxA", "u1").ok(8, 0),
+			allow(t0, "wxA", "u1").deny(ReasonUserDaily, mid, 8, 0),
+			allow(t0, "wxA", "u2").ok(7, 1),
+			allow(t0, "wxB", "u1").ok(9, 1), // openids count per appid
+			allow(mid, "wxA", "u1").ok(9, 1),
+		}},
+		{"appid denial named before openid denial", noRate(2, 2), []step{
+			allow(t0, "wxA", "u1").ok(1, 1),
+			allow(t0, "wxA", "u1").ok(0, 0),
+			allow(t0, "wxA", "u1").deny(ReasonAppDaily, mid, 0, 0),
+		}},
+		{"a denial consumes nothing", Config{Defaults: Limits{AppDaily: 3, UserDaily: 1, Rate: 1, Burst: 1}}, []step{
+			allow(t0, "wxA", "u1").ok(2, 0),
+			allow(t0, "wxA", "u2").deny(ReasonRate, sec(1), 2, 1),
+			allow(t0, "wxA", "u1").deny(ReasonUserDaily, mid, 2, 0),
+			allow(sec(1), "wxA", "u2").ok(1, 0),
+			allow(sec(1.5), "wxA", "u3").deny(ReasonRate, sec(2), 1, 1),
+			allow(sec(2), "wxA", "u3").ok(0, 0),
+			allow(sec(3), "wxA", "u4").deny(ReasonAppDaily, mid, 0, 1),
+		}},
+		{"smooth rate and burst", Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 2, Burst: 3}}, []step{
+			allowN(t0, "wxA", "u1", 3).ok(-1, -1),
+			allow(t0, "wxA", "u1").deny(ReasonRate, sec(0.5), -1, -1),
+			allow(sec(0.499), "wxA", "u1").deny(ReasonRate, sec(0.5), -1, -1),
+			allow(sec(0.5), "wxA", "u1").ok(-1, -1),
+			allow(sec(0.5), "wxA", "u1").deny(ReasonRate, sec(1), -1, -1),
+			allowN(sec(0.5), "wxA", "u1", 2).deny(ReasonRate, sec(1.5), -1, -1),
+			allow(t0, "wxB", "u1").ok(-1, -1), // each appid has its own bucket
+			// Idle for long, the bucket holds Burst tokens, not more.
+			allowN(sec(60), "wxA", "u1", 3).ok(-1, -1),
+			allow(sec(60), "wxA", "u1").deny(ReasonRate, sec(60.5), -1, -1),
+		}},
+		{"fractional rate", Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 0.25}}, []step{
+			allow(t0, "wxA", "").ok(-1, -1),
+			allow(sec(1), "wxA", "").deny(ReasonRate, sec(4), -1, -1),
+			allow(sec(4), "wxA", "").ok(-1, -1),
+		}},
+		{"AllowN counts n calls", noRate(5, 3), []step{
+			allowN(t0, "wxA", "u1", 2).ok(3, 1),
+			allowN(t0, "wxA", "u1", 2).deny(ReasonUserDaily, mid, 3, 1),
+			allowN(t0, "wxA", "u2", 2).ok(1, 1),
+			allowN(t0, "wxA", "u3", 2).deny(ReasonAppDaily, mid, 1, 3),
+			allow(t0, "wxA", "u3").ok(0, 2),
+		}},
+		{"reset at 00:00 Asia/Shanghai, not at UTC midnight", noRate(1, -1), []step{
+			allow(cst("2026-03-14 07:59:59"), "wxA", "u1").ok(0, -1),
+			// 08:00 in Shanghai is midnight UTC: no reset.
+			allow(cst("2026-03-14 08:00:00"), "wxA", "u1").deny(ReasonAppDaily, mid, 0, -1),
+			allow(cst("2026-03-14 23:59:59.999999999"), "wxA", "u1").deny(ReasonAppDaily, mid, 0, -1),
+			allow(mid, "wxA", "u1").ok(0, -1),
+			allow(cst("2026-03-15 08:00:00"), "wxA", "u1").deny(ReasonAppDaily, cst("2026-03-16 00:00:00"), 0, -1),
+		}},
+		{"reset time and zone configured", Config{
+			Defaults: Limits{AppDaily: 1, UserDaily: -1, Rate: -1},
+			Location: time.UTC, ResetAt: 4*time.Hour + 30*time.Minute,
+		}, []step{
+			allow(at(time.UTC, "2026-03-14 04:29:59"), "wxA", "u1").ok(0, -1),
+			allow(at(time.UTC, "2026-03-14 04:29:59.9"), "wxA", "u1").deny(ReasonAppDaily, at(time.UTC, "2026-03-14 04:30:00"), 0, -1),
+			allow(at(time.UTC, "2026-03-14 04:30:00"), "wxA", "u1").ok(0, -1),
+			allow(at(time.UTC, "2026-03-15 04:00:00"), "wxA", "u1").deny(ReasonAppDaily, at(time.UTC, "2026-03-15 04:30:00"), 0, -1),
+		}},
+		{"New York, spring forward: a 23-hour window", Config{
+			Defaults: Limits{AppDaily: 1, UserDaily: -1, Rate: -1}, Location: newYork,
+		}, []step{
+			allow(at(newYork, "2026-03-08 00:00:00"), "wxA", "u1").ok(0, -1),
+			allow(at(newYork, "2026-03-08 23:59:59"), "wxA", "u1").deny(ReasonAppDaily, at(newYork, "2026-03-09 00:00:00"), 0, -1),
+			allow(at(newYork, "2026-03-09 00:00:00"), "wxA", "u1").ok(0, -1),
+		}},
+		{"New York, fall back: a 25-hour window", Config{
+			Defaults: Limits{AppDaily: 1, UserDaily: -1, Rate: -1}, Location: newYork,
+		}, []step{
+			allow(at(newYork, "2026-11-01 00:00:00"), "wxA", "u1").ok(0, -1),
+			// 24.5 hours after the reset, still the same day in New York.
+			allow(at(newYork, "2026-11-01 23:30:00"), "wxA", "u1").deny(ReasonAppDaily, at(newYork, "2026-11-02 00:00:00"), 0, -1),
+			allow(at(newYork, "2026-11-02 00:00:00"), "wxA", "u1").ok(0, -1),
+		}},
+		{"refund gives the daily quotas back", noRate(2, 1), []step{
+			allow(t0, "wxA", "u1").ok(1, 0), // 0
+			refund(0),
+			allow(t0, "wxA", "u1").ok(1, 0),
+			allow(t0, "wxA", "u2").ok(0, 0), // 3
+			allow(t0, "wxA", "u3").deny(ReasonAppDaily, mid, 0, 1),
+			refund(4), // a denial: nothing to give back
+			allow(t0, "wxA", "u3").deny(ReasonAppDaily, mid, 0, 1),
+			refund(3),
+			allow(t0, "wxA", "u2").ok(0, 0),
+		}},
+		{"refund keeps the rate token spent", Config{Defaults: Limits{AppDaily: 10, UserDaily: -1, Rate: 1, Burst: 1}}, []step{
+			allow(t0, "wxA", "u1").ok(9, -1),
+			refund(0),
+			allow(t0, "wxA", "u1").deny(ReasonRate, sec(1), 10, -1),
+		}},
+		{"RefundN gives back part", noRate(5, -1), []step{
+			allowN(t0, "wxA", "u1", 3).ok(2, -1),
+			refundN(0, 2),
+			allowN(t0, "wxA", "u1", 4).ok(0, -1),
+		}},
+		{"refund after the window ended does nothing", noRate(1, 1), []step{
+			allow(t0, "wxA", "u1").ok(0, 0),
+			allow(mid, "wxA", "u1").ok(0, 0),
+			refund(0),
+			allow(mid, "wxA", "u1").deny(ReasonAppDaily, cst("2026-03-16 00:00:00"), 0, 0),
+		}},
+		{"ExhaustApp closes the appid until the reset", noRate(100, -1), []step{
+			allow(t0, "wxA", "u1").ok(99, -1), // 0
+			exhaust(sec(60), "wxA"),
+			allow(sec(61), "wxA", "u1").deny(ReasonAppDaily, mid, 0, -1),
+			allow(sec(61), "wxB", "u1").ok(99, -1),
+			refund(0),
+			allow(sec(62), "wxA", "u1").deny(ReasonAppDaily, mid, 0, -1),
+			allow(mid, "wxA", "u1").ok(99, -1),
+		}},
+		{"per-appid limits inherit field by field", Config{
+			Defaults: Limits{AppDaily: 2, Rate: -1},
+			Apps:     map[string]Limits{"wxA": {AppDaily: 1}, "wxC": {UserDaily: 1}},
+		}, []step{
+			allow(t0, "wxA", "u1").ok(0, 99),
+			allow(t0, "wxA", "u2").deny(ReasonAppDaily, mid, 0, 100),
+			allow(t0, "wxB", "u1").ok(1, 99),
+			allow(t0, "wxB", "u1").ok(0, 98),
+			allow(t0, "wxC", "u1").ok(1, 0),
+			allow(t0, "wxC", "u1").deny(ReasonUserDaily, mid, 1, 0),
+		}},
+		{"no openid: no per-user quota", noRate(3, 1), []step{
+			allow(t0, "wxA", "").ok(2, -1),
+			allow(t0, "wxA", "").ok(1, -1),
+			refund(1),
+			allow(t0, "wxA", "u1").ok(1, 0),
+		}},
+	}
+}
+
+// runSteps plays steps on a Limiter made from cfg and checks every decision.
+func runSteps(t *testing.T, cfg Config, steps []step) {
+	t.Helper()
+	ctx := context.Background()
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]Decision, len(steps))
+	for i, s := range steps {
+		switch s.do {
+		case doRefund:
+			n := s.n
+			if n == 0 {
+				n = int(got[s.ref].n)
+			}
+			if err := l.RefundN(ctx, got[s.ref], n); err != nil {
+				t.Fatalf("step %d: RefundN: %v", i, err)
+			}
+			continue
+		case doExhaust:
+			if err := l.ExhaustApp(ctx, s.app, s.at); err != nil {
+				t.Fatalf("step %d: ExhaustApp: %v", i, err)
+			}
+			continue
+		}
+		d, err := l.AllowN(ctx, s.app, s.user, s.at, s.n)
+		if err != nil {
+			t.Fatalf("step %d: AllowN: %v", i, err)
+		}
+		got[i] = d
+		if d.Allowed != s.allowed || d.Reason != s.reason || !d.RetryAt.Equal(s.retryAt) ||
+			d.AppRemaining != s.appLeft || d.UserRemaining != s.userLeft {
+			t.Errorf("step %d: AllowN(%s, %q, %s, %d) =\n\tallowed %v, reason %v, retry %s, left %d/%d; want\n\tallowed %v, reason %v, retry %s, left %d/%d",
+				i, s.app, s.user, s.at, s.n,
+				d.Allowed, d.Reason, d.RetryAt, d.AppRemaining, d.UserRemaining,
+				s.allowed, s.reason, s.retryAt, s.appLeft, s.userLeft)
+		}
+		if _, end := l.Window(s.at); !d.WindowEnd.Equal(end) {
+			t.Errorf("step %d: WindowEnd %s, want %s", i, d.WindowEnd, end)
+		}
+	}
+}
+
+func TestDecisions(t *testing.T) {
+	forEachStore(t, func(t *testing.T, k storeKind) {
+		for _, c := range decisionCases() {
+			t.Run(c.name, func(t *testing.T) {
+				c.cfg.Store = k.one(t)
+				runSteps(t, c.cfg, c.steps)
+			})
+		}
+	})
+}
+
+func TestAllowNRejectsImpossibleRequests(t *testing.T) {
+	ctx := context.Background()
+	now := cst("2026-03-14 10:00:00")
+	l, err := New(Config{Defaults: Limits{AppDaily: 10, UserDaily: 3, Rate: 5, Burst: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name        string
+		app, user   string
+		n           int
+		capacityErr bool
+	}{
+		{"empty appid", "", "u1", 1, false},
+		{"n zero", "wxA", "u1", 0, false},
+		{"n negative", "wxA", "u1", -1, false},
+		{"n over burst", "wxA", "", 5, true},
+		{"n over user quota", "wxA", "u1", 4, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := l.AllowN(ctx, c.app, c.user, now, c.n)
+			if err == nil || d.Allowed {
+				t.Fatalf("AllowN = %+v, %v; want an error", d, err)
+			}
+			if got := errors.Is(err, ErrExceedsCapacity); got != c.capacityErr {
+				t.Errorf("errors.Is(%v, ErrExceedsCapacity) = %v, want %v", err, got, c.capacityErr)
+			}
+		})
+	}
+	// The rejected requests counted nothing.
+	d, err := l.AllowN(ctx, "wxA", "u1", now, 3)
+	if err != nil || !d.Allowed || d.AppRemaining != 7 {
+		t.Fatalf("AllowN(3) after rejections = %+v, %v; want allowed with 7 left", d, err)
+	}
+	if err := l.RefundN(ctx, d, 4); err == nil {
+		t.Error("RefundN(4) of a decision that allowed 3: no error")
+	}
+	if err := l.ExhaustApp(ctx, "", now); err == nil {
+		t.Error("ExhaustApp with an empty appid: no error")
+	}
+}

@@ -1,0 +1,176 @@
+package ratelimit
+
+import (
+	"context"
+	"math"
+	"sync"
+)
+
+// MemoryStore keeps the counters in this process's memory. Its memory is
+// bounded: a window's counters, openids included, are dropped once a
+// decision at or after the window's end is made for any appid. It is safe
+// for simultaneous use by multiple goroutines.
+type MemoryStore struct {
+	mu   sync.Mutex
+	apps map[string]*memApp
+	// nextSweep is the earliest end (microseconds) among the kept windows
+	// and idle buckets: no sweep is needed before it.
+	nextSweep int64
+}
+
+type memApp struct {
+	// windows holds usually one window, two around a reset when callers'
+	// clocks differ.
+	windows map[string]*memWindow
+	// tat is the GCRA's theoretical arrival time, in microseconds.
+	tat int64
+}
+
+type memWindow struct {
+	end       int64
+	count     int64
+	exhausted bool
+	users     map[string]int64
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{apps: make(map[string]*memApp), nextSweep: math.MaxInt64}
+}
+
+// take is the reference form of the decision; redisTakeScript is the same
+// logic in Lua.
+func (s *MemoryStore) take(_ context.Context, q *query) (outcome, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweep(q.now)
+
+	var o outcome
+	a := s.apps[q.appid]
+	var w *memWindow
+	var tat int64
+	if a != nil {
+		w, tat = a.windows[q.window], a.tat
+	}
+	if w != nil {
+		o.app, o.exhausted = w.count, w.exhausted
+		if q.userQuota >= 0 {
+			o.user = w.users[q.openid]
+		}
+	}
+	switch {
+	case o.exhausted || (q.appQuota >= 0 && o.app+q.n > q.appQuota):
+		o.reason = ReasonAppDaily
+		return o, nil
+	case q.userQuota >= 0 && o.user+q.n > q.userQuota:
+		o.reason = ReasonUserDaily
+		return o, nil
+	}
+	if q.interval > 0 {
+		tat = max(tat, q.now) + q.n*q.interval
+		if limit := q.burst * q.interval; tat-q.now > limit {
+			o.reason, o.retry = ReasonRate, tat-limit
+			return o, nil
+		}
+	}
+
+	a, w = s.window(q.appid, q.window, q.end)
+	if q.interval > 0 {
+		a.tat = tat
+	}
+	w.count += q.n
+	o.app = w.count
+	if q.userQuota >= 0 {
+		w.users[q.openid] += q.n
+		o.user = w.users[q.openid]
+	}
+	o.allowed = true
+	return o, nil
+}
+
+// window returns the app and window, creating them.
+func (s *MemoryStore) window(appid, id string, end int64) (*memApp, *memWindow) {
+	a := s.apps[appid]
+	if a == nil {
+		a = &memApp{windows: make(map[string]*memWindow, 1)}
+		s.apps[appid] = a
+	}
+	w := a.windows[id]
+	if w == nil {
+		w = &memWindow{end: end, users: make(map[string]int64)}
+		a.windows[id] = w
+		s.nextSweep = min(s.nextSweep, end)
+	}
+	return a, w
+}
+
+// sweep drops the windows that ended at or before now, and the appids left
+// with neither windows nor a pending token debt.
+func (s *MemoryStore) sweep(now int64) {
+	if now < s.nextSweep {
+		return
+	}
+	next := int64(math.MaxInt64)
+	for appid, a := range s.apps {
+		for id, w := range a.windows {
+			if w.end <= now {
+				delete(a.windows, id)
+				continue
+			}
+			next = min(next, w.end)
+		}
+		if len(a.windows) == 0 {
+			if a.tat <= now {
+				delete(s.apps, appid)
+				continue
+			}
+			next = min(next, a.tat)
+		}
+	}
+	s.nextSweep = next
+}
+
+func (s *MemoryStore) refund(_ context.Context, appid, openid, window string, n int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.apps[appid]
+	if a == nil {
+		return nil
+	}
+	w := a.windows[window]
+	if w == nil {
+		return nil
+	}
+	w.count -= min(n, w.count)
+	if openid != "" {
+		if u := w.users[openid] - min(n, w.users[openid]); u > 0 {
+			w.users[openid] = u
+		} else {
+			delete(w.users, openid)
+		}
+	}
+	return nil
+}
+
+func (s *MemoryStore) exhaust(_ context.Context, appid, window string, now, end int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweep(now)
+	_, w := s.window(appid, window, end)
+	w.exhausted = true
+	return nil
+}
+
+// size counts what the store holds, for tests of its memory bound.
+func (s *MemoryStore) size() (apps, windows, users int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.apps {
+		apps++
+		windows += len(a.windows)
+		for _, w := range a.windows {
+			users += len(w.users)
+		}
+	}
+	return apps, windows, users
+}
