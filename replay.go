@@ -1,0 +1,833 @@
+package waybill
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Replay defaults.
+const (
+	// DefaultMaxReplays is how often an event may be replayed before Replay
+	// skips it as poison.
+	DefaultMaxReplays = 3
+	// DefaultReplayBatch is how many records Replay handles on a partition
+	// between two commits of its consumer position.
+	DefaultReplayBatch = 100
+)
+
+// ReplayConfig configures Replay. Kafka.Brokers is required; every other
+// field has a default, documented on it.
+type ReplayConfig struct {
+	// Kafka reaches the cluster. Brokers is required; Version zero means
+	// KafkaVersion; ClientID "" means "waybill-replay"; NackResendSleep is
+	// not used.
+	//
+	// ConsumerGroup is the group whose committed position records what has
+	// been replayed. "" means Group(): a name derived from Topic, To and
+	// Filter, so that running the same replay again resumes it, while a
+	// replay with another filter starts from the oldest dead letter instead
+	// of behind records an earlier, narrower replay skipped.
+	Kafka KafkaConfig
+	// Topic is the dead-letter topic to read. "" means
+	// DefaultDeadLetterTopic.
+	Topic string
+	// To, if not "", receives every replayed event. "" sends each event back
+	// to the topic it was consumed from (HeaderDeadSourceTopic).
+	To string
+	// Filter selects the events to replay. The zero Filter selects all.
+	Filter ReplayFilter
+	// MaxReplays: an event whose HeaderReplays has reached it is not
+	// replayed but reported in ReplayReport.OverLimit, so a poison event
+	// cannot loop between the handler and the dead-letter topic. Zero means
+	// DefaultMaxReplays.
+	MaxReplays int
+	// DryRun reads and reports what would move and changes nothing: it
+	// publishes nothing, commits nothing and does not join the consumer
+	// group (so it does not disturb a replay in progress). It reads from the
+	// group's committed position, so it shows what a real run would do now.
+	DryRun bool
+	// Rate caps the events republished per second; they leave evenly spaced
+	// (no bursts), so the handler behind them does not spend WeChat's
+	// per-minute quota in one go. Zero means no cap.
+	Rate float64
+	// Batch is how many records a partition may handle between two commits
+	// of the consumer position. It bounds the duplicates of a crash; see
+	// Replay. Zero means DefaultReplayBatch.
+	Batch int
+	// Decode reads the appid and order id of an event from its payload, for
+	// the filters and the report. Nil means DecodeJSON. An event it cannot
+	// decode has no appid, and its order id is HeaderDeadKey.
+	Decode DecodeFunc
+	// Progress, if not nil, is called after each record read, with the
+	// counts so far. Calls never overlap, and the partitions wait while it
+	// runs: it must return quickly.
+	Progress func(ReplayProgress)
+}
+
+// ReplayFilter selects dead letters. Every non-empty condition must hold; a
+// list holds when the event matches any of its elements. The zero value
+// selects every dead letter.
+type ReplayFilter struct {
+	// Reasons are the reason classes to replay, e.g. ReasonConfiguration.
+	Reasons []Reason
+	// Errcodes are WeChat errcodes; events with no errcode (WeChat was not
+	// called) never match a non-empty list.
+	Errcodes []int
+	// AppIDs are mini program appids, read from the payload by Decode.
+	AppIDs []string
+	// OrderIDs are order ids, read from the payload by Decode or else from
+	// HeaderDeadKey.
+	OrderIDs []string
+	// Since, if not zero, selects events whose last failure is at or after
+	// it.
+	Since time.Time
+	// Until, if not zero, selects events whose last failure is before it.
+	Until time.Time
+}
+
+// Match reports whether f selects ev. An event that is not a waybill dead
+// letter (ev.Dead is nil) never matches.
+func (f *ReplayFilter) Match(ev *ReplayEvent) bool {
+	d := ev.Dead
+	switch {
+	case d == nil:
+		return false
+	case len(f.Reasons) > 0 && !slices.Contains(f.Reasons, d.Reason):
+		return false
+	case len(f.Errcodes) > 0 && (!d.HasErrcode || !slices.Contains(f.Errcodes, d.Errcode)):
+		return false
+	case len(f.AppIDs) > 0 && !slices.Contains(f.AppIDs, ev.AppID):
+		return false
+	case len(f.OrderIDs) > 0 && !slices.Contains(f.OrderIDs, ev.OrderID):
+		return false
+	case !f.Since.IsZero() && (d.LastFailure.IsZero() || d.LastFailure.Before(f.Since)):
+		return false
+	case !f.Until.IsZero() && (d.LastFailure.IsZero() || !d.LastFailure.Before(f.Until)):
+		return false
+	}
+	return true
+}
+
+// key is a canonical text of f, for Group.
+func (f *ReplayFilter) key() string {
+	sorted := func(ss []string) string {
+		ss = slices.Clone(ss)
+		sort.Strings(ss)
+		return strings.Join(ss, ",")
+	}
+	reasons := make([]string, len(f.Reasons))
+	for i, r := range f.Reasons {
+		reasons[i] = string(r)
+	}
+	codes := make([]string, len(f.Errcodes))
+	for i, c := range f.Errcodes {
+		codes[i] = strconv.Itoa(c)
+	}
+	instant := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	return strings.Join([]string{sorted(reasons), sorted(codes), sorted(f.AppIDs), sorted(f.OrderIDs),
+		instant(f.Since), instant(f.Until)}, "\x00")
+}
+
+// ReplayOutcome is what Replay did with one record of the dead-letter topic.
+type ReplayOutcome int
+
+const (
+	// Replayed: republished to ReplayEvent.To.
+	Replayed ReplayOutcome = iota + 1
+	// WouldReplay: selected in a dry run.
+	WouldReplay
+	// SkippedByFilter: not selected by the filter.
+	SkippedByFilter
+	// SkippedOverLimit: selected, but already replayed MaxReplays times.
+	SkippedOverLimit
+	// SkippedInvalid: not a waybill dead letter (see ReplayEvent.Problem), or
+	// one that names no topic to return to while ReplayConfig.To is "".
+	SkippedInvalid
+)
+
+func (o ReplayOutcome) String() string {
+	switch o {
+	case Replayed:
+		return "replayed"
+	case WouldReplay:
+		return "would_replay"
+	case SkippedByFilter:
+		return "skipped_by_filter"
+	case SkippedOverLimit:
+		return "skipped_over_limit"
+	case SkippedInvalid:
+		return "skipped_invalid"
+	}
+	return "unknown"
+}
+
+// ReplayEvent is one record of the dead-letter topic as Replay saw it.
+type ReplayEvent struct {
+	// ID is the message UUID (Watermill's), the same as the original
+	// event's.
+	ID        string
+	Partition int32
+	Offset    int64
+	// Key is the Kafka key, kept on republishing: the order id for the dead
+	// letters waybill writes.
+	Key string
+	// OrderID comes from the payload (Decode), else from HeaderDeadKey.
+	OrderID string
+	// AppID comes from the payload (Decode); "" when it cannot be decoded.
+	AppID string
+	// Dead holds the dead-letter headers; nil when they are missing or
+	// malformed.
+	Dead *DeadLetter
+	// Replays is HeaderReplays as read: how often the event had been
+	// replayed before.
+	Replays int
+	// To is the topic the event goes to, or would go to.
+	To      string
+	Outcome ReplayOutcome
+	// Problem says why an event is SkippedInvalid.
+	Problem string
+}
+
+// ReplayCounts counts records by outcome. In a dry run Replayed counts the
+// events that would have been replayed.
+type ReplayCounts struct {
+	Scanned          int // records read
+	Replayed         int
+	SkippedByFilter  int
+	SkippedOverLimit int
+	SkippedInvalid   int
+}
+
+func (c *ReplayCounts) add(o ReplayOutcome) {
+	c.Scanned++
+	switch o {
+	case Replayed, WouldReplay:
+		c.Replayed++
+	case SkippedByFilter:
+		c.SkippedByFilter++
+	case SkippedOverLimit:
+		c.SkippedOverLimit++
+	case SkippedInvalid:
+		c.SkippedInvalid++
+	}
+}
+
+// ReplayRange is the span of one partition that a replay reads: from the
+// group's committed position (or the oldest record) to the end offset
+// recorded when the replay started.
+type ReplayRange struct {
+	Partition  int32
+	Start, End int64
+}
+
+// ReplayReport is the account of a replay.
+type ReplayReport struct {
+	// ReplayCounts are the totals.
+	ReplayCounts
+	// ByReason splits the counts by dead-letter reason; records that are
+	// not waybill dead letters count under the empty Reason.
+	ByReason map[Reason]ReplayCounts
+	// OverLimit lists the selected events skipped because they had been
+	// replayed MaxReplays times already.
+	OverLimit []ReplayEvent
+	// Group is the consumer group whose position the replay used.
+	Group  string
+	DryRun bool
+	// Ranges are the partitions' spans, in partition order.
+	Ranges []ReplayRange
+}
+
+// ReplayProgress is passed to ReplayConfig.Progress after each record.
+type ReplayProgress struct {
+	// ReplayCounts are the counts so far.
+	ReplayCounts
+	// Total is the number of records between the start positions and the
+	// end offsets: Scanned reaches it when the replay completes.
+	Total int64
+	// Event is the record just handled.
+	Event ReplayEvent
+}
+
+func (c *ReplayConfig) setDefaults() {
+	if c.Topic == "" {
+		c.Topic = DefaultDeadLetterTopic
+	}
+	if c.Kafka.ConsumerGroup == "" {
+		c.Kafka.ConsumerGroup = c.Group()
+	}
+	if c.Kafka.ClientID == "" {
+		c.Kafka.ClientID = "waybill-replay"
+	}
+	if c.MaxReplays == 0 {
+		c.MaxReplays = DefaultMaxReplays
+	}
+	if c.Batch == 0 {
+		c.Batch = DefaultReplayBatch
+	}
+	if c.Decode == nil {
+		c.Decode = DecodeJSON
+	}
+}
+
+// Group returns the consumer group Replay uses: Kafka.ConsumerGroup, or,
+// when that is "", "waybill-replay-" and a digest of the topic, the
+// destination and the filter.
+func (c ReplayConfig) Group() string {
+	if c.Kafka.ConsumerGroup != "" {
+		return c.Kafka.ConsumerGroup
+	}
+	topic := c.Topic
+	if topic == "" {
+		topic = DefaultDeadLetterTopic
+	}
+	sum := sha256.Sum256([]byte(topic + "\x00" + c.To + "\x00" + c.Filter.key()))
+	return "waybill-replay-" + hex.EncodeToString(sum[:6])
+}
+
+// Validate reports a configuration that cannot work.
+func (c *ReplayConfig) Validate() error {
+	var errs []error
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("Kafka.Brokers is required"))
+	}
+	if c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) {
+		errs = append(errs, fmt.Errorf("Rate %v is not a number of events per second ≥ 0", c.Rate))
+	}
+	if c.MaxReplays < 0 {
+		errs = append(errs, fmt.Errorf("MaxReplays %d is negative", c.MaxReplays))
+	}
+	if c.Batch < 0 {
+		errs = append(errs, fmt.Errorf("Batch %d is negative", c.Batch))
+	}
+	if f := c.Filter; !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		errs = append(errs, fmt.Errorf("Filter.Since %s is not before Filter.Until %s",
+			f.Since.Format(time.RFC3339), f.Until.Format(time.RFC3339)))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("replay config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Replay reads the dead-letter topic cfg.Topic and republishes the events
+// cfg.Filter selects to the topic they were consumed from (or cfg.To), as
+// they were before they died: same payload, same Kafka key, same message
+// UUID, the original headers without the HeaderDead* ones, and HeaderReplays
+// one higher. An event already replayed cfg.MaxReplays times is skipped and
+// reported instead.
+//
+// Replay records the end offset of every partition when it starts and stops
+// once it has read up to them: it never chases records written after it
+// started, its own output included, so replaying into the dead-letter topic
+// itself terminates.
+//
+// Guarantee: an event is republished (acks=all) before its record's offset is
+// marked; the consumer group's position is committed every cfg.Batch records
+// per partition, when a partition is done and when the replay stops. So an
+// interrupted replay, run again with the same configuration (the same
+// group), loses nothing. If it stopped cleanly (ctx cancelled, a publish
+// failed) it republishes nothing twice; if the process died or a commit
+// failed, it republishes again at most the records handled since the last
+// successful commit: cfg.Batch per partition, the in-flight batch.
+//
+// The report is returned whenever reading began, with an error too when the
+// replay was interrupted (wrapping ctx.Err()) or failed; its counts then say
+// what was done.
+func Replay(ctx context.Context, cfg ReplayConfig) (*ReplayReport, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	sc := cfg.Kafka.sarama()
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	sc.Consumer.Offsets.AutoCommit.Enable = false
+	sc.Consumer.Return.Errors = true
+	// Replay reads a bounded range and then stops: a short fetch wait lets
+	// it notice the end, and shut down, without idling in long polls.
+	sc.Consumer.MaxWaitTime = 50 * time.Millisecond
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Return.Successes = true
+	sc.Producer.Retry.Max = 10
+	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
+	if err != nil {
+		return nil, fmt.Errorf("replay: kafka client: %w", err)
+	}
+	defer client.Close()
+
+	r := &replayer{cfg: cfg, client: client, pace: newPacer(cfg.Rate), done: map[int32]bool{}}
+	r.report = ReplayReport{Group: cfg.Kafka.ConsumerGroup, DryRun: cfg.DryRun, ByReason: map[Reason]ReplayCounts{}}
+	if err := r.plan(); err != nil {
+		return nil, err
+	}
+	if cfg.DryRun {
+		err = r.scan(ctx)
+	} else {
+		err = r.replay(ctx)
+	}
+	report := r.report
+	return &report, err
+}
+
+// replayer is the state of one Replay call.
+type replayer struct {
+	cfg    ReplayConfig
+	client sarama.Client
+	pace   *pacer
+	// ranges and total are fixed by plan.
+	ranges map[int32]ReplayRange
+	total  int64
+
+	producer sarama.SyncProducer // nil in a dry run
+	cancel   context.CancelFunc  // ends the group session once every partition is done
+
+	mu       sync.Mutex
+	report   ReplayReport
+	done     map[int32]bool
+	failure  error // first publish failure
+	groupErr error // first error the consumer group reported
+}
+
+// plan records the end offset of every partition and the group's start
+// positions.
+func (r *replayer) plan() error {
+	topic := r.cfg.Topic
+	parts, err := r.client.Partitions(topic)
+	if err != nil {
+		return fmt.Errorf("replay: dead-letter topic %s: %w", topic, err)
+	}
+	committed, err := r.committed(parts)
+	if err != nil {
+		return err
+	}
+	r.ranges = make(map[int32]ReplayRange, len(parts))
+	for _, p := range parts {
+		oldest, err := r.client.GetOffset(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			return fmt.Errorf("replay: oldest offset of %s/%d: %w", topic, p, err)
+		}
+		end, err := r.client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return fmt.Errorf("replay: end offset of %s/%d: %w", topic, p, err)
+		}
+		// A position below the oldest record (retention deleted it) restarts
+		// from the oldest record, as the consumer group does.
+		start := max(committed[p], oldest)
+		rg := ReplayRange{Partition: p, Start: start, End: end}
+		r.ranges[p] = rg
+		r.report.Ranges = append(r.report.Ranges, rg)
+		if start >= end {
+			r.done[p] = true
+		} else {
+			r.total += end - start
+		}
+	}
+	sort.Slice(r.report.Ranges, func(i, j int) bool { return r.report.Ranges[i].Partition < r.report.Ranges[j].Partition })
+	return nil
+}
+
+// committed returns the group's committed offset of each partition; -1 for
+// none. It only reads.
+func (r *replayer) committed(parts []int32) (map[int32]int64, error) {
+	// The admin shares r.client; closing the client releases it.
+	admin, err := sarama.NewClusterAdminFromClient(r.client)
+	if err != nil {
+		return nil, fmt.Errorf("replay: kafka admin: %w", err)
+	}
+	out := make(map[int32]int64, len(parts))
+	for _, p := range parts {
+		out[p] = -1
+	}
+	resp, err := admin.ListConsumerGroupOffsets(r.cfg.Kafka.ConsumerGroup, map[string][]int32{r.cfg.Topic: parts})
+	if err == nil && resp.Err != sarama.ErrNoError {
+		err = resp.Err
+	}
+	if errors.Is(err, sarama.ErrGroupIDNotFound) {
+		return out, nil // a group that never committed (some brokers say so)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("replay: committed offsets of group %s: %w", r.cfg.Kafka.ConsumerGroup, err)
+	}
+	for _, p := range parts {
+		if b := resp.GetBlock(r.cfg.Topic, p); b != nil && b.Err == sarama.ErrNoError {
+			out[p] = b.Offset
+		}
+	}
+	return out, nil
+}
+
+// scan is the dry run: plain partition consumers from the start positions,
+// one partition after the other, so the output is in partition order.
+func (r *replayer) scan(ctx context.Context) error {
+	consumer, err := sarama.NewConsumerFromClient(r.client)
+	if err != nil {
+		return fmt.Errorf("replay: kafka consumer: %w", err)
+	}
+	defer consumer.Close()
+	for _, rg := range r.report.Ranges {
+		if rg.Start >= rg.End {
+			continue
+		}
+		pc, err := consumer.ConsumePartition(r.cfg.Topic, rg.Partition, rg.Start)
+		if err != nil {
+			return fmt.Errorf("replay: read %s/%d: %w", r.cfg.Topic, rg.Partition, err)
+		}
+		err = r.scanPartition(ctx, pc, rg.End)
+		pc.AsyncClose()
+		for range pc.Messages() {
+		}
+		for range pc.Errors() {
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *replayer) scanPartition(ctx context.Context, pc sarama.PartitionConsumer, end int64) error {
+	for {
+		select {
+		case m := <-pc.Messages():
+			if m.Offset >= end {
+				return nil
+			}
+			_, ev := r.inspect(m)
+			r.record(ev)
+			if m.Offset+1 >= end {
+				return nil
+			}
+		case err := <-pc.Errors():
+			return fmt.Errorf("replay: read %s/%d: %w", r.cfg.Topic, err.Partition, err.Err)
+		case <-ctx.Done():
+			return fmt.Errorf("replay interrupted: %w", ctx.Err())
+		}
+	}
+}
+
+// replay joins the consumer group and republishes until every partition
+// reached its end offset.
+func (r *replayer) replay(ctx context.Context) error {
+	if r.allDone() {
+		return nil
+	}
+	producer, err := sarama.NewSyncProducerFromClient(r.client)
+	if err != nil {
+		return fmt.Errorf("replay: kafka producer: %w", err)
+	}
+	defer producer.Close()
+	r.producer = producer
+	group, err := sarama.NewConsumerGroupFromClient(r.cfg.Kafka.ConsumerGroup, r.client)
+	if err != nil {
+		return fmt.Errorf("replay: consumer group %s: %w", r.cfg.Kafka.ConsumerGroup, err)
+	}
+	errsDone := make(chan struct{})
+	go func() {
+		defer close(errsDone)
+		for err := range group.Errors() {
+			r.mu.Lock()
+			if r.groupErr == nil && !errors.Is(err, context.Canceled) {
+				r.groupErr = err
+			}
+			r.mu.Unlock()
+		}
+	}()
+	defer func() { <-errsDone }()
+	defer group.Close()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.cancel = cancel
+	topics := []string{r.cfg.Topic}
+	for {
+		err := group.Consume(runCtx, topics, r)
+		if f := r.failed(); f != nil {
+			return f
+		}
+		if r.allDone() {
+			return r.commitError()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("replay interrupted: %w", ctx.Err())
+		}
+		if err != nil {
+			return fmt.Errorf("replay: consume %s: %w", r.cfg.Topic, err)
+		}
+		// The session ended for a rebalance: another member of the group
+		// may have finished partitions this one did not hold.
+		if err := r.refreshDone(); err != nil {
+			return err
+		}
+	}
+}
+
+// Setup implements sarama.ConsumerGroupHandler.
+func (r *replayer) Setup(sarama.ConsumerGroupSession) error { return nil }
+
+// Cleanup implements sarama.ConsumerGroupHandler.
+func (r *replayer) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+// ConsumeClaim implements sarama.ConsumerGroupHandler: it replays one
+// partition up to its end offset, then holds the claim until every partition
+// is done, so that the session does not end early.
+func (r *replayer) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	if rg, known := r.ranges[claim.Partition()]; known {
+		reached := claim.InitialOffset() >= rg.End
+		if !reached {
+			var err error
+			if reached, err = r.consumePartition(sess, claim, rg.End); err != nil {
+				return err
+			}
+		}
+		if reached {
+			r.finish(claim.Partition())
+		}
+	}
+	<-sess.Context().Done()
+	return nil
+}
+
+// consumePartition handles a claim's records below end. It reports whether it
+// reached end; it stops early, with no error, when the session ends, and with
+// the error when a publish failed.
+func (r *replayer) consumePartition(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim, end int64) (reached bool, err error) {
+	marked := 0
+	defer func() {
+		if marked > 0 {
+			sess.Commit()
+		}
+	}()
+	for {
+		select {
+		case m, ok := <-claim.Messages():
+			if !ok {
+				return false, nil
+			}
+			if m.Offset >= end {
+				return true, nil
+			}
+			msg, ev := r.inspect(m)
+			if ev.Outcome == Replayed {
+				if err := r.pace.wait(sess.Context()); err != nil {
+					return false, nil // the session ends; the record stays unmarked
+				}
+				if err := r.republish(m, msg, &ev); err != nil {
+					r.fail(err)
+					return false, err
+				}
+			}
+			sess.MarkMessage(m, "")
+			r.record(ev)
+			if marked++; marked >= r.cfg.Batch {
+				sess.Commit()
+				marked = 0
+			}
+			if m.Offset+1 >= end {
+				return true, nil
+			}
+		case <-sess.Context().Done():
+			return false, nil
+		}
+	}
+}
+
+// inspect decodes a record and decides its outcome.
+func (r *replayer) inspect(m *sarama.ConsumerMessage) (*message.Message, ReplayEvent) {
+	msg, _ := kafka.DefaultMarshaler{}.Unmarshal(m) // never fails
+	ev := ReplayEvent{ID: msg.UUID, Partition: m.Partition, Offset: m.Offset, Key: string(m.Key),
+		OrderID: msg.Metadata.Get(HeaderDeadKey), To: r.cfg.To}
+	if e, err := r.cfg.Decode(msg); err == nil && e != nil {
+		ev.AppID = e.AppID
+		if e.OrderID != "" {
+			ev.OrderID = e.OrderID
+		}
+	}
+	d, err := ParseDeadLetter(msg)
+	if err != nil {
+		ev.Outcome, ev.Problem = SkippedInvalid, err.Error()
+		return msg, ev
+	}
+	ev.Dead = d
+	if ev.To == "" {
+		ev.To = d.SourceTopic
+	}
+	if s := msg.Metadata.Get(HeaderReplays); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			ev.Outcome, ev.Problem = SkippedInvalid, fmt.Sprintf("header %s: %q is not a count", HeaderReplays, s)
+			return msg, ev
+		}
+		ev.Replays = n
+	}
+	switch {
+	case !r.cfg.Filter.Match(&ev):
+		ev.Outcome = SkippedByFilter
+	case ev.Replays >= r.cfg.MaxReplays:
+		ev.Outcome = SkippedOverLimit
+	case ev.To == "":
+		ev.Outcome, ev.Problem = SkippedInvalid, fmt.Sprintf("no %s header and no destination topic given", HeaderDeadSourceTopic)
+	case r.cfg.DryRun:
+		ev.Outcome = WouldReplay
+	default:
+		ev.Outcome = Replayed
+	}
+	return msg, ev
+}
+
+// republish sends the event as it was before it died, with HeaderReplays
+// incremented, and waits for all in-sync replicas.
+func (r *replayer) republish(m *sarama.ConsumerMessage, msg *message.Message, ev *ReplayEvent) error {
+	md := OriginalMetadata(msg)
+	md.Set(HeaderReplays, strconv.Itoa(ev.Replays+1))
+	keys := make([]string, 0, len(md))
+	for k := range md {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	headers := make([]sarama.RecordHeader, 0, len(keys)+1)
+	if msg.UUID != "" {
+		headers = append(headers, sarama.RecordHeader{Key: []byte(kafka.UUIDHeaderKey), Value: []byte(msg.UUID)})
+	}
+	for _, k := range keys {
+		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(md[k])})
+	}
+	pm := &sarama.ProducerMessage{Topic: ev.To, Value: sarama.ByteEncoder(m.Value), Headers: headers}
+	if m.Key != nil {
+		pm.Key = sarama.ByteEncoder(m.Key)
+	}
+	if _, _, err := r.producer.SendMessage(pm); err != nil {
+		return fmt.Errorf("replay: republish %s (%s/%d@%d) to %s: %w", ev.ID, r.cfg.Topic, ev.Partition, ev.Offset, ev.To, err)
+	}
+	return nil
+}
+
+// record counts ev and reports progress.
+func (r *replayer) record(ev ReplayEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.report.add(ev.Outcome)
+	var reason Reason
+	if ev.Dead != nil {
+		reason = ev.Dead.Reason
+	}
+	c := r.report.ByReason[reason]
+	c.add(ev.Outcome)
+	r.report.ByReason[reason] = c
+	if ev.Outcome == SkippedOverLimit {
+		r.report.OverLimit = append(r.report.OverLimit, ev)
+	}
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(ReplayProgress{ReplayCounts: r.report.ReplayCounts, Total: r.total, Event: ev})
+	}
+}
+
+// finish marks partition p done and ends the session when all are.
+func (r *replayer) finish(p int32) {
+	r.mu.Lock()
+	r.done[p] = true
+	all := len(r.done) == len(r.ranges)
+	r.mu.Unlock()
+	if all {
+		r.cancel()
+	}
+}
+
+func (r *replayer) allDone() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.done) == len(r.ranges)
+}
+
+// refreshDone marks done the partitions whose committed position reached
+// their end offset, whoever committed it.
+func (r *replayer) refreshDone() error {
+	parts := make([]int32, 0, len(r.ranges))
+	for p := range r.ranges {
+		parts = append(parts, p)
+	}
+	committed, err := r.committed(parts)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for p, rg := range r.ranges {
+		if committed[p] >= rg.End {
+			r.done[p] = true
+		}
+	}
+	return nil
+}
+
+func (r *replayer) fail(err error) {
+	r.mu.Lock()
+	if r.failure == nil {
+		r.failure = err
+	}
+	r.mu.Unlock()
+	r.cancel()
+}
+
+func (r *replayer) failed() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failure
+}
+
+func (r *replayer) commitError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.groupErr != nil {
+		return fmt.Errorf("replay: events republished, but the consumer position may not be committed (a rerun republishes those since the last commit): %w", r.groupErr)
+	}
+	return nil
+}
+
+// pacer spaces events 1/rate apart, with no burst. A nil pacer does not
+// wait. It is safe for concurrent use.
+type pacer struct {
+	mu       sync.Mutex
+	interval time.Duration
+	next     time.Time
+}
+
+func newPacer(rate float64) *pacer {
+	if rate <= 0 {
+		return nil
+	}
+	return &pacer{interval: time.Duration(float64(time.Second) / rate)}
+}
+
+// wait blocks until the caller's turn, or until ctx ends.
+func (p *pacer) wait(ctx context.Context) error {
+	if p == nil {
+		return ctx.Err()
+	}
+	p.mu.Lock()
+	now := time.Now()
+	at := p.next
+	if at.Before(now) {
+		at = now
+	}
+	p.next = at.Add(p.interval)
+	p.mu.Unlock()
+	return sleepFor(ctx, at.Sub(now))
+}
