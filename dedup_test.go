@@ -235,13 +235,10 @@ func TestGoodsFingerprint(t *testing.T) {
 }
 
 func BenchmarkMemoryStoreGetPut(b *testing.B) {
+	b.ReportAllocs()
 	ctx := context.Background()
 	const n = 100_000
-	keys := make([]waybill.DedupKey, 2*n)
-	for i := range keys {
-		keys[i] = waybill.DedupKey{AppID: "wx0001", WaybillID: fmt.Sprintf("SF%010d", i), TransID: "4200000000"}
-	}
-	rec := waybill.TraceRecord{WaybillToken: "tok", GoodsHash: "0123456789abcdef0123456789abcdef", TracedAt: time.Now()}
+	keys, rec := storetest.Keys(2*n), storetest.Record
 	full := func(b *testing.B) *waybill.MemoryStore {
 		s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: n})
 		for _, k := range keys[:n] {
@@ -273,6 +270,7 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 	})
 	b.Run("Parallel90Get10Put", func(b *testing.B) {
 		s := full(b)
+		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {

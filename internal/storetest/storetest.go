@@ -337,3 +337,19 @@ func traceOnce(ctx context.Context, s waybill.TraceStore, key waybill.DedupKey, 
 	}
 	return "", errors.New("no record appeared within a minute")
 }
+
+// Keys returns n distinct keys shaped like real ones, for benchmarks.
+func Keys(n int) []waybill.DedupKey {
+	keys := make([]waybill.DedupKey, n)
+	for i := range keys {
+		keys[i] = waybill.DedupKey{AppID: "wx0001", WaybillID: fmt.Sprintf("SF%010d", i), TransID: "4200000000"}
+	}
+	return keys
+}
+
+// Record is a record of typical size, for benchmarks.
+var Record = waybill.TraceRecord{
+	WaybillToken: "MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs",
+	GoodsHash:    "0123456789abcdef0123456789abcdef",
+	TracedAt:     time.Date(2026, 3, 1, 8, 30, 15, 0, time.UTC),
+}
