@@ -1,0 +1,63 @@
+package waybill_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/waybillkit/waybill"
+)
+
+// A duplicate order.shipped finds the token of the first trace, and a changed
+// goods list shows as a different fingerprint.
+func ExampleMemoryStore() {
+	ctx := context.Background()
+	store := waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: 10_000})
+
+	key := waybill.DedupKey{AppID: "wx1234567890abcdef", WaybillID: "SF1234567890", TransID: "4200001234"}
+	goods := []waybill.Goods{{Name: "咖啡豆", ImageURL: "https://img.example.com/beans.jpg", Description: "500g"}}
+	fmt.Println("key:", key)
+
+	// The first delivery: nothing stored, so it claims the key, calls
+	// trace_waybill, and remembers the token.
+	_, found, _ := store.Get(ctx, key)
+	fmt.Println("stored before the first trace:", found)
+	release, won, _ := store.Claim(ctx, key, time.Minute)
+	fmt.Println("first delivery claims:", won)
+	_, again, _ := store.Claim(ctx, key, time.Minute)
+	fmt.Println("a concurrent duplicate claims:", again)
+	_ = store.Put(ctx, key, waybill.TraceRecord{
+		WaybillToken: "MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs", // from trace_waybill
+		GoodsHash:    waybill.GoodsFingerprint(goods),
+		TracedAt:     time.Date(2026, 3, 1, 8, 30, 0, 0, time.UTC),
+	})
+	release()
+
+	// A redelivery reuses the token without calling WeChat.
+	rec, found, _ := store.Get(ctx, key)
+	fmt.Println("redelivery finds:", found, rec.WaybillToken)
+
+	// The merchant edits the order: update_waybill_goods, not a new trace.
+	edited := append(goods, waybill.Goods{Name: "滤纸", ImageURL: "https://img.example.com/filters.jpg"})
+	fmt.Println("goods unchanged:", rec.GoodsHash == waybill.GoodsFingerprint(goods))
+	fmt.Println("goods edited changes the fingerprint:", rec.GoodsHash != waybill.GoodsFingerprint(edited))
+	// Output:
+	// key: wx1234567890abcdef:SF1234567890:4200001234
+	// stored before the first trace: false
+	// first delivery claims: true
+	// a concurrent duplicate claims: false
+	// redelivery finds: true MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs
+	// goods unchanged: true
+	// goods edited changes the fingerprint: true
+}
+
+// Parts of a key are escaped, so a ':' inside one cannot pass for a separator.
+func ExampleDedupKey_String() {
+	fmt.Println(waybill.DedupKey{AppID: "wx1", WaybillID: "SF1", TransID: "420"})
+	fmt.Println(waybill.DedupKey{AppID: "wx1", WaybillID: "SF1"})
+	fmt.Println(waybill.DedupKey{AppID: "wx1", WaybillID: "a:b"})
+	// Output:
+	// wx1:SF1:420
+	// wx1:SF1:
+	// wx1:a%3Ab:
+}
