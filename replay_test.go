@@ -99,8 +99,12 @@ func rtClient(t testing.TB, brokers []string) sarama.Client {
 	return client
 }
 
-// ReadTopic is readTopic for the tests of package waybill_test.
-var ReadTopic = readTopic
+// ReadTopic and HeaderOf are readTopic and headerOf for the tests of
+// package waybill_test.
+var (
+	ReadTopic = readTopic
+	HeaderOf  = headerOf
+)
 
 // readTopic returns every record of topic below the end offsets it finds,
 // ordered by partition and offset.
