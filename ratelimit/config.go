@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 )
 
@@ -155,19 +156,48 @@ func defaultLocation() *time.Location {
 type clock struct {
 	loc     *time.Location
 	resetAt time.Duration
+	// last caches the most recent window: nearly every decision falls in
+	// it, and computing one takes three time.Date calls.
+	last *atomic.Pointer[cachedWindow]
 }
 
-// window returns the daily window that holds now: the last reset at or
+type cachedWindow struct {
+	start, end time.Time
+	id         string
+}
+
+func newClock(loc *time.Location, resetAt time.Duration) clock {
+	return clock{loc: loc, resetAt: resetAt, last: new(atomic.Pointer[cachedWindow])}
+}
+
+// window is compute, through the cache.
+func (c clock) window(now time.Time) (start, end time.Time, id string) {
+	if w := c.last.Load(); w != nil && !now.Before(w.start) && now.Before(w.end) {
+		return w.start, w.end, w.id
+	}
+	start, end, id = c.compute(now)
+	c.last.Store(&cachedWindow{start, end, id})
+	return start, end, id
+}
+
+// compute returns the daily window that holds now: the last reset at or
 // before now, the next reset after it, and the window's id (the local date
 // on which it began, as YYYYMMDD).
-func (c clock) window(now time.Time) (start, end time.Time, id string) {
+func (c clock) compute(now time.Time) (start, end time.Time, id string) {
 	y, m, d := now.In(c.loc).Date()
 	start = c.resetOn(y, m, d)
-	if start.After(now) {
+	for start.After(now) {
 		d--
 		start = c.resetOn(y, m, d)
 	}
 	end = c.resetOn(y, m, d+1)
+	// A reset time inside a daylight saving gap can land before the
+	// midnight of its own date (Santiago's clocks skip 00:00-01:00), so the
+	// next day's reset may already have passed.
+	for !end.After(now) {
+		d++
+		start, end = end, c.resetOn(y, m, d+1)
+	}
 	// time.Date normalizes day overflow; so does this date at noon UTC.
 	id = time.Date(y, m, d, 12, 0, 0, 0, time.UTC).Format("20060102")
 	return start, end, id

@@ -83,9 +83,9 @@ type Decision struct {
 // and RedisStore only; its methods are internal so that the decision logic
 // can change without breaking callers.
 type Store interface {
-	take(ctx context.Context, q *query) (outcome, error)
+	take(ctx context.Context, q query) (outcome, error)
 	refund(ctx context.Context, appid, openid, window string, n int64) error
-	exhaust(ctx context.Context, appid, window string, now, end int64) error
+	exhaust(ctx context.Context, appid, window string, now, expire int64) error
 }
 
 // query is one decision, resolved into plain numbers so that the memory
@@ -93,7 +93,8 @@ type Store interface {
 type query struct {
 	appid, openid, window string
 	n                     int64
-	now, end              int64 // microseconds since the Unix epoch
+	now                   int64 // microseconds since the Unix epoch
+	expire                int64 // when the window's counters may go: its end plus windowGrace (µs)
 	appQuota, userQuota   int64 // -1: unlimited; userQuota is -1 without an openid
 	interval, burst       int64 // GCRA: microseconds per call (0: unlimited), bucket size
 }
@@ -109,6 +110,12 @@ type outcome struct {
 	// exhausted: ExhaustApp closed the window.
 	exhausted bool
 }
+
+// windowGrace is how long a window's counters outlive its end. Callers'
+// clocks differ a little: a decision stamped just before the reset may
+// arrive after a faster caller's first decision of the next window, and must
+// still find the old window's counts rather than a fresh quota.
+const windowGrace = 5 * time.Minute
 
 // ErrExceedsCapacity is returned by AllowN when n could never be allowed: it
 // exceeds the burst or a daily quota.
@@ -138,7 +145,7 @@ func New(cfg Config) (*Limiter, error) {
 	}
 	return &Limiter{
 		store:    cfg.Store,
-		clock:    clock{loc: cfg.Location, resetAt: cfg.ResetAt},
+		clock:    newClock(cfg.Location, cfg.ResetAt),
 		defaults: cfg.Defaults,
 		apps:     maps.Clone(cfg.Apps),
 	}, nil
@@ -182,9 +189,9 @@ func (l *Limiter) AllowN(ctx context.Context, appid, openid string, now time.Tim
 	}
 	lim := l.LimitsFor(appid)
 	_, end, window := l.clock.window(now)
-	q := &query{
+	q := query{
 		appid: appid, openid: openid, window: window, n: int64(n),
-		now: now.UnixMicro(), end: end.UnixMicro(),
+		now: now.UnixMicro(), expire: end.Add(windowGrace).UnixMicro(),
 		appQuota: lim.AppDaily, userQuota: lim.UserDaily,
 		interval: lim.intervalMicros(), burst: int64(lim.Burst),
 	}
@@ -239,9 +246,10 @@ func (l *Limiter) Refund(ctx context.Context, d Decision) error {
 // their appid and openid, for calls that WeChat rejected without counting
 // them, or that were never sent. It does not give back the smooth-rate
 // token: the moment is past, and a call that reached WeChat still weighed on
-// its per-minute limit. Refunding a denied decision does nothing, and so does
-// refunding after d's window ended; refunding the same call twice is the
-// caller's error and gives back too much.
+// its per-minute limit. Refunding a denied decision does nothing; refunding
+// after d's window ended gives back to that ended window, which changes
+// nothing. Refunding the same call twice is the caller's error and gives
+// back too much.
 func (l *Limiter) RefundN(ctx context.Context, d Decision, n int) error {
 	if !d.Allowed {
 		return nil
@@ -267,7 +275,7 @@ func (l *Limiter) ExhaustApp(ctx context.Context, appid string, now time.Time) e
 		return errors.New("ratelimit: empty appid")
 	}
 	_, end, window := l.clock.window(now)
-	if err := l.store.exhaust(ctx, appid, window, now.UnixMicro(), end.UnixMicro()); err != nil {
+	if err := l.store.exhaust(ctx, appid, window, now.UnixMicro(), end.Add(windowGrace).UnixMicro()); err != nil {
 		return fmt.Errorf("ratelimit: exhausting appid %s: %w", appid, err)
 	}
 	return nil

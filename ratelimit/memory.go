@@ -8,7 +8,8 @@ import (
 
 // MemoryStore keeps the counters in this process's memory. Its memory is
 // bounded: a window's counters, openids included, are dropped once a
-// decision at or after the window's end is made for any appid. It is safe
+// decision for any appid is made five minutes or more after the window's
+// end (the grace tolerates callers whose clocks differ). It is safe
 // for simultaneous use by multiple goroutines.
 type MemoryStore struct {
 	mu   sync.Mutex
@@ -27,7 +28,7 @@ type memApp struct {
 }
 
 type memWindow struct {
-	end       int64
+	expire    int64
 	count     int64
 	exhausted bool
 	users     map[string]int64
@@ -40,7 +41,7 @@ func NewMemoryStore() *MemoryStore {
 
 // take is the reference form of the decision; redisTakeScript is the same
 // logic in Lua.
-func (s *MemoryStore) take(_ context.Context, q *query) (outcome, error) {
+func (s *MemoryStore) take(_ context.Context, q query) (outcome, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep(q.now)
@@ -74,7 +75,7 @@ func (s *MemoryStore) take(_ context.Context, q *query) (outcome, error) {
 		}
 	}
 
-	a, w = s.window(q.appid, q.window, q.end)
+	a, w = s.window(q.appid, q.window, q.expire)
 	if q.interval > 0 {
 		a.tat = tat
 	}
@@ -89,7 +90,7 @@ func (s *MemoryStore) take(_ context.Context, q *query) (outcome, error) {
 }
 
 // window returns the app and window, creating them.
-func (s *MemoryStore) window(appid, id string, end int64) (*memApp, *memWindow) {
+func (s *MemoryStore) window(appid, id string, expire int64) (*memApp, *memWindow) {
 	a := s.apps[appid]
 	if a == nil {
 		a = &memApp{windows: make(map[string]*memWindow, 1)}
@@ -97,14 +98,14 @@ func (s *MemoryStore) window(appid, id string, end int64) (*memApp, *memWindow) 
 	}
 	w := a.windows[id]
 	if w == nil {
-		w = &memWindow{end: end, users: make(map[string]int64)}
+		w = &memWindow{expire: expire, users: make(map[string]int64)}
 		a.windows[id] = w
-		s.nextSweep = min(s.nextSweep, end)
+		s.nextSweep = min(s.nextSweep, expire)
 	}
 	return a, w
 }
 
-// sweep drops the windows that ended at or before now, and the appids left
+// sweep drops the windows that expired at or before now, and the appids left
 // with neither windows nor a pending token debt.
 func (s *MemoryStore) sweep(now int64) {
 	if now < s.nextSweep {
@@ -113,11 +114,11 @@ func (s *MemoryStore) sweep(now int64) {
 	next := int64(math.MaxInt64)
 	for appid, a := range s.apps {
 		for id, w := range a.windows {
-			if w.end <= now {
+			if w.expire <= now {
 				delete(a.windows, id)
 				continue
 			}
-			next = min(next, w.end)
+			next = min(next, w.expire)
 		}
 		if len(a.windows) == 0 {
 			if a.tat <= now {
@@ -152,11 +153,11 @@ func (s *MemoryStore) refund(_ context.Context, appid, openid, window string, n 
 	return nil
 }
 
-func (s *MemoryStore) exhaust(_ context.Context, appid, window string, now, end int64) error {
+func (s *MemoryStore) exhaust(_ context.Context, appid, window string, now, expire int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep(now)
-	_, w := s.window(appid, window, end)
+	_, w := s.window(appid, window, expire)
 	w.exhausted = true
 	return nil
 }

@@ -25,8 +25,10 @@ const DefaultKeyPrefix = "ratelimit:"
 //	P{A}:D:exhausted  set by ExhaustApp
 //	P{A}:tat          the smooth rate's state (GCRA theoretical arrival time, µs)
 //
-// Window keys live until the window ends (measured from the decision's
-// time), the rate key until its bucket is full again. The braces keep one
+// Window keys live until five minutes after the window ends (measured from
+// the decision's time; the grace keeps the old window's counts for callers
+// whose clocks run a little behind), the rate key until its bucket is full
+// again. The braces keep one
 // appid's keys in one Redis Cluster slot, as one script needs.
 type RedisStore struct {
 	c      redis.Scripter
@@ -53,7 +55,7 @@ func (s *RedisStore) windowKey(appid, window string) string { return s.appKey(ap
 //
 // KEYS: app count, user count, exhausted flag, tat.
 // ARGV: n, app quota, user quota (-1: unlimited or no openid), now (µs),
-// window end (µs), interval (µs per call, 0: unlimited), burst.
+// window expiry (end plus grace, µs), interval (µs per call, 0: unlimited), burst.
 // Returns {allowed, reason, retry (µs), app count, user count, exhausted}.
 var redisTakeScript = redis.NewScript(`
 local n = tonumber(ARGV[1])
@@ -114,11 +116,11 @@ redis.call('SET', KEYS[1], 1, 'PX', ARGV[1])
 return 0
 `)
 
-func (s *RedisStore) take(ctx context.Context, q *query) (outcome, error) {
+func (s *RedisStore) take(ctx context.Context, q query) (outcome, error) {
 	w := s.windowKey(q.appid, q.window)
 	keys := []string{w + "app", w + "u:" + q.openid, w + "exhausted", s.appKey(q.appid) + "tat"}
 	r, err := redisTakeScript.Run(ctx, s.c, keys,
-		q.n, q.appQuota, q.userQuota, q.now, q.end, q.interval, q.burst).Int64Slice()
+		q.n, q.appQuota, q.userQuota, q.now, q.expire, q.interval, q.burst).Int64Slice()
 	if err != nil {
 		return outcome{}, err
 	}
@@ -144,7 +146,7 @@ func (s *RedisStore) refund(ctx context.Context, appid, openid, window string, n
 	return redisRefundScript.Run(ctx, s.c, keys, n).Err()
 }
 
-func (s *RedisStore) exhaust(ctx context.Context, appid, window string, now, end int64) error {
-	ttl := max(1, (end-now+999)/1000)
+func (s *RedisStore) exhaust(ctx context.Context, appid, window string, now, expire int64) error {
+	ttl := max(1, (expire-now+999)/1000)
 	return redisExhaustScript.Run(ctx, s.c, []string{s.windowKey(appid, window) + "exhausted"}, ttl).Err()
 }

@@ -1,0 +1,188 @@
+package ratelimit
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const (
+	concurrentLimiters   = 4 // each with its own Redis client on Redis
+	goroutinesPerLimiter = 6
+)
+
+// limiters returns concurrentLimiters limiters over shared counters.
+func limiters(t *testing.T, k storeKind, cfg Config) []*Limiter {
+	t.Helper()
+	ls := make([]*Limiter, concurrentLimiters)
+	for i, s := range k.shared(t, concurrentLimiters) {
+		cfg.Store = s
+		l, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls[i] = l
+	}
+	return ls
+}
+
+// hammer makes calls decisions from all goroutines of all limiters at once,
+// call i made by whichever goroutine takes it first, and returns each call's
+// decision.
+func hammer(t *testing.T, ls []*Limiter, calls int, call func(l *Limiter, i int) (Decision, error)) []Decision {
+	t.Helper()
+	out := make([]Decision, calls)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ls)*goroutinesPerLimiter)
+	start := make(chan struct{})
+	for _, l := range ls {
+		for range goroutinesPerLimiter {
+			wg.Go(func() {
+				<-start
+				for i := int(next.Add(1) - 1); i < calls; i = int(next.Add(1) - 1) {
+					d, err := call(l, i)
+					if err != nil {
+						errs <- fmt.Errorf("call %d: %w", i, err)
+						return
+					}
+					out[i] = d
+				}
+			})
+		}
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestConcurrentQuotas has many limiters (separate Redis clients on Redis)
+// race over one appid. Each group of calls must get exactly its quota when
+// demand exceeds it, all of the demand when it does not, and never more;
+// the Remaining counts of the allowed calls must be all different, as they
+// are when each decision is atomic.
+func TestConcurrentQuotas(t *testing.T) {
+	t0 := cst("2026-03-14 10:00:00")
+	beforeReset, afterReset := cst("2026-03-14 23:59:59.999"), cst("2026-03-15 00:00:00")
+	unique := func(i int) (string, time.Time) { return fmt.Sprintf("u%d", i), t0 }
+	all := func(int) string { return "all" }
+	for _, c := range []struct {
+		name   string
+		limits Limits
+		calls  int
+		call   func(i int) (openid string, now time.Time)
+		group  func(i int) string
+		want   map[string]int
+		// quota and left check Remaining: the allowed calls of a group
+		// leave quota-1, quota-2, ... calls, each once. Nil left: no check.
+		quota int64
+		left  func(Decision) int64
+	}{
+		{"appid quota, demand three times the quota",
+			Limits{AppDaily: 200, UserDaily: -1, Rate: -1}, 600, unique, all,
+			map[string]int{"all": 200}, 200, func(d Decision) int64 { return d.AppRemaining }},
+		{"appid quota, demand under the quota",
+			Limits{AppDaily: 200, UserDaily: -1, Rate: -1}, 150, unique, all,
+			map[string]int{"all": 150}, 200, func(d Decision) int64 { return d.AppRemaining }},
+		{"openid quota, two buyers",
+			Limits{AppDaily: -1, UserDaily: 100, Rate: -1}, 600,
+			func(i int) (string, time.Time) { return fmt.Sprintf("buyer%d", i%2), t0 },
+			func(i int) string { return fmt.Sprintf("buyer%d", i%2) },
+			map[string]int{"buyer0": 100, "buyer1": 100}, 100, func(d Decision) int64 { return d.UserRemaining }},
+		{"appid quota on both sides of the 00:00 Shanghai reset",
+			Limits{AppDaily: 100, UserDaily: -1, Rate: -1}, 600,
+			func(i int) (string, time.Time) {
+				if i%2 == 0 {
+					return fmt.Sprintf("u%d", i), beforeReset
+				}
+				return fmt.Sprintf("u%d", i), afterReset
+			},
+			func(i int) string { return []string{"before", "after"}[i%2] },
+			map[string]int{"before": 100, "after": 100}, 100, func(d Decision) int64 { return d.AppRemaining }},
+		{"burst at one instant",
+			Limits{AppDaily: -1, UserDaily: -1, Rate: 1, Burst: 50}, 300, unique, all,
+			map[string]int{"all": 50}, 0, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, k storeKind) {
+				ls := limiters(t, k, Config{Defaults: c.limits})
+				ds := hammer(t, ls, c.calls, func(l *Limiter, i int) (Decision, error) {
+					openid, now := c.call(i)
+					return l.Allow(context.Background(), "wxA", openid, now)
+				})
+				got := map[string]int{}
+				lefts := map[string][]int64{}
+				for i, d := range ds {
+					if !d.Allowed {
+						continue
+					}
+					g := c.group(i)
+					got[g]++
+					if c.left != nil {
+						lefts[g] = append(lefts[g], c.left(d))
+					}
+				}
+				for g, n := range c.want {
+					if got[g] != n {
+						t.Errorf("%s: %d calls allowed, want %d", g, got[g], n)
+					}
+					if c.left == nil {
+						continue
+					}
+					want := make([]int64, n)
+					for i := range want {
+						want[i] = c.quota - int64(n) + int64(i)
+					}
+					slices.Sort(lefts[g])
+					if !slices.Equal(lefts[g], want) {
+						t.Errorf("%s: Remaining of the allowed calls %v, want each of %d..%d once", g, lefts[g], c.quota-int64(n), c.quota-1)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestConcurrentRefunds: while limiters race, the first calls allowed are
+// refunded at once. Afterwards a second wave must bring the appid to
+// exactly its quota, which shows every refund landed once.
+func TestConcurrentRefunds(t *testing.T) {
+	const quota, refunds = 150, 60
+	now := cst("2026-03-14 10:00:00")
+	forEachStore(t, func(t *testing.T, k storeKind) {
+		ls := limiters(t, k, Config{Defaults: Limits{AppDaily: quota, UserDaily: -1, Rate: -1}})
+		ctx := context.Background()
+		var refunded atomic.Int64
+		first := hammer(t, ls, 3*quota, func(l *Limiter, i int) (Decision, error) {
+			d, err := l.Allow(ctx, "wxA", fmt.Sprintf("u%d", i), now)
+			if err == nil && d.Allowed && refunded.Add(1) <= refunds {
+				err = l.Refund(ctx, d)
+			}
+			return d, err
+		})
+		second := hammer(t, ls, 3*quota, func(l *Limiter, i int) (Decision, error) {
+			return l.Allow(ctx, "wxA", fmt.Sprintf("v%d", i), now)
+		})
+		allowed := 0
+		for _, d := range slices.Concat(first, second) {
+			if d.Allowed {
+				allowed++
+			}
+		}
+		if allowed != quota+refunds {
+			t.Errorf("%d calls allowed with %d refunded, want %d", allowed, refunds, quota+refunds)
+		}
+		d, err := ls[0].Allow(ctx, "wxA", "w", now)
+		if err != nil || d.Allowed || d.AppRemaining != 0 {
+			t.Errorf("after both waves: %+v, %v; want denied with 0 left", d, err)
+		}
+	})
+}
