@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -70,6 +71,13 @@ type Config struct {
 	// place, holding their partition: fine when one appid's traffic is all
 	// there is, wrong for a service provider's mixed topic.
 	Parking *ParkingConfig
+
+	// Limiter, when set, is asked before every call: a spent daily quota
+	// (the appid's or the buyer's) parks the event until the next window, the
+	// smooth rate makes it wait for its next token. Calls WeChat refused
+	// without counting are refunded, and 45009 marks the appid's day spent.
+	// Nil means no local limits: WeChat's own answers still apply.
+	Limiter *ratelimit.Limiter
 
 	// Traces, when set, remembers each waybill's token so that a redelivered
 	// or duplicate event republishes the same waybill.traced without calling
@@ -322,13 +330,32 @@ func (h *Handler) publishTraced(ev *OrderShipped, token string, tracedAt time.Ti
 	return nil
 }
 
-// call makes one WeChat call for ev behind its appid's breaker, retrying,
-// waiting or parking as the decision table says. It returns the response, or
-// done=true when the event was dead-lettered or parked (err nil: acknowledge)
-// or must be redelivered (err non-nil).
+// call makes one WeChat call for ev behind its appid's limiter and breaker,
+// retrying, waiting or parking as the decision table says. It returns the
+// response, or done=true when the event was dead-lettered or parked (err nil:
+// acknowledge) or must be redelivered (err non-nil).
 func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, fn func() (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, bool, error) {
 	fields := watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
 	for {
+		allowed, err := h.admit(ctx, ev)
+		if err != nil {
+			return nil, true, err
+		}
+		if !allowed.Allowed && allowed.Reason == ratelimit.ReasonRate {
+			// The next token is due within moments: wait for it here.
+			if err := sleepUntil(ctx, h.cfg.Now, allowed.RetryAt); err != nil {
+				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
+			}
+			continue
+		}
+		if !allowed.Allowed {
+			// A daily quota is spent: come back in the next window.
+			d := Decision{Action: ActionPark, Until: allowed.RetryAt, Window: true}
+			if done, err := h.apply(ctx, msg, st, ev, d, nil, fields.Add(watermill.LogFields{"limit": allowed.Reason.String()})); done {
+				return nil, true, err
+			}
+			continue
+		}
 		st.attempts++
 		resp, callErr := h.breakers.execute(ev.AppID, fn)
 		if callErr == nil {
@@ -341,38 +368,87 @@ func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, 
 		now := h.cfg.Now()
 		st.failed(now)
 		class := h.cfg.Classify(callErr)
+		h.settleQuota(ctx, ev, allowed, callErr, class, now)
 		d := h.cfg.Decide(callErr, class, st.attempts, now)
-		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "action": d.Action.String(), "err": callErr.Error()})
-		switch d.Action {
-		case ActionDeadLetter:
-			h.cfg.Logger.Info("dead-lettering event", logFields)
-			return nil, true, h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
-		case ActionPark:
-			if h.cfg.Parking != nil {
-				parked, err := h.park(msg, st, d.Until, d.Window, now)
-				if err != nil {
-					return nil, true, err
-				}
-				if parked {
-					h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
-					h.stats.parked.Add(1)
-					return nil, true, nil
-				}
-				h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
-				return nil, true, h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
-			}
-			h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
-			h.stats.waits.Add(1)
-			if err := sleepUntil(ctx, h.cfg.Now, d.Until); err != nil {
-				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-			}
-		default:
-			h.cfg.Logger.Debug("retrying after transient fault", logFields)
-			h.stats.retries.Add(1)
-			if err := sleepFor(ctx, h.cfg.Backoff(st.attempts)); err != nil {
-				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-			}
+		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "err": callErr.Error()})
+		if done, err := h.apply(ctx, msg, st, ev, d, callErr, logFields); done {
+			return nil, true, err
 		}
+	}
+}
+
+// apply carries out a decision. done reports that the event left the
+// handler: dead-lettered or parked (err nil), or to be redelivered.
+func (h *Handler) apply(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, d Decision, callErr error, logFields watermill.LogFields) (done bool, err error) {
+	now := h.cfg.Now()
+	logFields = logFields.Add(watermill.LogFields{"action": d.Action.String()})
+	switch d.Action {
+	case ActionDeadLetter:
+		h.cfg.Logger.Info("dead-lettering event", logFields)
+		return true, h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
+	case ActionPark:
+		if h.cfg.Parking != nil {
+			st.failed(now)
+			parked, err := h.park(msg, st, d.Until, d.Window, now)
+			if err != nil {
+				return true, err
+			}
+			if parked {
+				h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
+				h.stats.parked.Add(1)
+				return true, nil
+			}
+			h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
+			return true, h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
+		}
+		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
+		h.stats.waits.Add(1)
+		if err := sleepUntil(ctx, h.cfg.Now, d.Until); err != nil {
+			return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
+		}
+	default:
+		h.cfg.Logger.Debug("retrying after transient fault", logFields)
+		h.stats.retries.Add(1)
+		if err := sleepFor(ctx, h.cfg.Backoff(st.attempts)); err != nil {
+			return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
+		}
+	}
+	return false, nil
+}
+
+// admit asks the limiter for one call. Without a limiter every call is
+// allowed.
+func (h *Handler) admit(ctx context.Context, ev *OrderShipped) (ratelimit.Decision, error) {
+	if h.cfg.Limiter == nil {
+		return ratelimit.Decision{Allowed: true}, nil
+	}
+	d, err := h.cfg.Limiter.Allow(ctx, ev.AppID, ev.OpenID, h.cfg.Now())
+	if err != nil {
+		// The limiter's store failed: calling anyway could overspend the
+		// quota, so leave the event for redelivery.
+		return d, fmt.Errorf("rate limiter for %s: %w", ev.AppID, err)
+	}
+	return d, nil
+}
+
+// settleQuota squares the local count with WeChat's answer: a call the
+// breaker held back was never sent, one WeChat refused for token or quota
+// reasons did not count there, and 45009 says the appid's day is spent
+// whatever the local count says.
+func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit.Decision, callErr error, class wechat.Class, now time.Time) {
+	lim := h.cfg.Limiter
+	if lim == nil {
+		return
+	}
+	var err error
+	switch {
+	case errors.Is(callErr, ErrBreakerOpen), class == wechat.ClassToken, class == wechat.ClassMinuteRate:
+		err = lim.Refund(ctx, d)
+	case class == wechat.ClassDailyQuota:
+		err = errors.Join(lim.Refund(ctx, d), lim.ExhaustApp(ctx, ev.AppID, now))
+	}
+	if err != nil {
+		h.cfg.Logger.Error("rate limiter: settle quota", err, watermill.LogFields{"appid": ev.AppID})
 	}
 }
 

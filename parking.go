@@ -140,6 +140,10 @@ type DelayRunnerConfig struct {
 	Publisher message.Publisher
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// Recheck bounds one sleep: the runner looks at the clock again at
+	// least this often, so that a clock step (an NTP correction, a test's
+	// controllable clock) is noticed. Zero means 1 min.
+	Recheck time.Duration
 	// Logger: nil means none.
 	Logger watermill.LoggerAdapter
 }
@@ -170,6 +174,9 @@ func NewDelayRunner(cfg DelayRunnerConfig) (*DelayRunner, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Recheck == 0 {
+		cfg.Recheck = time.Minute
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = watermill.NopLogger{}
@@ -255,8 +262,10 @@ func (r *DelayRunner) release(ctx context.Context, rec *sarama.ConsumerMessage) 
 		// A record without a due time is returned at once rather than lost.
 		due = time.Time{}
 	}
-	if err := sleepUntil(ctx, r.cfg.Now, due); err != nil {
-		return err
+	for wait := due.Sub(r.cfg.Now()); wait > 0; wait = due.Sub(r.cfg.Now()) {
+		if err := sleepFor(ctx, min(wait, r.cfg.Recheck)); err != nil {
+			return err
+		}
 	}
 	dest := msg.Metadata.Get(HeaderParkedFrom)
 	if dest == "" {

@@ -1,0 +1,90 @@
+package waybill
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill/ratelimit"
+)
+
+func TestLimiterParksSpentQuotasUntilTheWindow(t *testing.T) {
+	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC) // 11:00 in Shanghai
+	reset := time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC)
+	lim, err := ratelimit.New(ratelimit.Config{
+		Defaults: ratelimit.Limits{AppDaily: 100_000, UserDaily: 2, Rate: -1},
+		Apps:     map[string]ratelimit.Limits{"wxsmall": {AppDaily: 1}},
+	})
+	require.NoError(t, err)
+	tr, pub := newScriptedTracer(), &recorder{}
+	h := newTestHandler(t, tr, pub, func(c *Config) {
+		c.Limiter = lim
+		c.Parking = &ParkingConfig{}
+		c.Now = func() time.Time { return now }
+	})
+	handle := func(order, appid, openid, waybill string) {
+		ev := validEvent(order, waybill)
+		ev.AppID, ev.OpenID = appid, openid
+		require.NoError(t, h.Handle(msgOf(t, ev)))
+	}
+	handle("o1", "wxsmall", "buyer-a", "W1")
+	handle("o2", "wxsmall", "buyer-b", "W2") // appid's day spent
+	handle("o3", "wxbig", "buyer-c", "W3")
+	handle("o4", "wxbig", "buyer-c", "W4")
+	handle("o5", "wxbig", "buyer-c", "W5") // buyer's day spent
+	handle("o6", "wxbig", "buyer-d", "W6") // another buyer flows
+
+	assert.Len(t, pub.on(DefaultTracedTopic), 4)
+	assert.Empty(t, pub.on(DefaultDeadLetterTopic), "a spent quota is never a dead letter")
+	parked := pub.on("order.shipped.delay.window")
+	require.Len(t, parked, 2)
+	for _, m := range parked {
+		assert.Equal(t, reset.Format(time.RFC3339Nano), m.Metadata.Get(HeaderDueAt))
+	}
+	for _, w := range []string{"W2", "W5"} {
+		assert.Zero(t, tr.callsFor(w), "no call is spent on a denied event")
+	}
+}
+
+func TestLimiterRefundsCallsWeChatDidNotCount(t *testing.T) {
+	// synctest: the three waits for the next minute pass at once.
+	synctest.Test(t, func(t *testing.T) {
+		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{AppDaily: 2, Rate: -1}})
+		require.NoError(t, err)
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("W1", wechatErr(45011), wechatErr(45011), wechatErr(45011)) // minute limit: not counted
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
+		ev := validEvent("o1", "W1")
+		ev.AppID = "wxa"
+		require.NoError(t, h.Handle(msgOf(t, ev)))
+		require.Len(t, pub.on(DefaultTracedTopic), 1)
+		assert.Equal(t, 4, tr.callsFor("W1"))
+		d, err := lim.Allow(context.Background(), "wxa", "someone", time.Now())
+		require.NoError(t, err)
+		assert.True(t, d.Allowed, "three refused calls were refunded; one counted")
+		assert.Equal(t, int64(0), d.AppRemaining)
+	})
+}
+
+func TestWeChat45009SpendsTheAppidsDay(t *testing.T) {
+	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
+	require.NoError(t, err)
+	tr, pub := newScriptedTracer(), &recorder{}
+	tr.on("W1", wechatErr(45009))
+	h := newTestHandler(t, tr, pub, func(c *Config) {
+		c.Limiter = lim
+		c.Parking = &ParkingConfig{}
+		c.Now = func() time.Time { return now }
+	})
+	ev := validEvent("o1", "W1")
+	require.NoError(t, h.Handle(msgOf(t, ev)))
+	ev2 := validEvent("o2", "W2")
+	require.NoError(t, h.Handle(msgOf(t, ev2)))
+	assert.Len(t, pub.on("order.shipped.delay.window"), 2)
+	assert.Zero(t, tr.callsFor("W2"), "after 45009 the appid makes no more calls today")
+}
