@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/internal/demo"
+	"github.com/waybillkit/waybill/wechat"
+	"github.com/waybillkit/waybill/wechat/wechattest"
+)
+
+// deadLettered starts an in-process Kafka and lets the real handler
+// dead-letter demo events (handled directly, so the input topic starts
+// empty): SportShop's lack the plugin permission (48001), and demo.Cases adds
+// an invalid one and a rejected buyer. It returns the broker address.
+func deadLettered(t *testing.T) string {
+	t.Helper()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3,
+		waybill.DefaultInputTopic, waybill.DefaultTracedTopic, waybill.DefaultDeadLetterTopic))
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+	brokers := cluster.ListenAddrs()
+
+	sandbox := wechattest.NewServer(wechattest.Config{})
+	t.Cleanup(sandbox.Close)
+	secrets := wechat.StaticSecrets{demo.TeaShop: "tea-secret", demo.SportShop: "sport-secret"}
+	for appid, secret := range secrets {
+		sandbox.AddApp(appid, secret)
+	}
+	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Errcode: 40003,
+		Match: func(c *wechattest.Call) bool { return c.Field("openid") == demo.RejectedOpenID }})
+	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Errcode: 48001,
+		Match: func(c *wechattest.Call) bool { return c.AppID == demo.SportShop }})
+	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: sandbox.URL, Secrets: secrets})
+	require.NoError(t, err)
+	client, err := wechat.NewClient(wechat.Config{BaseURL: sandbox.URL, Tokens: tokens})
+	require.NoError(t, err)
+
+	pub, err := waybill.NewKafkaPublisher(waybill.KafkaConfig{Brokers: brokers}, watermill.NopLogger{})
+	require.NoError(t, err)
+	defer pub.Close()
+	h, err := waybill.NewHandler(waybill.Config{Client: client, Publisher: pub})
+	require.NoError(t, err)
+	for _, c := range demo.Cases("CMD", 6) {
+		msg := message.NewMessage(watermill.NewUUID(), c.Payload)
+		msg.Metadata.Set(waybill.HeaderKey, c.OrderID)
+		require.NoError(t, h.Handle(msg))
+	}
+	require.Equal(t, int64(4), h.Stats().DeadLettered, "two 48001, one invalid, one rejected buyer")
+	return brokers[0]
+}
+
+// records counts the records of topic.
+func records(t *testing.T, broker, topic string) int64 {
+	t.Helper()
+	cfg := sarama.NewConfig()
+	cfg.Version = waybill.KafkaVersion
+	client, err := sarama.NewClient([]string{broker}, cfg)
+	require.NoError(t, err)
+	defer client.Close()
+	parts, err := client.Partitions(topic)
+	require.NoError(t, err)
+	var n int64
+	for _, p := range parts {
+		end, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		require.NoError(t, err)
+		n += end
+	}
+	return n
+}
+
+func runCmd(t *testing.T, tty bool, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	err = run(ctx, args, &out, &errOut, tty)
+	return out.String(), errOut.String(), err
+}
+
+func TestDryRunPrintsWhatWouldMove(t *testing.T) {
+	broker := deadLettered(t)
+	stdout, stderr, err := runCmd(t, false, "-brokers", broker, "-reason", "configuration", "-errcode", "48001", "-dry-run")
+	require.NoError(t, err)
+
+	var would []string
+	for _, line := range strings.Split(stdout, "\n") {
+		if strings.HasPrefix(line, "would replay") {
+			would = append(would, line)
+		}
+	}
+	require.Len(t, would, 2, stdout)
+	for _, line := range would {
+		assert.Contains(t, line, "appid="+demo.SportShop)
+		assert.Contains(t, line, "reason=configuration errcode=48001")
+		assert.Contains(t, line, "replays=0 -> "+waybill.DefaultInputTopic)
+	}
+	assert.Contains(t, stdout, "4 scanned, 2 would replay, 2 skipped by filter, 0 skipped over the replay limit, 0 invalid")
+	assert.Contains(t, stdout, "  configuration      2 scanned, 2 would replay, 0 skipped by filter")
+	assert.Contains(t, stdout, "  permanent          1 scanned, 0 would replay, 1 skipped by filter")
+	assert.Contains(t, stderr, "progress: 4/4 scanned, 2 would replay, 2 filtered, 0 over limit, 0 invalid\n",
+		"plain progress lines when stderr is not a terminal")
+	assert.NotContains(t, stderr, "\r")
+	assert.Zero(t, records(t, broker, waybill.DefaultInputTopic), "a dry run moves nothing")
+}
+
+func TestReplayDrawsABarAndResumes(t *testing.T) {
+	broker := deadLettered(t)
+	args := []string{"-brokers", broker, "-appid", demo.SportShop, "-rate", "100"}
+	stdout, stderr, err := runCmd(t, true, args...)
+	require.NoError(t, err)
+	assert.Contains(t, stdout, "4 scanned, 2 replayed, 2 skipped by filter")
+	assert.NotContains(t, stdout, "would replay")
+	assert.Contains(t, stderr, "\r\033[K[")
+	assert.True(t, strings.HasSuffix(stderr, "[##############################] 4/4 scanned, 2 replayed, 2 filtered, 0 over limit, 0 invalid\n"),
+		"the final bar stays on its own line: %q", stderr)
+	assert.Equal(t, int64(2), records(t, broker, waybill.DefaultInputTopic))
+
+	// The same command again resumes after what it did: nothing left.
+	stdout, _, err = runCmd(t, true, args...)
+	require.NoError(t, err)
+	assert.Contains(t, stdout, "0 scanned, 0 replayed")
+	assert.Equal(t, int64(2), records(t, broker, waybill.DefaultInputTopic))
+}
+
+func TestBadFlags(t *testing.T) {
+	cases := map[string][]string{
+		"errcode not a number": {"-errcode", "48001,x"},
+		"since not a time":     {"-since", "yesterday"},
+		"empty time range":     {"-since", "2026-11-02T00:00:00Z", "-until", "2026-11-01T00:00:00Z"},
+		"negative rate":        {"-rate", "-5"},
+		"no brokers":           {"-brokers", " , "},
+		"stray argument":       {"order.shipped.dead"},
+		"unknown flag":         {"-topics", "x"},
+	}
+	for name, args := range cases {
+		t.Run(name, func(t *testing.T) {
+			stdout, stderr, err := runCmd(t, false, args...)
+			assert.True(t, errors.Is(err, errUsage), "%v", err)
+			assert.Empty(t, stdout, "nothing runs")
+			assert.NotEmpty(t, stderr, "the problem is said")
+		})
+	}
+}
+
+func TestFlagsBuildTheConfig(t *testing.T) {
+	var stderr bytes.Buffer
+	cfg, err := parseFlags([]string{"-brokers", "127.0.0.1:1,127.0.0.1:2", "-topic", "d", "-to", "o",
+		"-reason", "configuration,permanent", "-errcode", "48001, 61007", "-appid", "wxA", "-order-id", "O1,O2",
+		"-since", "2026-11-01T00:00:00Z", "-until", "2026-11-02T08:00:00+08:00", "-dry-run", "-rate", "50",
+		"-max-replays", "5", "-batch", "10", "-group", "g"}, &stderr)
+	require.NoError(t, err, stderr.String())
+	assert.Equal(t, []string{"127.0.0.1:1", "127.0.0.1:2"}, cfg.Kafka.Brokers)
+	assert.Equal(t, "g", cfg.Kafka.ConsumerGroup)
+	assert.Equal(t, "d", cfg.Topic)
+	assert.Equal(t, "o", cfg.To)
+	assert.Equal(t, waybill.ReplayFilter{
+		Reasons:  []waybill.Reason{waybill.ReasonConfiguration, waybill.ReasonPermanent},
+		Errcodes: []int{48001, 61007}, AppIDs: []string{"wxA"}, OrderIDs: []string{"O1", "O2"},
+		Since: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), Until: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC),
+	}, normalized(cfg.Filter))
+	assert.True(t, cfg.DryRun)
+	assert.Equal(t, 50.0, cfg.Rate)
+	assert.Equal(t, 5, cfg.MaxReplays)
+	assert.Equal(t, 10, cfg.Batch)
+}
+
+// normalized puts the filter's times in UTC, for comparison.
+func normalized(f waybill.ReplayFilter) waybill.ReplayFilter {
+	f.Since, f.Until = f.Since.UTC(), f.Until.UTC()
+	return f
+}
