@@ -235,7 +235,6 @@ func TestGoodsFingerprint(t *testing.T) {
 }
 
 func BenchmarkMemoryStoreGetPut(b *testing.B) {
-	b.ReportAllocs()
 	ctx := context.Background()
 	const n = 100_000
 	keys, rec := storetest.Keys(2*n), storetest.Record
@@ -249,6 +248,7 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 		return s
 	}
 	b.Run("GetHit", func(b *testing.B) {
+		b.ReportAllocs()
 		s := full(b)
 		i := 0
 		for b.Loop() {
@@ -259,6 +259,7 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 		}
 	})
 	b.Run("PutEvicting", func(b *testing.B) {
+		b.ReportAllocs()
 		s := full(b)
 		i := 0
 		for b.Loop() {
@@ -269,6 +270,7 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 		}
 	})
 	b.Run("Parallel90Get10Put", func(b *testing.B) {
+		b.ReportAllocs()
 		s := full(b)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
