@@ -139,7 +139,7 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	// The handler runs again on the same consumer group.
 	runHandlerUntilIdle(ctx, t, kcfg, client, in, traced, dead)
 
-	assert.Equal(t, sorted(append(tracedFirst, configSport...)), tracedOrders(t, brokers, traced),
+	assert.Equal(t, sortedCopy(append(tracedFirst, configSport...)), tracedOrders(t, brokers, traced),
 		"exactly the selected events came back traced")
 	for _, id := range configSport {
 		ev := events[id]
@@ -152,7 +152,7 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 		calledAfter = append(calledAfter, c.Field("waybill_id"))
 	}
 	sort.Strings(calledAfter)
-	assert.Equal(t, sorted([]string{events[configSport[0]].WaybillID, events[configSport[1]].WaybillID}), calledAfter,
+	assert.Equal(t, sortedCopy([]string{events[configSport[0]].WaybillID, events[configSport[1]].WaybillID}), calledAfter,
 		"WeChat was called for the selected events only, once each")
 
 	deadAfter := waybill.ReadTopic(t, brokers, dead)
@@ -162,7 +162,7 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 		deadOrders = append(deadOrders, string(m.Key))
 	}
 	sort.Strings(deadOrders)
-	assert.Equal(t, sorted(append(stay, configSport...)), deadOrders, "the rest stay in the dead-letter topic")
+	assert.Equal(t, sortedCopy(append(stay, configSport...)), deadOrders, "the rest stay in the dead-letter topic")
 	for _, id := range stay {
 		_, ok := sandbox.Waybill(events[id].AppID, events[id].WaybillID)
 		assert.False(t, ok, "%s was not replayed, so not traced", id)
@@ -256,10 +256,10 @@ func tracedOrders(t *testing.T, brokers []string, topic string) []string {
 	for id := range seen {
 		ids = append(ids, id)
 	}
-	return sorted(ids)
+	return sortedCopy(ids)
 }
 
-func sorted(ss []string) []string {
+func sortedCopy(ss []string) []string {
 	out := append([]string(nil), ss...)
 	sort.Strings(out)
 	return out
