@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultKeyPrefix is the key prefix of a RedisStore made with an empty one.
-const DefaultKeyPrefix = "ratelimit:"
+const DefaultKeyPrefix = "waybill:ratelimit:"
 
 // RedisStore keeps the counters in Redis, so that limiters in many
 // processes share them. Each decision, refund and ExhaustApp is one Lua
@@ -66,20 +66,20 @@ local ttl = math.ceil((tonumber(ARGV[5]) - now) / 1000)
 local interval = tonumber(ARGV[6])
 local burst = tonumber(ARGV[7])
 
-local app = tonumber(redis.call('GET', KEYS[1]) or 0)
+local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local app = tonumber(v[1] or 0)
 local user = 0
 if userQuota >= 0 then
-  user = tonumber(redis.call('GET', KEYS[2]) or 0)
+  user = tonumber(v[2] or 0)
 end
-local exhausted = redis.call('EXISTS', KEYS[3])
-if exhausted == 1 or (appQuota >= 0 and app + n > appQuota) then
-  return {0, 1, 0, app, user, exhausted}
+if v[3] or (appQuota >= 0 and app + n > appQuota) then
+  return {0, 1, 0, app, user, v[3] and 1 or 0}
 end
 if userQuota >= 0 and user + n > userQuota then
   return {0, 2, 0, app, user, 0}
 end
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[4]) or 0)
+  local tat = tonumber(v[4] or 0)
   if tat < now then tat = now end
   tat = tat + n * interval
   local limit = burst * interval

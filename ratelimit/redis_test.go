@@ -3,7 +3,10 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,34 +87,70 @@ func TestRedisNoOpenIDNoUserKey(t *testing.T) {
 	}
 }
 
-// TestRedisScriptsReloaded: after SCRIPT FLUSH (a restarted or failed-over
-// server), EVALSHA fails with NOSCRIPT and the store falls back to EVAL.
-func TestRedisScriptsReloaded(t *testing.T) {
+// forgetfulServer is a client hook that makes the next EVALSHA name a
+// script the server does not have, as after a restart or failover, without
+// flushing the script cache that other tests on the same server use.
+type forgetfulServer struct {
+	forget        atomic.Bool
+	evalsha, eval atomic.Int32
+}
+
+func (h *forgetfulServer) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *forgetfulServer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *forgetfulServer) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		switch args := cmd.Args(); strings.ToLower(fmt.Sprint(args[0])) {
+		case "evalsha":
+			h.evalsha.Add(1)
+			if h.forget.Swap(false) {
+				args[1] = strings.Repeat("0", 40)
+			}
+		case "eval":
+			h.eval.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRedisScriptsFallBackToEval: when EVALSHA answers NOSCRIPT, each
+// script runs with EVAL and the operation still happens.
+func TestRedisScriptsFallBackToEval(t *testing.T) {
 	ctx := context.Background()
-	l, c, _ := newRedisLimiter(t, Config{Defaults: Limits{AppDaily: 2, Rate: -1}})
+	c := testredis.Client(t)
+	h := &forgetfulServer{}
+	c.AddHook(h)
+	l, err := New(Config{Store: NewRedisStore(c, testredis.Prefix(t)), Defaults: Limits{AppDaily: 2, Rate: -1}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := cst("2026-03-14 10:00:00")
-	for i, want := range []bool{true, true, true, false} {
-		if err := c.ScriptFlush(ctx).Err(); err != nil {
-			t.Fatal(err)
+	forgotten := func(what string, op func() error) {
+		t.Helper()
+		h.forget.Store(true)
+		sha, eval := h.evalsha.Load(), h.eval.Load()
+		if err := op(); err != nil {
+			t.Fatalf("%s: %v", what, err)
 		}
-		d, err := l.Allow(ctx, "wxA", "u1", now)
-		if err != nil || d.Allowed != want {
-			t.Fatalf("call %d after SCRIPT FLUSH: %+v, %v; want allowed %v", i, d, err, want)
+		if h.evalsha.Load() != sha+1 || h.eval.Load() != eval+1 {
+			t.Errorf("%s: %d EVALSHA and %d EVAL, want one of each", what, h.evalsha.Load()-sha, h.eval.Load()-eval)
 		}
-		if i == 0 {
-			if err := c.ScriptFlush(ctx).Err(); err != nil {
-				t.Fatal(err)
-			}
-			if err := l.Refund(ctx, d); err != nil {
-				t.Fatalf("Refund after SCRIPT FLUSH: %v", err)
-			}
-			if err := c.ScriptFlush(ctx).Err(); err != nil {
-				t.Fatal(err)
-			}
-			if err := l.ExhaustApp(ctx, "wxB", now); err != nil {
-				t.Fatalf("ExhaustApp after SCRIPT FLUSH: %v", err)
-			}
+	}
+	var d Decision
+	forgotten("Allow", func() (err error) { d, err = l.Allow(ctx, "wxA", "u1", now); return err })
+	forgotten("Refund", func() error { return l.Refund(ctx, d) })
+	for i, want := range []bool{true, true, false} {
+		forgotten("Allow", func() (err error) { d, err = l.Allow(ctx, "wxA", "u1", now); return err })
+		if d.Allowed != want {
+			t.Errorf("call %d after the refund: allowed %v, want %v", i, d.Allowed, want)
 		}
+	}
+	forgotten("ExhaustApp", func() error { return l.ExhaustApp(ctx, "wxB", now) })
+	if d, err := l.Allow(ctx, "wxB", "u1", now); err != nil || d.Allowed || d.Reason != ReasonAppDaily {
+		t.Errorf("wxB after ExhaustApp: %+v, %v; want an app_daily denial", d, err)
 	}
 }
 
