@@ -38,7 +38,7 @@ type Limits struct {
 	// Rate is the smooth per-appid rate in calls per second (fractions
 	// allowed: 0.5 is one call every two seconds). Zero inherits
 	// (DefaultRate); negative or +Inf means no smooth limit. The rate's
-	// resolution is one call per microsecond.
+	// resolution is one call per microsecond; below 1e-9 it is invalid.
 	Rate float64
 	// Burst is how many calls may go at once after the appid was idle.
 	// Zero inherits; when nothing sets it, it is Rate rounded up (one
@@ -77,12 +77,21 @@ func (l Limits) resolved() Limits {
 	return l
 }
 
+// validate checks resolved limits.
 func (l Limits) validate() error {
-	if math.IsNaN(l.Rate) {
+	switch {
+	case math.IsNaN(l.Rate):
 		return errors.New("Rate is NaN")
-	}
-	if l.Burst < 0 {
+	case math.IsInf(l.Rate, 1):
+		return nil
+	case l.Rate < 1e-9:
+		return fmt.Errorf("Rate %g is below 1e-9 calls per second", l.Rate)
+	case l.Burst < 0:
 		return fmt.Errorf("Burst %d is negative", l.Burst)
+	case float64(l.intervalMicros())*float64(l.Burst) > 1<<52:
+		// The bucket's depth in microseconds must stay exact in Lua's
+		// doubles.
+		return fmt.Errorf("Burst %d at Rate %g makes a bucket over a century deep", l.Burst, l.Rate)
 	}
 	return nil
 }
@@ -127,11 +136,11 @@ func (c Config) Validate() error {
 	if c.ResetAt < 0 || c.ResetAt >= 24*time.Hour {
 		return fmt.Errorf("ratelimit: ResetAt %v is outside [0, 24h)", c.ResetAt)
 	}
-	if err := c.Defaults.validate(); err != nil {
+	if err := c.Defaults.resolved().validate(); err != nil {
 		return fmt.Errorf("ratelimit: Defaults: %w", err)
 	}
 	for appid, l := range c.Apps {
-		if err := l.validate(); err != nil {
+		if err := l.inherit(c.Defaults).resolved().validate(); err != nil {
 			return fmt.Errorf("ratelimit: Apps[%q]: %w", appid, err)
 		}
 	}

@@ -128,6 +128,10 @@ func TestConfigValidate(t *testing.T) {
 		{"reset 24h", Config{ResetAt: 24 * time.Hour}, "ResetAt"},
 		{"negative burst", Config{Defaults: Limits{Burst: -1}}, "Defaults"},
 		{"NaN rate in an app", Config{Apps: map[string]Limits{"wxA": {Rate: math.NaN()}}}, `Apps["wxA"]`},
+		{"tiny rate", Config{Defaults: Limits{Rate: 1e-12}}, "Defaults"},
+		{"century-deep bucket", Config{Apps: map[string]Limits{"wxA": {Rate: 1e-6, Burst: 1 << 30}}}, `Apps["wxA"]`},
+		{"negative burst ignored without a rate", Config{Defaults: Limits{Rate: -1, Burst: -1}}, ""},
+		{"app inherits a bad default", Config{Defaults: Limits{Burst: -3}, Apps: map[string]Limits{"wxA": {Rate: 5}}}, "Defaults"},
 		{"unlimited everything", Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: math.Inf(1)}}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
