@@ -106,7 +106,11 @@ func Client(t testing.TB) *redis.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("testredis: PING %s (started by scripts/redis.sh): %v", c.Options().Addr, err)
+		from := "started by scripts/redis.sh; see .cache/redis/redis.log"
+		if os.Getenv("REDIS_ADDR") != "" {
+			from = "from REDIS_ADDR; unset it to let scripts/redis.sh start a server"
+		}
+		t.Fatalf("testredis: PING %s (%s): %v", c.Options().Addr, from, err)
 	}
 	return c
 }
