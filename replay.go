@@ -580,7 +580,33 @@ func (r *replayer) replay(ctx context.Context) error {
 }
 
 // Setup implements sarama.ConsumerGroupHandler.
-func (r *replayer) Setup(sarama.ConsumerGroupSession) error { return nil }
+func (r *replayer) Setup(sess sarama.ConsumerGroupSession) error {
+	go r.watch(sess.Context())
+	return nil
+}
+
+// watchEvery is how often a member whose partitions are done looks at the
+// group's committed offsets for the partitions other members hold.
+const watchEvery = time.Second
+
+// watch ends the session once every partition is done, counting those that
+// other members of the group finished (their committed position reached the
+// end offset), so that several replays in one group all stop.
+func (r *replayer) watch(ctx context.Context) {
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.refreshDone(); err == nil && r.allDone() {
+			r.cancel()
+			return
+		}
+	}
+}
 
 // Cleanup implements sarama.ConsumerGroupHandler.
 func (r *replayer) Cleanup(sarama.ConsumerGroupSession) error { return nil }
@@ -589,7 +615,10 @@ func (r *replayer) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 // partition up to its end offset, then holds the claim until every partition
 // is done, so that the session does not end early.
 func (r *replayer) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
-	if rg, known := r.ranges[claim.Partition()]; known {
+	p := claim.Partition()
+	if rg, known := r.ranges[p]; known && !r.isDone(p) {
+		// InitialOffset is negative (OffsetOldest) when the group has no
+		// position yet.
 		reached := claim.InitialOffset() >= rg.End
 		if !reached {
 			var err error
@@ -598,7 +627,7 @@ func (r *replayer) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.C
 			}
 		}
 		if reached {
-			r.finish(claim.Partition())
+			r.finish(p)
 		}
 	}
 	<-sess.Context().Done()
@@ -748,6 +777,12 @@ func (r *replayer) finish(p int32) {
 	if all {
 		r.cancel()
 	}
+}
+
+func (r *replayer) isDone(p int32) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done[p]
 }
 
 func (r *replayer) allDone() bool {

@@ -648,3 +648,31 @@ func TestReplayUnknownTopic(t *testing.T) {
 	assert.Contains(t, err.Error(), "no.such.topic")
 	assert.True(t, errors.Is(err, sarama.ErrUnknownTopicOrPartition), "%v", err)
 }
+
+func TestReplayTwoMembersOfOneGroupShareTheWorkAndStop(t *testing.T) {
+	_, brokers := replayCluster(t)
+	const n, batch, partitions = 90, 4, 3
+	ids := manyDeadLetters(t, brokers, n)
+	cfg := rtConfig(brokers)
+	cfg.Kafka.ConsumerGroup, cfg.Batch = "shared", batch
+
+	var wg sync.WaitGroup
+	reports := make([]*ReplayReport, 2)
+	errs := make([]error, 2)
+	for i := range reports {
+		wg.Go(func() { reports[i], errs[i] = Replay(replayCtx(t), cfg) })
+	}
+	wg.Wait()
+	require.NoError(t, errs[0])
+	require.NoError(t, errs[1])
+
+	copies := copiesByID(t, readTopic(t, brokers, rtSource))
+	doubled := 0
+	for order, id := range ids {
+		require.Positive(t, copies[id], "order %s lost", order)
+		doubled += copies[id] - 1
+	}
+	assert.LessOrEqual(t, doubled, batch*partitions)
+	assert.Equal(t, n+doubled, reports[0].Replayed+reports[1].Replayed)
+	t.Logf("members replayed %d and %d, doubled %d", reports[0].Replayed, reports[1].Replayed, doubled)
+}
