@@ -676,3 +676,54 @@ func TestReplayTwoMembersOfOneGroupShareTheWorkAndStop(t *testing.T) {
 	assert.Equal(t, n+doubled, reports[0].Replayed+reports[1].Replayed)
 	t.Logf("members replayed %d and %d, doubled %d", reports[0].Replayed, reports[1].Replayed, doubled)
 }
+
+func TestReplayStopsWhenARepublishFailsAndResumes(t *testing.T) {
+	cluster, brokers := replayCluster(t)
+	const n = 60
+	ids := manyDeadLetters(t, brokers, n)
+
+	// From some point on, the broker refuses writes to the source topic.
+	var refuse atomic.Bool
+	cluster.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		produce := req.(*kmsg.ProduceRequest)
+		if !refuse.Load() || len(produce.Topics) == 0 || produce.Topics[0].Topic != rtSource {
+			return nil, nil, false
+		}
+		resp := produce.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range produce.Topics {
+			t := kmsg.NewProduceResponseTopic()
+			t.Topic, t.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				p := kmsg.NewProduceResponseTopicPartition()
+				p.Partition, p.ErrorCode = rp.Partition, kerr.TopicAuthorizationFailed.Code
+				t.Partitions = append(t.Partitions, p)
+			}
+			resp.Topics = append(resp.Topics, t)
+		}
+		return resp, nil, true
+	})
+
+	cfg := rtConfig(brokers)
+	cfg.Progress = func(p ReplayProgress) {
+		if p.Replayed == n/2 {
+			refuse.Store(true)
+		}
+	}
+	first, err := Replay(replayCtx(t), cfg)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, sarama.ErrTopicAuthorizationFailed)
+	assert.Contains(t, err.Error(), "republish")
+	require.Less(t, first.Replayed, n)
+
+	refuse.Store(false)
+	cfg.Progress = nil
+	second, err := Replay(replayCtx(t), cfg)
+	require.NoError(t, err)
+	assert.Equal(t, n, first.Replayed+second.Replayed, "the failed event was not marked, so the rerun sends it")
+
+	copies := copiesByID(t, readTopic(t, brokers, rtSource))
+	for order, id := range ids {
+		assert.Equal(t, 1, copies[id], "order %s", order)
+	}
+}
