@@ -432,8 +432,9 @@ func (h *Handler) admit(ctx context.Context, ev *OrderShipped) (ratelimit.Decisi
 }
 
 // settleQuota squares the local count with WeChat's answer: a call the
-// breaker held back was never sent, one WeChat refused for token or quota
-// reasons did not count there, and 45009 says the appid's day is spent
+// breaker held back was never sent, one that failed at WeChat's HTTP layer
+// (5xx, no errcode) never reached the API, one WeChat refused for token or
+// quota reasons did not count there, and 45009 says the appid's day is spent
 // whatever the local count says.
 func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit.Decision, callErr error, class wechat.Class, now time.Time) {
 	lim := h.cfg.Limiter
@@ -442,7 +443,7 @@ func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit
 	}
 	var err error
 	switch {
-	case errors.Is(callErr, ErrBreakerOpen), class == wechat.ClassToken, class == wechat.ClassMinuteRate:
+	case errors.Is(callErr, ErrBreakerOpen), httpFailure(callErr), class == wechat.ClassToken, class == wechat.ClassMinuteRate:
 		err = lim.Refund(ctx, d)
 	case class == wechat.ClassDailyQuota:
 		err = errors.Join(lim.Refund(ctx, d), lim.ExhaustApp(ctx, ev.AppID, now))
@@ -534,6 +535,12 @@ func (d *delivery) deadLetter(reason Reason, callErr error, errmsg string, now t
 		dl.Errmsg = callErr.Error()
 	}
 	return dl
+}
+
+// httpFailure reports an HTTP error status without a WeChat errcode.
+func httpFailure(err error) bool {
+	var we *wechat.Error
+	return errors.As(err, &we) && we.HTTPStatus != 0 && we.Code == 0
 }
 
 func sleepFor(ctx context.Context, d time.Duration) error {

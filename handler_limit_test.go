@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/wechat"
 )
 
 func TestLimiterParksSpentQuotasUntilTheWindow(t *testing.T) {
@@ -56,7 +57,8 @@ func TestLimiterRefundsCallsWeChatDidNotCount(t *testing.T) {
 		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{AppDaily: 2, Rate: -1}})
 		require.NoError(t, err)
 		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("W1", wechatErr(45011), wechatErr(45011), wechatErr(45011)) // minute limit: not counted
+		http503 := &wechat.Error{Endpoint: "trace_waybill", HTTPStatus: 503, Class: wechat.ClassTransient}
+		tr.on("W1", wechatErr(45011), http503, wechatErr(45011)) // minute limit, gateway failure: not counted
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
 		ev := validEvent("o1", "W1")
 		ev.AppID = "wxa"
