@@ -199,7 +199,7 @@ func TestGoodsDescriptionCountsRunesNotBytes(t *testing.T) {
 	assert.NoError(t, ev.Validate())
 }
 
-func mustJSON(t *testing.T, mod func(*OrderShipped)) []byte {
+func mustJSON(t testing.TB, mod func(*OrderShipped)) []byte {
 	ev := validEvent("order-x", "SF100")
 	mod(ev)
 	b, err := json.Marshal(ev)
