@@ -8,6 +8,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/sony/gobreaker/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -97,7 +98,9 @@ func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr, pub := newScriptedTracer(), &recorder{}
 		tr.on("SF100", wechatErr(-1), wechatErr(-1), wechatErr(-1), wechatErr(-1))
+		logs := watermill.NewCaptureLogger()
 		h := newTestHandler(t, tr, pub, func(c *Config) {
+			c.Logger = logs
 			c.Breaker = BreakerConfig{ConsecutiveFailures: 2, OpenTimeout: 10 * time.Second}
 			c.Retry.BreakerWait = time.Second
 			c.Backoff = func(int) time.Duration { return 100 * time.Millisecond }
@@ -105,9 +108,18 @@ func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 		require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
 		assert.Len(t, pub.on(DefaultTracedTopic), 1)
 		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
-		// Calls were made only while closed or half-open: 2 to trip, 1 probe
-		// that failed and reopened, 1 probe... until the script runs out.
+		// Calls were made only while closed or half-open: 2 to trip, then one
+		// probe per half-open period until the script runs out.
 		assert.Equal(t, 5, tr.callsFor("SF100"))
 		assert.Positive(t, h.Stats().Waits, "the event waited on the open breaker")
+		assert.Equal(t, gobreaker.StateClosed, h.BreakerState("wxapp1"), "closed again after the probe succeeded")
+		var changes []string
+		for _, m := range logs.Captured()[watermill.InfoLogLevel] {
+			if m.Msg == "circuit breaker state change" {
+				changes = append(changes, fmt.Sprint(m.Fields["from"], "→", m.Fields["to"]))
+			}
+		}
+		// Two failures trip it; two probes fail and reopen it; the third closes it.
+		assert.Equal(t, []string{"closed→open", "open→half-open", "half-open→open", "open→half-open", "half-open→open", "open→half-open", "half-open→closed"}, changes)
 	})
 }

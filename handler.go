@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
@@ -187,11 +188,25 @@ func NewHandler(cfg Config) (*Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	bc := cfg.Breaker
+	user := bc.OnStateChange
+	bc.OnStateChange = func(key string, from, to gobreaker.State) {
+		// Under the breaker's lock: logging is quick and never blocks on it.
+		cfg.Logger.Info("circuit breaker state change", watermill.LogFields{"breaker": key, "from": from.String(), "to": to.String()})
+		if user != nil {
+			user(key, from, to)
+		}
+	}
 	return &Handler{
 		cfg:      cfg,
 		results:  results{pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic},
-		breakers: newBreakers(cfg.Breaker),
+		breakers: newBreakers(bc),
 	}, nil
+}
+
+// BreakerState reports the state of the circuit breaker that guards appid.
+func (h *Handler) BreakerState(appid string) gobreaker.State {
+	return h.breakers.state(appid)
 }
 
 // AddTo registers the handler on router, consuming the input topic from sub.
