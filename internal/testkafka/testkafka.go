@@ -13,21 +13,18 @@
 package testkafka
 
 import (
-	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/waybillkit/waybill/internal/testservice"
 )
 
 // EnvBrokers names the environment variable with a comma-separated list of
@@ -62,50 +59,12 @@ func Brokers(t testing.TB) []string {
 
 // startOnce runs scripts/kafka.sh start once per test binary.
 var startOnce = sync.OnceValues(func() ([]string, error) {
-	root, err := repoRoot()
+	addr, err := testservice.Start(script, startTimeout)
 	if err != nil {
 		return nil, err
 	}
-	return runStart(root)
+	return parseBrokers(addr), nil
 })
-
-// runStart runs `scripts/kafka.sh start` in root and returns the address it prints.
-func runStart(root string) ([]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, script), "start")
-	cmd.Dir = root
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("%s start: %w\n%s", script, err, tail(stderr.String(), 40))
-	}
-	lines := strings.Fields(stdout.String())
-	if len(lines) == 0 {
-		return nil, fmt.Errorf("%s start printed no address\n%s", script, tail(stderr.String(), 40))
-	}
-	return parseBrokers(lines[len(lines)-1]), nil
-}
-
-// repoRoot walks up from the working directory (a package directory under
-// `go test`) to the directory holding go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory, so no " + script)
-		}
-		dir = parent
-	}
-}
 
 // parseBrokers splits a comma-separated address list, dropping blanks.
 func parseBrokers(s string) []string {
@@ -116,16 +75,6 @@ func parseBrokers(s string) []string {
 		}
 	}
 	return out
-}
-
-// tail returns the last n lines of s, so a failure shows the script's
-// diagnosis without a whole Maven log.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // Config returns a sarama configuration for talking to the test broker. Kafka

@@ -97,15 +97,6 @@ func TestCreateTopicTwiceFails(t *testing.T) {
 	}
 }
 
-// TestStartFailureNamesScript checks that when the broker cannot be started
-// the error says which script to look at.
-func TestStartFailureNamesScript(t *testing.T) {
-	_, err := runStart(t.TempDir())
-	if err == nil || !strings.Contains(err.Error(), "scripts/kafka.sh") {
-		t.Fatalf("runStart in a directory without the script = %v, want an error naming scripts/kafka.sh", err)
-	}
-}
-
 var legalTopic = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 
 func TestTopicUniqueAndLegal(t *testing.T) {
@@ -147,14 +138,5 @@ func TestParseBrokers(t *testing.T) {
 		if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
 			t.Errorf("parseBrokers(%q) = %q, want %q", tc.in, got, tc.want)
 		}
-	}
-}
-
-func TestTail(t *testing.T) {
-	if got := tail("a\nb\nc\nd\n", 2); got != "c\nd" {
-		t.Fatalf("tail = %q, want %q", got, "c\nd")
-	}
-	if got := tail("only", 5); got != "only" {
-		t.Fatalf("tail = %q, want %q", got, "only")
 	}
 }

@@ -8,21 +8,18 @@
 package testredis
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/waybillkit/waybill/internal/testservice"
 )
 
 // startTimeout bounds scripts/redis.sh start, which may have to install
@@ -51,50 +48,7 @@ func resolve() (string, error) {
 	if a := os.Getenv("REDIS_ADDR"); a != "" {
 		return a, nil
 	}
-	root, err := repoRoot()
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "scripts", "redis.sh"), "start")
-	cmd.Dir = root
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("scripts/redis.sh start: %w: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	lines := strings.Fields(stdout.String())
-	if len(lines) == 0 {
-		return "", errors.New("scripts/redis.sh start printed no address")
-	}
-	return lines[len(lines)-1], nil
-}
-
-// repoRoot finds the directory holding go.mod: first by walking up from the
-// working directory (go test runs in the package's directory), then by
-// asking the go command.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err == nil {
-		for d := dir; ; d = filepath.Dir(d) {
-			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-				return d, nil
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("locating go.mod: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("locating go.mod: not inside a module")
-	}
-	return filepath.Dir(gomod), nil
+	return testservice.Start("scripts/redis.sh", startTimeout)
 }
 
 // Client returns a client of the server at Addr, checked with PING and closed

@@ -2,8 +2,6 @@ package testredis
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -42,15 +40,5 @@ func TestResolvePrefersREDIS_ADDR(t *testing.T) {
 	t.Setenv("REDIS_ADDR", "127.0.0.1:1")
 	if a, err := resolve(); err != nil || a != "127.0.0.1:1" {
 		t.Fatalf("resolve() = %q, %v; want REDIS_ADDR", a, err)
-	}
-}
-
-func TestRepoRootHoldsTheScript(t *testing.T) {
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "scripts", "redis.sh")); err != nil {
-		t.Fatalf("repoRoot() = %s, which has no scripts/redis.sh: %v", root, err)
 	}
 }
