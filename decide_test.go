@@ -40,9 +40,6 @@ func TestDecideTable(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			got := p.Decide(tc.err, tc.class, tc.attempts, now)
 			got.Until = got.Until.UTC() // the instant matters, not its zone
-			if tc.want.Until.IsZero() {
-				got.Until = time.Time{}
-			}
 			assert.Equal(t, tc.want, got)
 		})
 	}
