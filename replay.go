@@ -349,6 +349,12 @@ func (c *ReplayConfig) Validate() error {
 // failed, it republishes again at most the records handled since the last
 // successful commit: cfg.Batch per partition, the in-flight batch.
 //
+// Replay does not change the dead-letter topic: replayed events stay in it,
+// and only the group's position says they were replayed. A new selection
+// (another group) that covers them sends them again; a handler with
+// Config.Traces set answers an event it already traced without calling
+// WeChat.
+//
 // The report is returned whenever reading began, with an error too when the
 // replay was interrupted (wrapping ctx.Err()) or failed; its counts then say
 // what was done.
