@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// envPrefix starts the environment variable of every flag: -dead-letter-topic
+// falls back to WAYBILL_DEAD_LETTER_TOPIC.
+const envPrefix = "WAYBILL_"
+
+// config is the service's configuration after flags and environment.
+type config struct {
+	Kafka                                    waybill.KafkaConfig
+	InputTopic, TracedTopic, DeadLetterTopic string
+	WeChatURL                                string
+	// SecretsFile holds appid=secret lines; read at startup, never logged.
+	SecretsFile string
+	// Redis is host:port or a redis:// (rediss://) URL; "" keeps every store
+	// in memory.
+	Redis       string
+	RedisPrefix string
+	// Parking is nil when parking is off.
+	Parking   *waybill.ParkingConfig
+	Limits    ratelimit.Limits
+	AppLimits map[string]ratelimit.Limits
+	ClaimTTL  time.Duration
+	LogLevel  slog.Level
+	// StatsInterval is how often the handler's counters are logged at debug
+	// level.
+	StatsInterval time.Duration
+	// ShutdownTimeout is how long in-flight events may run after a signal.
+	ShutdownTimeout time.Duration
+}
+
+// errUsage reports bad flags or environment; the reason has been printed.
+var errUsage = errors.New("usage")
+
+// envName is the environment variable a flag falls back to.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads args, falling back for each flag not given to its
+// environment variable (looked up with getenv), then to its default. Errors
+// are printed to stderr and reported as errUsage.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("waybill", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		c       config
+		brokers string
+		parking bool
+		tiers   = durations{time.Minute, 10 * time.Minute, time.Hour}
+		prefix  string
+	)
+	fs.StringVar(&brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka `brokers`")
+	fs.StringVar(&c.Kafka.ConsumerGroup, "group", "waybill", "Kafka consumer `group`; parking adds <group>-delay")
+	fs.StringVar(&c.InputTopic, "input-topic", waybill.DefaultInputTopic, "`topic` of order.shipped events")
+	fs.StringVar(&c.TracedTopic, "traced-topic", waybill.DefaultTracedTopic, "`topic` for waybill.traced events")
+	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", waybill.DefaultDeadLetterTopic, "`topic` for dead letters")
+	fs.StringVar(&c.WeChatURL, "wechat-url", wechat.DefaultBaseURL, "WeChat API base `URL`")
+	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required)")
+	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key")
+	fs.BoolVar(&parking, "parking", false, "park events that must wait on delay topics instead of holding their partition")
+	fs.Var(&tiers, "parking-tiers", "comma-separated ascending `delays` of the delay topics")
+	fs.StringVar(&prefix, "parking-prefix", "", "`prefix` of the delay topics (default <input-topic>.delay.)")
+	fs.Int64Var(&c.Limits.AppDaily, "app-daily", ratelimit.DefaultAppDaily, "daily calls per appid; negative: no limit")
+	fs.Int64Var(&c.Limits.UserDaily, "user-daily", ratelimit.DefaultUserDaily, "daily calls per buyer and appid; negative: no limit")
+	fs.Float64Var(&c.Limits.Rate, "rate", ratelimit.DefaultRate, "smooth calls per second per appid; negative: no limit")
+	fs.IntVar(&c.Limits.Burst, "burst", 0, "calls at once after an idle spell; 0: one second's worth")
+	fs.Var((*appLimits)(&c.AppLimits), "app-limits", "per-appid overrides `appid:key=value:...,...` with keys app_daily, user_daily, rate, burst")
+	fs.DurationVar(&c.ClaimTTL, "claim-ttl", time.Minute, "how long a crashed process's claim on a waybill blocks others")
+	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "`level`: debug, info, warn or error")
+	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight events may finish after SIGINT or SIGTERM")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n\nEvery flag -x-y falls back to the environment variable %sX_Y.\n\n", envPrefix)
+		fs.PrintDefaults()
+	}
+
+	if err := fs.Parse(args); err != nil {
+		return c, errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
+		return c, errUsage
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+
+	c.Kafka.Brokers = splitList(brokers)
+	if parking {
+		c.Parking = &waybill.ParkingConfig{Tiers: tiers, TopicPrefix: prefix}
+	}
+	if err := errors.Join(append(errs, c.validate())...); err != nil {
+		fmt.Fprintln(stderr, "waybill:", err)
+		return c, errUsage
+	}
+	return c, nil
+}
+
+// validate checks what can be checked without reaching any service.
+func (c *config) validate() error {
+	var errs []error
+	if len(c.Kafka.Brokers) == 0 {
+		errs = append(errs, errors.New("-brokers is empty"))
+	}
+	if c.SecretsFile == "" {
+		errs = append(errs, fmt.Errorf("-secrets-file (or %s) is required", envName("secrets-file")))
+	}
+	if c.Redis != "" {
+		if _, err := redisOptions(c.Redis); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for name, d := range map[string]time.Duration{"claim-ttl": c.ClaimTTL, "stats-interval": c.StatsInterval, "shutdown-timeout": c.ShutdownTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("-%s %v must be positive", name, d))
+		}
+	}
+	if c.Parking != nil {
+		if err := c.Parking.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := c.limiterConfig(nil).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// limiterConfig is the rate limiter's configuration on store (nil: memory).
+func (c *config) limiterConfig(store ratelimit.Store) ratelimit.Config {
+	return ratelimit.Config{Store: store, Defaults: c.Limits, Apps: c.AppLimits}
+}
+
+// redisOptions reads -redis: a bare host:port, or a URL that may carry a
+// user, password, database and TLS (rediss://).
+func redisOptions(s string) (*redis.Options, error) {
+	if !strings.Contains(s, "://") {
+		return &redis.Options{Addr: s}, nil
+	}
+	opts, err := redis.ParseURL(s)
+	if err != nil {
+		// The URL may hold a password: do not repeat it.
+		return nil, errors.New("-redis is not a valid redis:// or rediss:// URL")
+	}
+	return opts, nil
+}
+
+// loadSecrets reads a file of appid=secret lines. Blank lines and lines
+// starting with # are skipped. Errors name the line, never its content, which
+// may be a secret.
+func loadSecrets(path string) (wechat.StaticSecrets, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("secrets file: %w", err)
+	}
+	defer f.Close()
+	return parseSecrets(f, path)
+}
+
+func parseSecrets(r io.Reader, name string) (wechat.StaticSecrets, error) {
+	secrets := wechat.StaticSecrets{}
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		appid, secret, ok := strings.Cut(line, "=")
+		appid, secret = strings.TrimSpace(appid), strings.TrimSpace(secret)
+		switch {
+		case !ok || appid == "" || secret == "":
+			return nil, fmt.Errorf("secrets file %s, line %d: want appid=secret", name, n)
+		case secrets[appid] != "":
+			return nil, fmt.Errorf("secrets file %s, line %d: appid %s given twice", name, n, appid)
+		}
+		secrets[appid] = secret
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("secrets file %s: %w", name, err)
+	}
+	if len(secrets) == 0 {
+		return nil, fmt.Errorf("secrets file %s holds no appid=secret line", name)
+	}
+	return secrets, nil
+}
+
+// splitList splits a comma-separated value, dropping blanks.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// durations is a comma-separated list of durations.
+type durations []time.Duration
+
+func (d *durations) String() string {
+	parts := make([]string, len(*d))
+	for i, v := range *d {
+		parts[i] = v.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (d *durations) Set(s string) error {
+	var out durations
+	for _, p := range splitList(s) {
+		v, err := time.ParseDuration(p)
+		if err != nil {
+			return err
+		}
+		out = append(out, v)
+	}
+	*d = out
+	return nil
+}
+
+// appLimits is the -app-limits flag: "wx1:app_daily=5000:rate=2,wx2:rate=1".
+type appLimits map[string]ratelimit.Limits
+
+func (a *appLimits) String() string {
+	if a == nil || *a == nil {
+		return ""
+	}
+	var items []string
+	for appid, l := range *a {
+		items = append(items, fmt.Sprintf("%s:app_daily=%d:user_daily=%d:rate=%g:burst=%d", appid, l.AppDaily, l.UserDaily, l.Rate, l.Burst))
+	}
+	return strings.Join(items, ",")
+}
+
+func (a *appLimits) Set(s string) error {
+	out := appLimits{}
+	for _, item := range splitList(s) {
+		parts := strings.Split(item, ":")
+		appid := parts[0]
+		if appid == "" || len(parts) < 2 {
+			return fmt.Errorf("%q: want appid:key=value[:key=value...]", item)
+		}
+		var l ratelimit.Limits
+		for _, kv := range parts[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			var err error
+			switch k {
+			case "app_daily":
+				l.AppDaily, err = strconv.ParseInt(v, 10, 64)
+			case "user_daily":
+				l.UserDaily, err = strconv.ParseInt(v, 10, 64)
+			case "rate":
+				l.Rate, err = strconv.ParseFloat(v, 64)
+			case "burst":
+				l.Burst, err = strconv.Atoi(v)
+			default:
+				return fmt.Errorf("%q: unknown key %q (want app_daily, user_daily, rate or burst)", item, k)
+			}
+			if err != nil {
+				return fmt.Errorf("%q: %s: %w", item, k, err)
+			}
+		}
+		out[appid] = l
+	}
+	*a = out
+	return nil
+}

@@ -1,0 +1,94 @@
+// Command waybill is the waybill service: it consumes order.shipped events
+// from Kafka, calls WeChat's trace_waybill for each, and publishes
+// waybill.traced or a dead letter. Run it next to your Kafka:
+//
+//	waybill -brokers kafka1:9092,kafka2:9092 -secrets-file /etc/waybill/secrets \
+//	    -redis redis://:password@redis:6379/0 -parking
+//
+// Every flag -x-y falls back to the environment variable WAYBILL_X_Y when it
+// is not given on the command line, then to its default:
+//
+//	-brokers            WAYBILL_BROKERS            comma-separated Kafka brokers (127.0.0.1:9092)
+//	-group              WAYBILL_GROUP              consumer group (waybill); parking adds <group>-delay
+//	-input-topic        WAYBILL_INPUT_TOPIC        order.shipped events (order.shipped)
+//	-traced-topic       WAYBILL_TRACED_TOPIC       waybill.traced events (waybill.traced)
+//	-dead-letter-topic  WAYBILL_DEAD_LETTER_TOPIC  dead letters (order.shipped.dead)
+//	-wechat-url         WAYBILL_WECHAT_URL         WeChat API base URL (https://api.weixin.qq.com)
+//	-secrets-file       WAYBILL_SECRETS_FILE       file of appid=secret lines; required
+//	-redis              WAYBILL_REDIS              host:port or redis:// / rediss:// URL; empty: in memory
+//	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key (waybill:)
+//	-parking            WAYBILL_PARKING            park waiting events on delay topics (false)
+//	-parking-tiers      WAYBILL_PARKING_TIERS      delays of the delay topics (1m,10m,1h)
+//	-parking-prefix     WAYBILL_PARKING_PREFIX     delay topic prefix (<input-topic>.delay.)
+//	-app-daily          WAYBILL_APP_DAILY          calls per appid a day (100000; negative: no limit)
+//	-user-daily         WAYBILL_USER_DAILY         calls per buyer and appid a day (100; negative: no limit)
+//	-rate               WAYBILL_RATE               calls per second per appid (20; negative: no limit)
+//	-burst              WAYBILL_BURST              calls at once after an idle spell (0: one second's worth)
+//	-app-limits         WAYBILL_APP_LIMITS         per-appid overrides, e.g. wx1:app_daily=5000:rate=2,wx2:rate=1
+//	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (1m)
+//	-log-level          WAYBILL_LOG_LEVEL          debug, info, warn or error (info)
+//	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
+//	-shutdown-timeout   WAYBILL_SHUTDOWN_TIMEOUT   how long in-flight events may finish after a signal (30s)
+//
+// The secrets file holds one appid=secret line per mini program; blank lines
+// and lines starting with # are skipped. Secrets, access tokens and Redis
+// passwords are never logged. Access tokens come from cgi-bin/stable_token.
+//
+// With -redis, every process using the same Redis and prefix shares the
+// access tokens (<prefix>wechat:), the quota and rate counters
+// (<prefix>ratelimit:) and the waybill tokens of traced events
+// (<prefix>trace:), so that a redelivered or duplicate event republishes its
+// waybill.traced without calling WeChat again, whichever process sees it.
+// Without it each process keeps its own: right for a single process only.
+// In an -app-limits entry a key left out (or 0) inherits the flag above it.
+//
+// The topics must exist, or the brokers must create them. With -parking,
+// events that must wait (a spent quota, WeChat not knowing the waybill yet,
+// an appid's breaker open) move to the delay topics <prefix><tier> and
+// <prefix>window, which must exist too, and come back when due; without it
+// they wait in place, holding their partition.
+//
+// SIGINT or SIGTERM stops it gracefully: no new events are taken, events in
+// flight may finish their WeChat call and publish for -shutdown-timeout, then
+// the rest are left for redelivery; the counters are logged and it exits 0.
+// A second signal ends it at once. It exits 1 when it cannot start or stops
+// on an error, 2 for bad flags or environment.
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // restore the default: a second signal ends the process at once
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// run parses the configuration, builds the service and runs it until ctx
+// ends. It returns the exit status.
+func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	svc, err := build(ctx, cfg, log)
+	if err != nil {
+		log.Error("waybill cannot start", "err", err)
+		return 1
+	}
+	if err := svc.run(ctx); err != nil {
+		log.Error("waybill stopped on an error", "err", err)
+		return 1
+	}
+	return 0
+}

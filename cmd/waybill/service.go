@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/redisdedup"
+	"github.com/waybillkit/waybill/wechat"
+	"github.com/waybillkit/waybill/wechat/redisstore"
+)
+
+// closeSlack is how much longer the router waits for its handlers than they
+// may run after a signal, so that a handler cut off at the shutdown timeout
+// still nacks its event and releases its claim before the router gives up.
+const closeSlack = 5 * time.Second
+
+// redisTimeout bounds the PING that checks Redis at startup.
+const redisTimeout = 5 * time.Second
+
+// service is the running job: the handler on a Watermill router and, with
+// parking, a DelayRunner.
+type service struct {
+	cfg     config
+	log     *slog.Logger
+	handler *waybill.Handler
+	router  *message.Router
+	runner  *waybill.DelayRunner
+	delays  []string // delay topics, with parking
+	// hard ends in-flight events: it is cancelled once the shutdown timeout
+	// has passed after a signal.
+	hard     context.Context
+	hardStop context.CancelFunc
+	closers  []func() error // closed last first
+}
+
+// build connects the stores, the WeChat client and Kafka, and wires the
+// handler. Nothing is consumed until run.
+func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err error) {
+	s := &service{cfg: cfg, log: log}
+	s.hard, s.hardStop = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	secrets, err := loadSecrets(cfg.SecretsFile)
+	if err != nil {
+		return nil, err
+	}
+
+	// Without Redis every store lives in this process; with it, processes
+	// sharing the prefix share tokens, quotas and traces.
+	var (
+		tokenStore wechat.TokenStore
+		limitStore ratelimit.Store
+		traces     waybill.TraceStore = waybill.NewMemoryStore(waybill.MemoryStoreConfig{})
+		redisAddr  string
+	)
+	if cfg.Redis != "" {
+		rdb, err := s.connectRedis(ctx)
+		if err != nil {
+			return nil, err
+		}
+		redisAddr = rdb.Options().Addr
+		tokenStore = redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix + "wechat:"})
+		limitStore = ratelimit.NewRedisStore(rdb, cfg.RedisPrefix+"ratelimit:")
+		if traces, err = redisdedup.New(rdb, redisdedup.Config{Prefix: cfg.RedisPrefix + "trace:"}); err != nil {
+			return nil, err
+		}
+	}
+
+	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{
+		BaseURL: cfg.WeChatURL, Secrets: secrets, Store: tokenStore, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: tokens, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	limiter, err := ratelimit.New(cfg.limiterConfig(limitStore))
+	if err != nil {
+		return nil, err
+	}
+
+	wlog := watermill.NewSlogLogger(log)
+	pub, err := waybill.NewKafkaPublisher(cfg.Kafka, wlog)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, pub.Close)
+	s.handler, err = waybill.NewHandler(waybill.Config{
+		Client: client, Publisher: pub,
+		InputTopic: cfg.InputTopic, TracedTopic: cfg.TracedTopic, DeadLetterTopic: cfg.DeadLetterTopic,
+		Limiter: limiter, Parking: cfg.Parking, Traces: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
+	})
+	if err != nil {
+		return nil, err
+	}
+	sub, err := waybill.NewKafkaSubscriber(cfg.Kafka, wlog)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, sub.Close) // the router closes it too; twice is harmless
+	s.router, err = message.NewRouter(message.RouterConfig{CloseTimeout: cfg.ShutdownTimeout + closeSlack}, wlog)
+	if err != nil {
+		return nil, err
+	}
+	s.handler.AddTo(s.router, sub).AddMiddleware(s.detach)
+
+	if cfg.Parking != nil {
+		s.delays = cfg.Parking.Topics(cfg.InputTopic)
+		dk := cfg.Kafka
+		dk.ConsumerGroup += "-delay"
+		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, Logger: wlog})
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	log.Info("waybill configured",
+		"brokers", cfg.Kafka.Brokers, "group", cfg.Kafka.ConsumerGroup,
+		"input_topic", cfg.InputTopic, "traced_topic", cfg.TracedTopic, "dead_letter_topic", cfg.DeadLetterTopic,
+		"wechat_url", cfg.WeChatURL, "appids", appids(secrets),
+		"redis", orNone(redisAddr), "delay_topics", s.delays,
+		"app_daily", cfg.Limits.AppDaily, "user_daily", cfg.Limits.UserDaily, "rate", cfg.Limits.Rate,
+		"app_limits", len(cfg.AppLimits), "claim_ttl", cfg.ClaimTTL)
+	return s, nil
+}
+
+// connectRedis opens the client and checks it answers.
+func (s *service) connectRedis(ctx context.Context) (*redis.Client, error) {
+	opts, err := redisOptions(s.cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(opts)
+	s.closers = append(s.closers, rdb.Close)
+	pctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", opts.Addr, err)
+	}
+	return rdb, nil
+}
+
+// detach runs each event on a context that a signal does not cancel: an
+// event in flight when the router closes finishes its WeChat call, stores
+// the token and publishes its result, so that the redelivery after a restart
+// costs no call. Its acknowledgement is lost with the closed subscription,
+// which is what at-least-once allows. After the shutdown timeout, hard
+// cancels it: the event is left for redelivery and its claim released.
+func (s *service) detach(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		ctx, cancel := context.WithCancel(context.WithoutCancel(msg.Context()))
+		defer cancel()
+		defer context.AfterFunc(s.hard, cancel)()
+		msg.SetContext(ctx)
+		return h(msg)
+	}
+}
+
+// run consumes until ctx ends (a signal) or the router stops by itself, then
+// shuts down: no new events, in-flight ones get cfg.ShutdownTimeout, and the
+// counters are logged.
+func (s *service) run(ctx context.Context) error {
+	routerErr := make(chan error, 1)
+	go func() { routerErr <- s.router.Run(context.Background()) }()
+	var wg sync.WaitGroup
+	runnerCtx, stopRunner := context.WithCancel(ctx)
+	defer stopRunner()
+	if s.runner != nil {
+		wg.Go(func() { _ = s.runner.Run(runnerCtx) })
+	}
+	ticker := time.NewTicker(s.cfg.StatsInterval)
+	defer ticker.Stop()
+	running := s.router.Running()
+
+	var err error
+loop:
+	for {
+		select {
+		case <-running:
+			s.log.Info("waybill running")
+			running = nil // closed: stop selecting it
+		case <-ticker.C:
+			s.logStats(slog.LevelDebug, "waybill stats")
+		case <-ctx.Done():
+			s.log.Info("waybill shutting down", "timeout", s.cfg.ShutdownTimeout)
+			break loop
+		case rerr := <-routerErr:
+			routerErr = nil
+			if rerr == nil {
+				rerr = errors.New("every subscription ended")
+			}
+			err = fmt.Errorf("router stopped: %w", rerr)
+			break loop
+		}
+	}
+
+	stopRunner()
+	hard := time.AfterFunc(s.cfg.ShutdownTimeout, s.hardStop)
+	defer hard.Stop()
+	if cerr := s.router.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("closing router: %w", cerr))
+	}
+	if routerErr != nil {
+		if rerr := <-routerErr; rerr != nil {
+			err = errors.Join(err, fmt.Errorf("router: %w", rerr))
+		}
+	}
+	wg.Wait()
+	s.close()
+	s.logStats(slog.LevelInfo, "waybill stopped")
+	return err
+}
+
+// close releases what build opened, last opened first.
+func (s *service) close() {
+	s.hardStop()
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](); err != nil {
+			s.log.Warn("closing", "err", err)
+		}
+	}
+	s.closers = nil
+}
+
+// logStats logs the handler's counters and, with parking, how many parked
+// events came back.
+func (s *service) logStats(level slog.Level, msg string) {
+	st := s.handler.Stats()
+	var returned int64
+	if s.runner != nil {
+		for _, t := range s.delays {
+			returned += s.runner.Returned(t)
+		}
+	}
+	s.log.Log(context.Background(), level, msg,
+		"traced", st.Traced, "dead_lettered", st.DeadLettered, "deduplicated", st.Deduplicated,
+		"goods_updates", st.GoodsUpdates, "retries", st.Retries, "waits", st.Waits,
+		"parked", st.Parked, "returned", returned)
+}
+
+func appids(s wechat.StaticSecrets) []string {
+	out := make([]string, 0, len(s))
+	for k := range s {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none (in memory)"
+	}
+	return s
+}
