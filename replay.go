@@ -370,6 +370,9 @@ func Replay(ctx context.Context, cfg ReplayConfig) (*ReplayReport, error) {
 	// Replay reads a bounded range and then stops: a short fetch wait lets
 	// it notice the end, and shut down, without idling in long polls.
 	sc.Consumer.MaxWaitTime = 50 * time.Millisecond
+	// Reading a misspelt -topic, or sending to a misspelt -to, must fail,
+	// not create the topic on a broker that auto-creates.
+	sc.Metadata.AllowAutoTopicCreation = false
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Producer.Return.Successes = true
 	sc.Producer.Retry.Max = 10
@@ -418,7 +421,7 @@ func (r *replayer) plan() error {
 	topic := r.cfg.Topic
 	parts, err := r.client.Partitions(topic)
 	if err != nil {
-		return fmt.Errorf("replay: dead-letter topic %s: %w", topic, err)
+		return fmt.Errorf("replay: partitions of the dead-letter topic: %w", err) // err names the topic
 	}
 	committed, err := r.committed(parts)
 	if err != nil {

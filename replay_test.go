@@ -627,14 +627,33 @@ func TestReplayGroupNamesTheSelection(t *testing.T) {
 	assert.Equal(t, "mine", (&ReplayConfig{Kafka: KafkaConfig{ConsumerGroup: "mine"}}).Group())
 }
 
-func TestReplayUnknownTopic(t *testing.T) {
-	_, brokers := replayCluster(t)
+func TestReplayNeverCreatesTopics(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(), kfake.SeedTopics(3, rtSource, rtDead))
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	brokers := c.ListenAddrs()
+	writeDeadLetters(t, brokers, deadSpec{order: "O1", appid: "wxA", reason: ReasonPermanent, errcode: 40003, last: rtDay})
+
 	cfg := rtConfig(brokers)
 	cfg.Topic = "no.such.topic"
-	_, err := Replay(replayCtx(t), cfg)
+	_, err = Replay(replayCtx(t), cfg)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "no.such.topic")
-	assert.True(t, errors.Is(err, sarama.ErrUnknownTopicOrPartition), "%v", err)
+	assert.ErrorIs(t, err, sarama.ErrUnknownTopicOrPartition)
+
+	cfg = rtConfig(brokers)
+	cfg.To = "misspelt.topic"
+	rep, err := Replay(replayCtx(t), cfg)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, sarama.ErrUnknownTopicOrPartition)
+	assert.Zero(t, rep.Replayed)
+
+	admin, err := sarama.NewClusterAdminFromClient(rtClient(t, brokers))
+	require.NoError(t, err)
+	topics, err := admin.ListTopics()
+	require.NoError(t, err)
+	assert.NotContains(t, topics, "no.such.topic")
+	assert.NotContains(t, topics, "misspelt.topic")
 }
 
 func TestReplayTwoMembersOfOneGroupShareTheWorkAndStop(t *testing.T) {

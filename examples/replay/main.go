@@ -71,7 +71,7 @@ func main() {
 	case errors.Is(err, errUsage):
 		os.Exit(2)
 	case err != nil:
-		fmt.Fprintln(os.Stderr, "replay:", err)
+		fmt.Fprintln(os.Stderr, err) // waybill.Replay's errors begin with "replay"
 		os.Exit(1)
 	}
 }
