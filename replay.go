@@ -338,7 +338,10 @@ func (c *ReplayConfig) Validate() error {
 // Replay records the end offset of every partition when it starts and stops
 // once it has read up to them: it never chases records written after it
 // started, its own output included, so replaying into the dead-letter topic
-// itself terminates.
+// itself terminates. A partition is done when the record just below its end
+// offset has been read, so the topic must be written without transactions,
+// as waybill writes it: a transaction marker there is never delivered, and
+// the replay would wait for it until ctx ends.
 //
 // Guarantee: an event is republished (acks=all) before its record's offset is
 // marked; the consumer group's position is committed every cfg.Batch records
