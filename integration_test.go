@@ -12,8 +12,6 @@ import (
 	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/internal/demo"
 	"github.com/waybillkit/waybill/internal/testkafka"
-	"github.com/waybillkit/waybill/wechat"
-	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
 // TestIntegrationKafka runs the whole path through a real Kafka 4.x broker
@@ -26,21 +24,10 @@ func TestIntegrationKafka(t *testing.T) {
 		testkafka.CreateTopic(t, brokers, topic, 3)
 	}
 
-	sandbox := wechattest.NewServer(wechattest.Config{})
+	sandbox, err := demo.NewSandbox()
+	require.NoError(t, err)
 	defer sandbox.Close()
-	secrets := wechat.StaticSecrets{demo.TeaShop: "s1", demo.SportShop: "s2"}
-	for appid, secret := range secrets {
-		sandbox.AddApp(appid, secret)
-	}
-	sandbox.Inject(wechattest.Fault{
-		Endpoint: "trace_waybill",
-		Match:    func(c *wechattest.Call) bool { return c.Field("openid") == demo.RejectedOpenID },
-		Errcode:  40003,
-	})
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: sandbox.URL, Secrets: secrets})
-	require.NoError(t, err)
-	client, err := wechat.NewClient(wechat.Config{BaseURL: sandbox.URL, Tokens: tokens})
-	require.NoError(t, err)
+	client := sandbox.Client
 
 	const n = 40
 	cases := demo.Cases("IT", n)

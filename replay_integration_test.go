@@ -16,7 +16,6 @@ import (
 	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/internal/demo"
 	"github.com/waybillkit/waybill/internal/testkafka"
-	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -36,16 +35,10 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	sandbox := wechattest.NewServer(wechattest.Config{})
+	sandbox, err := demo.NewSandbox()
+	require.NoError(t, err)
 	defer sandbox.Close()
-	secrets := wechat.StaticSecrets{demo.TeaShop: "tea-secret", demo.SportShop: "sport-secret"}
-	for appid, secret := range secrets {
-		sandbox.AddApp(appid, secret)
-	}
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: sandbox.URL, Secrets: secrets})
-	require.NoError(t, err)
-	client, err := wechat.NewClient(wechat.Config{BaseURL: sandbox.URL, Tokens: tokens})
-	require.NoError(t, err)
+	client := sandbox.Client
 
 	// Twelve events: demo.Cases makes #11 invalid and #12 a buyer WeChat
 	// rejects (40003); of the rest, every third lacks the plugin permission
@@ -62,11 +55,6 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 			cases[i].Want = string(waybill.ReasonConfiguration)
 		}
 	}
-	sandbox.Inject(wechattest.Fault{
-		Endpoint: "trace_waybill",
-		Match:    func(c *wechattest.Call) bool { return c.Field("openid") == demo.RejectedOpenID },
-		Errcode:  40003,
-	})
 	unblock := sandbox.Inject(wechattest.Fault{
 		Endpoint: "trace_waybill",
 		Match:    func(c *wechattest.Call) bool { return blocked[c.Field("waybill_id")] },

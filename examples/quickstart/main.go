@@ -19,8 +19,6 @@ import (
 
 	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/internal/demo"
-	"github.com/waybillkit/waybill/wechat"
-	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
 func main() {
@@ -43,32 +41,17 @@ func run() error {
 	defer cluster.Close()
 
 	// The WeChat sandbox, with two merchants and one buyer it rejects.
-	sandbox := wechattest.NewServer(wechattest.Config{})
+	sandbox, err := demo.NewSandbox()
+	if err != nil {
+		return err
+	}
 	defer sandbox.Close()
-	secrets := wechat.StaticSecrets{demo.TeaShop: "tea-shop-secret", demo.SportShop: "sport-shop-secret"}
-	for appid, secret := range secrets {
-		sandbox.AddApp(appid, secret)
-	}
-	sandbox.Inject(wechattest.Fault{
-		Endpoint: "trace_waybill",
-		Match:    func(c *wechattest.Call) bool { return c.Field("openid") == demo.RejectedOpenID },
-		Errcode:  40003,
-	})
-
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: sandbox.URL, Secrets: secrets})
-	if err != nil {
-		return err
-	}
-	client, err := wechat.NewClient(wechat.Config{BaseURL: sandbox.URL, Tokens: tokens})
-	if err != nil {
-		return err
-	}
 
 	cases := demo.Cases("QS", 12)
 	fmt.Printf("quickstart: publishing %d order.shipped events to an in-process Kafka at %s\n", len(cases), cluster.ListenAddrs()[0])
 	sum, err := demo.Run(ctx, demo.Config{
 		Kafka:  waybill.KafkaConfig{Brokers: cluster.ListenAddrs(), ConsumerGroup: "quickstart"},
-		Client: client,
+		Client: sandbox.Client,
 		Out:    os.Stdout,
 	}, cases)
 	if err != nil {

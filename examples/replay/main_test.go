@@ -17,7 +17,6 @@ import (
 
 	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/internal/demo"
-	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -33,20 +32,12 @@ func deadLettered(t *testing.T) string {
 	t.Cleanup(cluster.Close)
 	brokers := cluster.ListenAddrs()
 
-	sandbox := wechattest.NewServer(wechattest.Config{})
+	sandbox, err := demo.NewSandbox()
+	require.NoError(t, err)
 	t.Cleanup(sandbox.Close)
-	secrets := wechat.StaticSecrets{demo.TeaShop: "tea-secret", demo.SportShop: "sport-secret"}
-	for appid, secret := range secrets {
-		sandbox.AddApp(appid, secret)
-	}
-	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Errcode: 40003,
-		Match: func(c *wechattest.Call) bool { return c.Field("openid") == demo.RejectedOpenID }})
 	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Errcode: 48001,
 		Match: func(c *wechattest.Call) bool { return c.AppID == demo.SportShop }})
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: sandbox.URL, Secrets: secrets})
-	require.NoError(t, err)
-	client, err := wechat.NewClient(wechat.Config{BaseURL: sandbox.URL, Tokens: tokens})
-	require.NoError(t, err)
+	client := sandbox.Client
 
 	pub, err := waybill.NewKafkaPublisher(waybill.KafkaConfig{Brokers: brokers}, watermill.NopLogger{})
 	require.NoError(t, err)
