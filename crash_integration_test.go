@@ -1,0 +1,493 @@
+package waybill_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/internal/testkafka"
+	"github.com/waybillkit/waybill/internal/testredis"
+	"github.com/waybillkit/waybill/redisdedup"
+	"github.com/waybillkit/waybill/wechat/wechattest"
+)
+
+// TestIntegrationCrashRecoveryOneCallPerWaybill runs the cmd/waybill binary
+// on a real Kafka 4.x broker (scripts/kafka.sh) with its trace store, tokens
+// and quotas in a real Redis (scripts/redis.sh), against the WeChat sandbox.
+// It publishes N = 60 events for D = 40 distinct orders: 20 are exact
+// duplicates (same order, appid, waybill and trans_id, another message UUID),
+// interleaved with the rest. The first process is killed with SIGKILL while
+// one of its trace_waybill calls is held open in the sandbox (every call
+// takes 100 ms, so others are in flight too) and after its group committed
+// some progress: the crash leaves events committed, events handled but not
+// yet committed (the auto-commit runs every second), and calls in flight. A
+// second process in the same consumer group finishes the job.
+//
+// The bound. A waybill is called again after the crash only if the first
+// process called WeChat for it but died before storing the answer in Redis:
+// once stored, every redelivery or duplicate finds the token. Call K the
+// number of the first process's calls whose waybill had no record in Redis
+// when it died, counted from the sandbox's log and Redis after the kill. Then
+// WeChat receives at most D + K trace_waybill calls, and a waybill at most
+// 1 + its share of K. K is at least 1 (the held call) and at most the number
+// of partitions: the service handles one event per partition at a time, and
+// this scenario has no faults that would retry a call. Everything else a
+// crash redelivers (events done but not committed, duplicates) costs no call.
+//
+// It also shows that every order gets its waybill.traced (every copy with
+// the waybill's one token, the one stored in Redis), that nothing is
+// dead-lettered, that the second process reused the access tokens the first
+// stored in Redis, and that SIGTERM stops the service cleanly.
+func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
+	const (
+		partitions = 3
+		distinct   = 40 // D
+		duplicates = 20
+		killAfter  = 12 // trace_waybill calls that reach WeChat before the crash
+		appA       = "wx1a2b3c4d5e6f7a8b"
+		appB       = "wx9f8e7d6c5b4a3f2e"
+	)
+	brokers := testkafka.Brokers(t)
+	rdb := testredis.Client(t)
+	prefix := testredis.Prefix(t)
+	in, traced, dead := testkafka.Topic(t, "shipped"), testkafka.Topic(t, "traced"), testkafka.Topic(t, "dead")
+	for _, topic := range []string{in, traced, dead} {
+		testkafka.CreateTopic(t, brokers, topic, partitions)
+	}
+	bin := buildService(t)
+
+	// WeChat, slow enough that calls are in flight, and holding one call open
+	// once killAfter have arrived from both appids, until the process that
+	// made it is dead.
+	hold := &holdPoint{after: killAfter, apps: 2, reached: make(chan struct{}), released: make(chan struct{})}
+	defer hold.release()
+	sandbox := wechattest.NewServer(wechattest.Config{})
+	defer sandbox.Close()
+	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Latency: 100 * time.Millisecond, Match: hold.match})
+	secrets := map[string]string{appA: "secret-a", appB: "secret-b"}
+	var lines strings.Builder
+	for appid, secret := range secrets {
+		sandbox.AddApp(appid, secret)
+		fmt.Fprintf(&lines, "%s=%s\n", appid, secret)
+	}
+	secretsFile := filepath.Join(t.TempDir(), "secrets")
+	require.NoError(t, os.WriteFile(secretsFile, []byte(lines.String()), 0o600))
+
+	// The events: order i, and after order j+7 a copy of every even order j
+	// (the last copies at the end).
+	events := make([]waybill.OrderShipped, distinct)
+	for i := range events {
+		appid := appA
+		if i%2 == 1 {
+			appid = appB
+		}
+		events[i] = waybill.OrderShipped{
+			Version: waybill.SchemaVersion, OrderID: fmt.Sprintf("crash-%02d", i), AppID: appid,
+			OpenID: fmt.Sprintf("o-buyer-%d", i%5), TransID: fmt.Sprintf("4200001234202611%08d", i),
+			WaybillID: fmt.Sprintf("SF%010d", 7100000000+i), DeliveryID: "SF", ReceiverPhone: "13800138000",
+			Goods:     []waybill.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
+			ShippedAt: time.Date(2026, 11, 26, 9, 30, 0, 0, time.UTC),
+		}
+	}
+	var order []int // indexes into events, in publish order
+	for i := range distinct {
+		order = append(order, i)
+		if j := i - 7; j >= 0 && j%2 == 0 {
+			order = append(order, j)
+		}
+	}
+	for j := distinct - 7; j < distinct; j++ {
+		if j%2 == 0 {
+			order = append(order, j)
+		}
+	}
+	require.Len(t, order, distinct+duplicates)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out := observe(ctx, t, brokers, in+"-observer", traced, dead)
+	publishEvents(t, brokers, in, events, order)
+
+	group := in + "-group"
+	args := []string{
+		"-brokers", strings.Join(brokers, ","), "-group", group,
+		"-input-topic", in, "-traced-topic", traced, "-dead-letter-topic", dead,
+		"-wechat-url", sandbox.URL, "-secrets-file", secretsFile,
+		"-redis", testredis.Addr(t), "-redis-prefix", prefix,
+		// A crashed process's claim must not hold the restart up for the
+		// default minute; 3 s still far exceeds one call here.
+		"-claim-ttl", "3s",
+		"-shutdown-timeout", "20s",
+	}
+
+	// First process: killed mid-call.
+	first := startService(t, bin, "first", args)
+	select {
+	case <-hold.reached:
+	case <-first.done:
+		t.Fatalf("first process exited before the crash point: %v", first.err)
+	case <-ctx.Done():
+		t.Fatalf("WeChat saw %d trace_waybill calls, not %d, before the deadline", len(sandbox.CallsTo("trace_waybill")), killAfter)
+	}
+	// While that partition is stuck, let the others commit some progress, so
+	// that the crash leaves events committed, events done but not committed,
+	// and calls in flight.
+	waitCommitted(ctx, t, brokers, group, in, partitions, "commit before the crash", func(c []int64) bool { return sumOffsets(c) > 0 })
+	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	<-first.done
+	committed := waitCommitted(ctx, t, brokers, group, in, partitions, "", func([]int64) bool { return true })
+
+	// K: the first process's calls whose answer it never stored.
+	store, err := redisdedup.New(rdb, redisdedup.Config{Prefix: prefix + "trace:"})
+	require.NoError(t, err)
+	beforeKill := sandbox.CallsTo("trace_waybill")
+	unstored := map[string]int{} // waybill → calls of the first process without a record
+	k := 0
+	for _, c := range beforeKill {
+		key := waybill.DedupKey{AppID: c.AppID, WaybillID: c.Field("waybill_id"), TransID: c.Field("trans_id")}
+		_, ok, err := store.Get(ctx, key)
+		require.NoError(t, err)
+		if !ok {
+			unstored[key.WaybillID]++
+			k++
+		}
+	}
+	hold.release()
+	t.Logf("killed with %d of %d events committed, after %d trace_waybill calls, %d of them unstored (K)", sumOffsets(committed), len(order), len(beforeKill), k)
+	require.GreaterOrEqual(t, len(beforeKill), killAfter)
+	assert.Less(t, sumOffsets(committed), int64(len(order)), "the crash must come before the work is done")
+	assert.GreaterOrEqual(t, k, 1, "the held call was in flight at the kill")
+	assert.LessOrEqual(t, k, partitions, "at most one event per partition is in flight")
+
+	// Second process: same group, finishes the job.
+	second := startService(t, bin, "second", args)
+	require.NoError(t, out.wait(ctx, func(s seen) bool { return len(s.tokens) == distinct || s.dead > 0 }),
+		"every order must come out traced")
+	end := endOffsets(t, brokers, in, partitions)
+	waitCommitted(ctx, t, brokers, group, in, partitions, "every event handled", func(c []int64) bool { return slices.Equal(c, end) })
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-second.done:
+	case <-ctx.Done():
+		t.Fatal("second process did not stop after SIGTERM")
+	}
+	require.NoError(t, second.err, "SIGTERM must stop the service cleanly")
+	assert.Regexp(t, `msg="waybill stopped" traced=\d+ dead_lettered=0 `, second.logText(t))
+
+	// Every order traced, each copy with its waybill's one token, the one in
+	// Redis; no dead letter, neither seen nor on the topic.
+	snapshot := out.snapshot()
+	assert.Zero(t, snapshot.dead)
+	assert.Zero(t, sumOffsets(endOffsets(t, brokers, dead, partitions)), "dead letters on %s", dead)
+	for _, ev := range events {
+		toks := snapshot.tokens[ev.OrderID]
+		if !assert.NotEmpty(t, toks, "order %s has no waybill.traced", ev.OrderID) {
+			continue
+		}
+		rec, ok, err := store.Get(ctx, waybill.DedupKey{AppID: ev.AppID, WaybillID: ev.WaybillID, TransID: ev.TransID})
+		require.NoError(t, err)
+		require.True(t, ok, "no trace record for order %s", ev.OrderID)
+		for _, tok := range toks {
+			assert.Equal(t, rec.WaybillToken, tok, "order %s", ev.OrderID)
+		}
+	}
+
+	// The bound: D + K calls in all, 1 + its unstored calls per waybill.
+	calls := sandbox.CallsTo("trace_waybill")
+	perWaybill := map[string]int{}
+	for _, c := range calls {
+		perWaybill[c.Field("waybill_id")]++
+	}
+	t.Logf("N=%d events, D=%d waybills, K=%d: WeChat received %d trace_waybill calls", len(order), distinct, k, len(calls))
+	assert.LessOrEqual(t, len(calls), distinct+k)
+	assert.Len(t, perWaybill, distinct)
+	for _, ev := range events {
+		n := perWaybill[ev.WaybillID]
+		assert.GreaterOrEqual(t, n, 1, "waybill %s", ev.WaybillID)
+		assert.LessOrEqual(t, n, 1+unstored[ev.WaybillID], "waybill %s", ev.WaybillID)
+	}
+	// The restarted process took the access tokens from Redis.
+	assert.Len(t, sandbox.CallsTo("stable_token"), len(secrets), "one stable_token fetch per appid across both processes")
+}
+
+// holdPoint is a sandbox Fault.Match that holds the first trace_waybill call
+// arriving once `after` calls have come from `apps` appids (so that both
+// appids have their access token in Redis), until release.
+type holdPoint struct {
+	after, apps int
+	reached     chan struct{}
+	released    chan struct{}
+
+	mu      sync.Mutex
+	n       int
+	seen    map[string]bool
+	fired   bool
+	relOnce sync.Once
+}
+
+func (h *holdPoint) match(c *wechattest.Call) bool {
+	h.mu.Lock()
+	h.n++
+	if h.seen == nil {
+		h.seen = map[string]bool{}
+	}
+	h.seen[c.AppID] = true
+	fire := !h.fired && h.n >= h.after && len(h.seen) >= h.apps
+	h.fired = h.fired || fire
+	h.mu.Unlock()
+	if fire {
+		close(h.reached)
+		<-h.released
+	}
+	return true // every call gets the latency
+}
+
+func (h *holdPoint) release() { h.relOnce.Do(func() { close(h.released) }) }
+
+// buildService builds cmd/waybill into a temporary directory, with the race
+// detector when this test binary has it.
+func buildService(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "waybill")
+	args := []string{"build", "-o", bin}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "-race" && s.Value == "true" {
+				args = append(args, "-race")
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", append(args, "./cmd/waybill")...).CombinedOutput()
+	require.NoError(t, err, "go build ./cmd/waybill:\n%s", out)
+	return bin
+}
+
+// serviceProc is a running cmd/waybill.
+type serviceProc struct {
+	cmd  *exec.Cmd
+	log  string // path of its stderr
+	done chan struct{}
+	err  error // from Wait, once done is closed
+}
+
+// startService starts bin with args, logging to a file that the test prints
+// if it fails. The process is killed when the test ends, if still running.
+func startService(t *testing.T, bin, name string, args []string) *serviceProc {
+	t.Helper()
+	p := &serviceProc{log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
+	f, err := os.Create(p.log)
+	require.NoError(t, err)
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	// Only the flags configure it: no WAYBILL_* variable of this machine.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WAYBILL_") {
+			p.cmd.Env = append(p.cmd.Env, kv)
+		}
+	}
+	require.NoError(t, p.cmd.Start())
+	go func() {
+		p.err = p.cmd.Wait()
+		_ = f.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s process log:\n%s", name, p.logText(t))
+		}
+	})
+	return p
+}
+
+func (p *serviceProc) logText(t *testing.T) string {
+	b, err := os.ReadFile(p.log)
+	if err != nil {
+		t.Errorf("reading %s: %v", p.log, err)
+	}
+	return string(b)
+}
+
+// publishEvents publishes events[i] for each i of order, keyed by order id,
+// each with a message UUID of its own.
+func publishEvents(t *testing.T, brokers []string, topic string, events []waybill.OrderShipped, order []int) {
+	t.Helper()
+	pub, err := waybill.NewKafkaPublisher(waybill.KafkaConfig{Brokers: brokers}, nil)
+	require.NoError(t, err)
+	defer pub.Close()
+	for _, i := range order {
+		b, err := json.Marshal(events[i])
+		require.NoError(t, err)
+		msg := message.NewMessage(watermill.NewUUID(), b)
+		msg.Metadata.Set(waybill.HeaderKey, events[i].OrderID)
+		require.NoError(t, pub.Publish(topic, msg))
+	}
+}
+
+// seen is what an observer read from the output topics: the waybill tokens
+// of each order's waybill.traced copies, and the number of dead letters.
+type seen struct {
+	tokens map[string][]string
+	dead   int
+}
+
+// outputs is seen as it grows.
+type outputs struct {
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every message
+	seen    seen
+	err     error
+}
+
+// observe reads the traced and dead-letter topics in its own consumer group
+// until ctx ends.
+func observe(ctx context.Context, t *testing.T, brokers []string, group, traced, dead string) *outputs {
+	t.Helper()
+	sub, err := waybill.NewKafkaSubscriber(waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: group}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Close() })
+	tracedCh, err := sub.Subscribe(ctx, traced)
+	require.NoError(t, err)
+	deadCh, err := sub.Subscribe(ctx, dead)
+	require.NoError(t, err)
+	o := &outputs{changed: make(chan struct{}), seen: seen{tokens: map[string][]string{}}}
+	go func() {
+		for {
+			select {
+			case m, ok := <-tracedCh:
+				if !ok {
+					return
+				}
+				var ev waybill.WaybillTraced
+				err := json.Unmarshal(m.Payload, &ev)
+				o.update(func() {
+					o.err = errors.Join(o.err, err)
+					o.seen.tokens[ev.OrderID] = append(o.seen.tokens[ev.OrderID], ev.WaybillToken)
+				})
+				m.Ack()
+			case m, ok := <-deadCh:
+				if !ok {
+					return
+				}
+				o.update(func() { o.seen.dead++ })
+				m.Ack()
+			}
+		}
+	}()
+	return o
+}
+
+func (o *outputs) update(f func()) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	f()
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// wait blocks until cond, called under the lock, holds or ctx ends.
+func (o *outputs) wait(ctx context.Context, cond func(seen) bool) error {
+	for {
+		o.mu.Lock()
+		ok, changed, err := cond(o.seen), o.changed, o.err
+		o.mu.Unlock()
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// snapshot copies what was seen.
+func (o *outputs) snapshot() seen {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := seen{tokens: map[string][]string{}, dead: o.seen.dead}
+	for k, v := range o.seen.tokens {
+		s.tokens[k] = append([]string(nil), v...)
+	}
+	return s
+}
+
+// waitCommitted polls the offsets group has committed on topic (0 for a
+// partition without a commit) until cond holds, and returns them.
+func waitCommitted(ctx context.Context, t *testing.T, brokers []string, group, topic string, partitions int32, what string, cond func(committed []int64) bool) []int64 {
+	t.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, testkafka.Config())
+	require.NoError(t, err)
+	defer admin.Close()
+	ids := make([]int32, partitions)
+	for p := range partitions {
+		ids[p] = p
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		resp, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: ids})
+		require.NoError(t, err)
+		committed := make([]int64, partitions)
+		for p := range partitions {
+			if b := resp.GetBlock(topic, p); b != nil {
+				committed[p] = max(b.Offset, 0)
+			}
+		}
+		if cond(committed) {
+			return committed
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("group %s on %s: %s: %v (committed %v)", group, topic, what, ctx.Err(), committed)
+		}
+	}
+}
+
+// sumOffsets is the number of records the offsets cover.
+func sumOffsets(v []int64) (n int64) {
+	for _, x := range v {
+		n += x
+	}
+	return n
+}
+
+// endOffsets returns the high-water mark of each partition of topic.
+func endOffsets(t *testing.T, brokers []string, topic string, partitions int32) []int64 {
+	t.Helper()
+	client, err := sarama.NewClient(brokers, testkafka.Config())
+	require.NoError(t, err)
+	defer client.Close()
+	end := make([]int64, partitions)
+	for p := range partitions {
+		end[p], err = client.GetOffset(topic, p, sarama.OffsetNewest)
+		require.NoError(t, err)
+	}
+	return end
+}
