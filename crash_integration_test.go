@@ -78,9 +78,9 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 	// once killAfter have arrived from both appids, until the process that
 	// made it is dead.
 	hold := &holdPoint{after: killAfter, apps: 2, reached: make(chan struct{}), released: make(chan struct{})}
-	defer hold.release()
 	sandbox := wechattest.NewServer(wechattest.Config{})
 	defer sandbox.Close()
+	defer hold.release() // before Close, which waits for the held call
 	sandbox.Inject(wechattest.Fault{Endpoint: "trace_waybill", Latency: 100 * time.Millisecond, Match: hold.match})
 	secrets := map[string]string{appA: "secret-a", appB: "secret-b"}
 	var lines strings.Builder
