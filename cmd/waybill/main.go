@@ -41,6 +41,10 @@
 // waybill.traced without calling WeChat again, whichever process sees it.
 // Without it each process keeps its own: right for a single process only.
 // In an -app-limits entry a key left out (or 0) inherits the flag above it.
+// -claim-ttl should exceed the longest one trace can take (a 30 s HTTP
+// timeout plus retries): a shorter one lets a duplicate handled elsewhere at
+// the same moment make a second call; a longer one makes a restart after a
+// crash wait that long for the waybills that were in flight.
 //
 // The topics must exist, or the brokers must create them. With -parking,
 // events that must wait (a spent quota, WeChat not knowing the waybill yet,
