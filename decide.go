@@ -49,8 +49,9 @@ type Decision struct {
 	Reason Reason
 }
 
-// DecideFunc maps a failed call to a Decision. attempts counts the calls made
-// for the event so far, this one included, across redeliveries.
+// DecideFunc maps a failed call to a Decision. attempts counts the failed
+// calls of this class for the event, this one included: in this delivery,
+// and for not_yet across all deliveries.
 type DecideFunc func(err error, class wechat.Class, attempts int, now time.Time) Decision
 
 // RetryPolicy holds the timing the default decision table needs. The zero
@@ -63,6 +64,13 @@ type RetryPolicy struct {
 	// 931023; then it is dead-lettered with ReasonNotYetExhausted. Zero
 	// means 24, about a day at the default delay.
 	NotYetAttempts int
+	// TokenAttempts bounds the calls that end in a token error after the
+	// client's own refresh and retry; then the event is dead-lettered with
+	// ReasonConfiguration: a token WeChat keeps rejecting means another
+	// system refreshes it (cgi-bin/token invalidates the previous one) or
+	// the credentials are wrong, and refetching without end would burn the
+	// token endpoint's own daily quota. Zero means 3.
+	TokenAttempts int
 	// BreakerWait is how long an event waits when its appid's breaker is
 	// open. Zero means 5 s.
 	BreakerWait time.Duration
@@ -77,6 +85,9 @@ func (p *RetryPolicy) setDefaults() {
 	}
 	if p.NotYetAttempts == 0 {
 		p.NotYetAttempts = 24
+	}
+	if p.TokenAttempts == 0 {
+		p.TokenAttempts = 3
 	}
 	if p.BreakerWait == 0 {
 		p.BreakerWait = 5 * time.Second
@@ -98,7 +109,8 @@ func NextShanghaiMidnight(now time.Time) time.Time {
 
 // Decide is the default decision table, one row per wechat.Class:
 //
-//	transient, token     → retry in place with backoff (never dead-lettered)
+//	transient            → retry with backoff (never dead-lettered)
+//	token                → retry with backoff; configuration after TokenAttempts
 //	breaker open         → park for BreakerWait
 //	minute_rate (45011)  → park until the next minute
 //	daily_quota (45009)  → park until the quota window resets
@@ -124,9 +136,14 @@ func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now tim
 		return Decision{Action: ActionDeadLetter, Reason: ReasonPermanent}
 	case wechat.ClassConfiguration:
 		return Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}
+	case wechat.ClassToken:
+		if attempts >= p.TokenAttempts {
+			return Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}
+		}
+		return Decision{Action: ActionRetry}
 	default:
-		// Transient, token (the client already refreshed once) and anything
-		// unknown: an event that could succeed later is never dead-lettered.
+		// Transient and anything unknown: an event that could succeed later
+		// is never dead-lettered.
 		return Decision{Action: ActionRetry}
 	}
 }

@@ -94,6 +94,16 @@ type Config struct {
 	// claim. Zero means 100 ms.
 	ClaimPoll time.Duration
 
+	// MaxWaitInPlace bounds how long one delivery waits in place (transient
+	// retries, an open breaker, the next minute, a quota window without
+	// Parking). Past it the event is parked, or without Parking left for
+	// redelivery (Handle returns ErrWaitLimit and the router nacks). It keeps
+	// a handler from holding its partition through a consumer-group
+	// rebalance (sarama's default rebalance timeout is 60 s; watermill-kafka
+	// does not cancel a message's context on rebalance) and from outliving
+	// its claim on a waybill (ClaimTTL). Zero means 25 s.
+	MaxWaitInPlace time.Duration
+
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger: nil means no logging. Phone numbers, secrets and tokens are
@@ -117,6 +127,12 @@ func (c *Config) setDefaults() {
 	if c.Classify == nil {
 		c.Classify = wechat.ClassOf
 	}
+	if c.Retry.QuotaReset == nil && c.Limiter != nil {
+		// One notion of the daily reset: the window tier's due order
+		// relies on it.
+		lim := c.Limiter
+		c.Retry.QuotaReset = func(t time.Time) time.Time { _, end := lim.Window(t); return end }
+	}
 	c.Retry.setDefaults()
 	if c.Parking != nil {
 		p := *c.Parking // the caller's value stays theirs
@@ -131,6 +147,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ClaimTTL == 0 {
 		c.ClaimTTL = time.Minute
+	}
+	if c.MaxWaitInPlace == 0 {
+		c.MaxWaitInPlace = 25 * time.Second
 	}
 	if c.ClaimPoll == 0 {
 		c.ClaimPoll = 100 * time.Millisecond
@@ -152,8 +171,19 @@ func (c *Config) Validate() error {
 	if c.Publisher == nil {
 		errs = append(errs, errors.New("Publisher is required"))
 	}
-	if c.InputTopic == c.TracedTopic || c.InputTopic == c.DeadLetterTopic {
-		errs = append(errs, fmt.Errorf("input topic %q must differ from the output topics", c.InputTopic))
+	if c.InputTopic == c.TracedTopic || c.InputTopic == c.DeadLetterTopic || c.TracedTopic == c.DeadLetterTopic {
+		errs = append(errs, fmt.Errorf("topics %q, %q and %q must differ", c.InputTopic, c.TracedTopic, c.DeadLetterTopic))
+	}
+	for name, d := range map[string]time.Duration{
+		"ClaimTTL": c.ClaimTTL, "ClaimPoll": c.ClaimPoll, "MaxWaitInPlace": c.MaxWaitInPlace,
+		"Retry.NotYetDelay": c.Retry.NotYetDelay, "Retry.BreakerWait": c.Retry.BreakerWait, "Breaker.OpenTimeout": c.Breaker.OpenTimeout,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s %s must not be negative", name, d))
+		}
+	}
+	if c.Retry.NotYetAttempts < 0 || c.Retry.TokenAttempts < 0 {
+		errs = append(errs, errors.New("Retry attempts must not be negative"))
 	}
 	if c.Parking != nil {
 		if err := c.Parking.Validate(); err != nil {
@@ -170,11 +200,13 @@ func (c *Config) Validate() error {
 // the outcome. It is a Watermill NoPublishHandlerFunc (Handle) and is safe
 // for concurrent use by many subscribers.
 //
-// Guarantee: every message Handle acknowledges has been published either as
-// waybill.traced or as a dead letter first. Handle returns an error (the
-// router nacks, and the message is redelivered) only when publishing failed
-// or the router is shutting down, never for a WeChat fault: transient faults
-// are retried in place, and quota or not-yet answers wait for their time.
+// Guarantee: every message Handle acknowledges has been published first as
+// waybill.traced, as a dead letter, or as a parked copy on a delay topic.
+// Handle returns an error (the router nacks, and the message is redelivered)
+// when publishing failed, the router is shutting down, the trace store or
+// the limiter's store failed, or the delivery waited MaxWaitInPlace without
+// Parking (ErrWaitLimit) — never to give up on an event: transient faults
+// are retried, and quota or not-yet answers wait for their time.
 type Handler struct {
 	cfg      Config
 	results  results
@@ -189,6 +221,14 @@ func NewHandler(cfg Config) (*Handler, error) {
 		return nil, err
 	}
 	bc := cfg.Breaker
+	if bc.IsFailure == nil {
+		// The breaker follows the handler's classification, overrides
+		// included.
+		classify := cfg.Classify
+		bc.IsFailure = func(err error) bool {
+			return err != nil && !errors.Is(err, context.Canceled) && classify(err) == wechat.ClassTransient
+		}
+	}
 	user := bc.OnStateChange
 	bc.OnStateChange = func(key string, from, to gobreaker.State) {
 		// Under the breaker's lock: logging is quick and never blocks on it.
@@ -209,10 +249,16 @@ func (h *Handler) BreakerState(appid string) gobreaker.State {
 	return h.breakers.state(appid)
 }
 
-// AddTo registers the handler on router, consuming the input topic from sub.
+// AddTo registers the handler on router, consuming the input topic from sub,
+// under the name "waybill_trace_" + the input topic.
 func (h *Handler) AddTo(router *message.Router, sub message.Subscriber) *message.Handler {
-	return router.AddConsumerHandler("waybill_trace", h.cfg.InputTopic, sub, h.Handle)
+	return router.AddConsumerHandler("waybill_trace_"+h.cfg.InputTopic, h.cfg.InputTopic, sub, h.Handle)
 }
+
+// ErrWaitLimit is returned (wrapped) by Handle when a delivery has waited
+// Config.MaxWaitInPlace and no parking is configured: the router nacks the
+// message and it is redelivered, its partition no longer held.
+var ErrWaitLimit = errors.New("waited in place as long as allowed")
 
 // Handle processes one message. See Handler for the guarantee.
 func (h *Handler) Handle(msg *message.Message) error {
@@ -220,6 +266,9 @@ func (h *Handler) Handle(msg *message.Message) error {
 	st := newDelivery(msg, h.cfg.InputTopic)
 
 	ev, err := h.cfg.Decode(msg)
+	if err == nil && ev == nil {
+		err = errors.New("decode returned no event")
+	}
 	if err == nil {
 		err = ev.Validate()
 	}
@@ -232,7 +281,25 @@ func (h *Handler) Handle(msg *message.Message) error {
 		}
 		return h.deadLetter(msg, key, st.deadLetter(ReasonInvalidEvent, nil, err.Error(), now))
 	}
+	if now := h.cfg.Now(); h.cfg.Parking != nil && st.notBefore.After(now) {
+		// Back from the longest tier before its time: round again,
+		// without spending a call.
+		return h.repark(msg, st, ev, now)
+	}
 	return h.process(ctx, msg, st, ev)
+}
+
+// repark parks an event that came back before its not-before time.
+func (h *Handler) repark(msg *message.Message, st *delivery, ev *OrderShipped, now time.Time) error {
+	parked, err := h.park(msg, st, st.notBefore, false, now)
+	if err != nil {
+		return err
+	}
+	if parked {
+		h.stats.parked.Add(1)
+		return nil
+	}
+	return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, nil, "parked too often", now))
 }
 
 // process traces a valid event, reusing a stored token when Config.Traces
@@ -371,8 +438,10 @@ func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, 
 			}
 			continue
 		}
-		st.attempts++
 		resp, callErr := h.breakers.execute(ev.AppID, fn)
+		if !errors.Is(callErr, ErrBreakerOpen) {
+			st.attempts++ // calls sent, not calls the breaker held back
+		}
 		if callErr == nil {
 			return resp, false, nil
 		}
@@ -384,7 +453,8 @@ func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, 
 		st.failed(now)
 		class := h.cfg.Classify(callErr)
 		h.settleQuota(ctx, ev, allowed, callErr, class, now)
-		d := h.cfg.Decide(callErr, class, st.attempts, now)
+		n := st.count(class)
+		d := h.cfg.Decide(callErr, class, n, now)
 		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "err": callErr.Error()})
 		if done, err := h.apply(ctx, msg, st, ev, d, callErr, logFields); done {
 			return nil, true, err
@@ -397,38 +467,58 @@ func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, 
 func (h *Handler) apply(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, d Decision, callErr error, logFields watermill.LogFields) (done bool, err error) {
 	now := h.cfg.Now()
 	logFields = logFields.Add(watermill.LogFields{"action": d.Action.String()})
+	var wait time.Duration
 	switch d.Action {
 	case ActionDeadLetter:
 		h.cfg.Logger.Info("dead-lettering event", logFields)
 		return true, h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
 	case ActionPark:
 		if h.cfg.Parking != nil {
-			st.failed(now)
-			parked, err := h.park(msg, st, d.Until, d.Window, now)
-			if err != nil {
-				return true, err
-			}
-			if parked {
-				h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
-				h.stats.parked.Add(1)
-				return true, nil
-			}
-			h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
-			return true, h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
+			return true, h.parkOrDeadLetter(msg, st, ev, d, callErr, now, logFields)
 		}
+		wait = d.Until.Sub(now)
+	default:
+		wait = h.cfg.Backoff(max(1, st.failures[wechat.ClassTransient]+st.failures[wechat.ClassToken]))
+	}
+	if st.waited+wait > h.cfg.MaxWaitInPlace {
+		// Waiting longer here would hold the partition through a
+		// rebalance: park it, or leave it for redelivery.
+		if h.cfg.Parking != nil {
+			d = Decision{Action: ActionPark, Until: now.Add(wait), Window: d.Window}
+			return true, h.parkOrDeadLetter(msg, st, ev, d, callErr, now, logFields)
+		}
+		h.cfg.Logger.Info("leaving event for redelivery", logFields.Add(watermill.LogFields{"waited": st.waited}))
+		return true, fmt.Errorf("order %s: %w (%s)", ev.OrderID, ErrWaitLimit, st.waited)
+	}
+	st.waited += max(wait, 0)
+	if d.Action == ActionPark {
 		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
 		h.stats.waits.Add(1)
-		if err := sleepUntil(ctx, h.cfg.Now, d.Until); err != nil {
-			return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-		}
-	default:
+	} else {
 		h.cfg.Logger.Debug("retrying after transient fault", logFields)
 		h.stats.retries.Add(1)
-		if err := sleepFor(ctx, h.cfg.Backoff(st.attempts)); err != nil {
-			return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-		}
+	}
+	if err := sleepFor(ctx, wait); err != nil {
+		return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
 	}
 	return false, nil
+}
+
+// parkOrDeadLetter parks the event until d.Until, or dead-letters it with
+// its history when it was parked MaxParks times already.
+func (h *Handler) parkOrDeadLetter(msg *message.Message, st *delivery, ev *OrderShipped, d Decision, callErr error, now time.Time, logFields watermill.LogFields) error {
+	st.failed(now)
+	parked, err := h.park(msg, st, d.Until, d.Window, now)
+	if err != nil {
+		return err
+	}
+	if parked {
+		h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
+		h.stats.parked.Add(1)
+		return nil
+	}
+	h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
+	return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
 }
 
 // admit asks the limiter for one call. Without a limiter every call is
@@ -446,11 +536,19 @@ func (h *Handler) admit(ctx context.Context, ev *OrderShipped) (ratelimit.Decisi
 	return d, nil
 }
 
+// quotaGetter is the optional part of a Tracer that reads an API's
+// remaining daily quota; *wechat.Client has it.
+type quotaGetter interface {
+	GetQuota(ctx context.Context, appid string, req *wechat.QuotaRequest) (*wechat.QuotaResponse, error)
+}
+
 // settleQuota squares the local count with WeChat's answer: a call the
 // breaker held back was never sent, one that failed at WeChat's HTTP layer
 // (5xx, no errcode) never reached the API, one WeChat refused for token or
-// quota reasons did not count there, and 45009 says the appid's day is spent
-// whatever the local count says.
+// quota reasons did not count there. A 45009 marks the appid's day spent
+// only when WeChat's quota report confirms it: the same errcode is what a
+// buyer past their own daily calls may get, and one busy buyer must not
+// close the merchant until midnight.
 func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit.Decision, callErr error, class wechat.Class, now time.Time) {
 	lim := h.cfg.Limiter
 	if lim == nil {
@@ -461,11 +559,30 @@ func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit
 	case errors.Is(callErr, ErrBreakerOpen), httpFailure(callErr), class == wechat.ClassToken, class == wechat.ClassMinuteRate:
 		err = lim.Refund(ctx, d)
 	case class == wechat.ClassDailyQuota:
-		err = errors.Join(lim.Refund(ctx, d), lim.ExhaustApp(ctx, ev.AppID, now))
+		err = lim.Refund(ctx, d)
+		if h.appQuotaSpent(ctx, ev.AppID) {
+			err = errors.Join(err, lim.ExhaustApp(ctx, ev.AppID, now))
+		}
 	}
 	if err != nil {
 		h.cfg.Logger.Error("rate limiter: settle quota", err, watermill.LogFields{"appid": ev.AppID})
 	}
+}
+
+// appQuotaSpent asks WeChat whether appid's trace_waybill quota is spent
+// for the day. Without an answer it says no: each event then meets its own
+// 45009 and is parked alone.
+func (h *Handler) appQuotaSpent(ctx context.Context, appid string) bool {
+	qg, ok := h.cfg.Client.(quotaGetter)
+	if !ok {
+		return false
+	}
+	q, err := qg.GetQuota(ctx, appid, &wechat.QuotaRequest{CGIPath: wechat.OpenMsgPath("trace_waybill")})
+	if err != nil {
+		h.cfg.Logger.Info("quota check after 45009 failed", watermill.LogFields{"appid": appid, "err": err.Error()})
+		return false
+	}
+	return q.Quota.Remain <= 0
 }
 
 // deadLetter publishes a dead letter and counts it.
@@ -501,19 +618,25 @@ func (h *Handler) Stats() Stats {
 	}
 }
 
-// delivery is the history of one event: where it came from and how often it
-// failed, including earlier deliveries recorded in its headers.
+// delivery is the history of one event: where it came from and how its
+// calls failed, including earlier deliveries recorded in its headers.
 type delivery struct {
 	topic        string
 	partition    int32
 	offset       int64
-	attempts     int
+	attempts     int // calls sent, all deliveries together
 	firstFailure time.Time
 	lastFailure  time.Time
+	notBefore    time.Time // a parked event's earliest next call
+	// failures counts failed calls by class in this delivery; not_yet
+	// answers are counted across deliveries (HeaderNotYet), the bound on
+	// 931023 spans hours of parking.
+	failures map[wechat.Class]int
+	waited   time.Duration // spent waiting in place in this delivery
 }
 
 func newDelivery(msg *message.Message, topic string) *delivery {
-	d := &delivery{topic: topic, partition: -1, offset: -1}
+	d := &delivery{topic: topic, partition: -1, offset: -1, failures: map[wechat.Class]int{}}
 	if p, ok := kafka.MessagePartitionFromCtx(msg.Context()); ok {
 		d.partition = p
 	}
@@ -523,10 +646,22 @@ func newDelivery(msg *message.Message, topic string) *delivery {
 	if n, err := strconv.Atoi(msg.Metadata.Get(HeaderAttempts)); err == nil && n > 0 {
 		d.attempts = n
 	}
+	if n, err := strconv.Atoi(msg.Metadata.Get(HeaderNotYet)); err == nil && n > 0 {
+		d.failures[wechat.ClassNotYet] = n
+	}
 	if t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderFirstFailure)); err == nil {
 		d.firstFailure = t
 	}
+	if t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderNotBefore)); err == nil {
+		d.notBefore = t
+	}
 	return d
+}
+
+// count records one more failure of class and returns how many there are.
+func (d *delivery) count(class wechat.Class) int {
+	d.failures[class]++
+	return d.failures[class]
 }
 
 func (d *delivery) failed(now time.Time) {

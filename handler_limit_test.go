@@ -72,21 +72,40 @@ func TestLimiterRefundsCallsWeChatDidNotCount(t *testing.T) {
 	})
 }
 
-func TestWeChat45009SpendsTheAppidsDay(t *testing.T) {
-	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
-	lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
-	require.NoError(t, err)
-	tr, pub := newScriptedTracer(), &recorder{}
-	tr.on("W1", wechatErr(45009))
-	h := newTestHandler(t, tr, pub, func(c *Config) {
-		c.Limiter = lim
-		c.Parking = &ParkingConfig{}
-		c.Now = func() time.Time { return now }
-	})
-	ev := validEvent("o1", "W1")
-	require.NoError(t, h.Handle(msgOf(t, ev)))
-	ev2 := validEvent("o2", "W2")
-	require.NoError(t, h.Handle(msgOf(t, ev2)))
-	assert.Len(t, pub.on("order.shipped.delay.window"), 2)
-	assert.Zero(t, tr.callsFor("W2"), "after 45009 the appid makes no more calls today")
+// TestWeChat45009 shows both readings of 45009: when WeChat's quota report
+// confirms the appid's day is spent, no more calls go out for it; when the
+// appid still has quota (a buyer past their own calls gets the same errcode),
+// only that event waits and the merchant's other buyers flow on.
+func TestWeChat45009(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		remain      int64
+		callsForW2  int
+		parkedTotal int
+	}{
+		{"appid spent", 0, 0, 2},
+		{"one buyer spent", 99_000, 1, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
+			require.NoError(t, err)
+			tr, pub := newScriptedTracer(), &recorder{}
+			tr.remain["wxapp1"] = tc.remain
+			tr.on("W1", wechatErr(45009))
+			h := newTestHandler(t, tr, pub, func(c *Config) {
+				c.Limiter = lim
+				c.Parking = &ParkingConfig{}
+				c.Now = func() time.Time { return now }
+			})
+			require.NoError(t, h.Handle(msgOf(t, validEvent("o1", "W1"))))
+			ev2 := validEvent("o2", "W2")
+			ev2.OpenID = "another-buyer"
+			require.NoError(t, h.Handle(msgOf(t, ev2)))
+			assert.Len(t, pub.on("order.shipped.delay.window"), tc.parkedTotal)
+			assert.Equal(t, tc.callsForW2, tr.callsFor("W2"))
+			assert.Equal(t, 1, tr.callsFor("quota:wxapp1"), "one quota check per 45009")
+			assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+		})
+	}
 }

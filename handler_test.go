@@ -28,10 +28,11 @@ type scriptedTracer struct {
 	mu     sync.Mutex
 	script map[string][]error // waybill_id → answers, in order
 	calls  map[string]int
+	remain map[string]int64 // appid → what openapi/quota/get reports
 }
 
 func newScriptedTracer() *scriptedTracer {
-	return &scriptedTracer{script: map[string][]error{}, calls: map[string]int{}}
+	return &scriptedTracer{script: map[string][]error{}, calls: map[string]int{}, remain: map[string]int64{}}
 }
 
 func (s *scriptedTracer) on(waybill string, errs ...error) { s.script[waybill] = errs }
@@ -58,6 +59,17 @@ func (s *scriptedTracer) UpdateWaybillGoods(_ context.Context, _ string, req *we
 		return errs[n]
 	}
 	return nil
+}
+
+// GetQuota reports remain[appid] as trace_waybill's remaining quota.
+func (s *scriptedTracer) GetQuota(_ context.Context, appid string, req *wechat.QuotaRequest) (*wechat.QuotaResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["quota:"+appid]++
+	if req.CGIPath != wechat.OpenMsgPath("trace_waybill") {
+		return nil, fmt.Errorf("quota of %s asked", req.CGIPath)
+	}
+	return &wechat.QuotaResponse{Quota: wechat.Quota{DailyLimit: 100000, Remain: s.remain[appid]}}, nil
 }
 
 func (s *scriptedTracer) callsFor(waybill string) int {
@@ -122,6 +134,8 @@ func newTestHandler(t *testing.T, tr Tracer, pub message.Publisher, mod func(*Co
 		Backoff: func(int) time.Duration { return time.Millisecond },
 		Retry:   RetryPolicy{BreakerWait: time.Millisecond, NotYetDelay: time.Millisecond, QuotaReset: func(now time.Time) time.Time { return now.Add(time.Millisecond) }},
 		Breaker: BreakerConfig{Disabled: true},
+		// Tests of waiting run in synctest bubbles; the budget has its own test.
+		MaxWaitInPlace: 24 * time.Hour,
 	}
 	if mod != nil {
 		mod(&cfg)

@@ -12,6 +12,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/waybillkit/waybill/wechat"
 )
 
 // Parking moves an event that cannot succeed now but can later (quota spent,
@@ -49,6 +51,13 @@ const (
 	HeaderDueAt      = "waybill_due_at"      // RFC 3339: when it may run again
 	HeaderParkedFrom = "waybill_parked_from" // the topic to return it to
 	HeaderParks      = "waybill_parks"       // how often it was parked
+	// HeaderNotBefore is the earliest time the event may call WeChat again,
+	// when that is later than its due time (it must wait longer than the
+	// longest tier): back early, it is parked again without a call.
+	HeaderNotBefore = "waybill_not_before"
+	// HeaderNotYet counts WeChat's 931023 answers for the event, for the
+	// bound RetryPolicy.NotYetAttempts.
+	HeaderNotYet = "waybill_not_yet"
 )
 
 func (c *ParkingConfig) setDefaults(input string) {
@@ -63,8 +72,15 @@ func (c *ParkingConfig) setDefaults(input string) {
 	}
 }
 
-// Validate reports a configuration that cannot work.
+// Validate reports a configuration that cannot work. Zero fields mean their
+// defaults.
 func (c *ParkingConfig) Validate() error {
+	if c.MaxParks < 0 {
+		return fmt.Errorf("parking MaxParks %d must not be negative", c.MaxParks)
+	}
+	if c.Tiers == nil {
+		return nil // the defaults
+	}
 	for i, d := range c.Tiers {
 		if d <= 0 {
 			return fmt.Errorf("parking tier %d: delay %s must be positive", i, d)
@@ -124,6 +140,14 @@ func (h *Handler) park(msg *message.Message, st *delivery, until time.Time, wind
 	out.Metadata.Set(HeaderDueAt, due.UTC().Format(time.RFC3339Nano))
 	out.Metadata.Set(HeaderParkedFrom, h.cfg.InputTopic)
 	out.Metadata.Set(HeaderParks, strconv.Itoa(parks+1))
+	if n := st.failures[wechat.ClassNotYet]; n > 0 {
+		out.Metadata.Set(HeaderNotYet, strconv.Itoa(n))
+	}
+	if until.After(due) {
+		out.Metadata.Set(HeaderNotBefore, until.UTC().Format(time.RFC3339Nano))
+	} else {
+		delete(out.Metadata, HeaderNotBefore)
+	}
 	if err := h.cfg.Publisher.Publish(topic, out); err != nil {
 		return false, fmt.Errorf("park %s on %s: %w", msg.UUID, topic, err)
 	}

@@ -108,7 +108,9 @@ func TestHandlerHistorySurvivesParking(t *testing.T) {
 		tr, pub := newScriptedTracer(), &recorder{}
 		tr.on("SF100", wechatErr(931023))
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{} })
-		require.NoError(t, h.Handle(returned(23, 23)))
+		m := returned(23, 23)
+		m.Metadata.Set(HeaderNotYet, "23")
+		require.NoError(t, h.Handle(m))
 		dead := pub.on(DefaultDeadLetterTopic)
 		require.Len(t, dead, 1)
 		dl, err := ParseDeadLetter(dead[0])
