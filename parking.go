@@ -156,12 +156,17 @@ func (h *Handler) park(msg *message.Message, st *delivery, until time.Time, wind
 
 // DelayRunnerConfig configures a DelayRunner.
 type DelayRunnerConfig struct {
-	// Kafka reaches the cluster; ConsumerGroup "" means "waybill-delay".
+	// Kafka reaches the cluster. ConsumerGroup "" means "waybill-delay"; it
+	// must not be the handler's group, or each would rebalance the other.
 	Kafka KafkaConfig
 	// Topics are the delay topics to serve: ParkingConfig.Topics(input).
 	Topics []string
 	// Publisher republishes due events to their input topic. Required.
 	Publisher message.Publisher
+	// DeadLetterTopic receives parked records that cannot be returned (no
+	// input topic recorded, not decodable). "" means they are logged and
+	// skipped. Either way they never stall the records behind them.
+	DeadLetterTopic string
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Recheck bounds one sleep: the runner looks at the clock again at
@@ -223,14 +228,18 @@ func NewDelayRunner(cfg DelayRunnerConfig) (*DelayRunner, error) {
 func (r *DelayRunner) Run(ctx context.Context) error {
 	defer r.group.Close()
 	for ctx.Err() == nil {
-		if err := r.group.Consume(ctx, r.cfg.Topics, r); err != nil {
-			if errors.Is(err, sarama.ErrClosedConsumerGroup) || ctx.Err() != nil {
-				break
-			}
+		start := time.Now()
+		err := r.group.Consume(ctx, r.cfg.Topics, r)
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) || ctx.Err() != nil {
+			break
+		}
+		if err != nil {
 			r.cfg.Logger.Error("delay runner: consume", err, nil)
-			if sleepFor(ctx, time.Second) != nil {
-				break
-			}
+		}
+		// A session ends on every rebalance; one that ends at once again
+		// and again must not spin.
+		if time.Since(start) < time.Second && sleepFor(ctx, time.Second) != nil {
+			break
 		}
 	}
 	return nil
@@ -263,11 +272,8 @@ func (r *DelayRunner) ConsumeClaim(sess sarama.ConsumerGroupSession, claim saram
 				return nil
 			}
 			if err := r.release(ctx, rec); err != nil {
-				// Not committed: the next session (this one's successor after
-				// a rebalance, or a restart) starts from this record.
-				if ctx.Err() == nil {
-					r.cfg.Logger.Error("delay runner: return parked event", err, watermill.LogFields{"topic": rec.Topic, "offset": rec.Offset})
-				}
+				// Not committed: the next session (after a rebalance, or a
+				// restart) starts from this record.
 				return nil
 			}
 			sess.MarkMessage(rec, "")
@@ -276,35 +282,78 @@ func (r *DelayRunner) ConsumeClaim(sess sarama.ConsumerGroupSession, claim saram
 	}
 }
 
+// release waits until rec is due and returns it to its input topic. It
+// returns an error only when ctx ended first; a failing publisher is retried
+// with backoff, and a record that cannot be returned (no input topic, not
+// decodable) is reported and, with DeadLetterTopic set, dead-lettered, so
+// that it never stalls the partition behind it.
 func (r *DelayRunner) release(ctx context.Context, rec *sarama.ConsumerMessage) error {
 	msg, err := r.unmarshal(rec)
+	dest := ""
+	if err == nil {
+		dest = msg.Metadata.Get(HeaderParkedFrom)
+		if dest == "" {
+			err = fmt.Errorf("no %s header", HeaderParkedFrom)
+		}
+	}
 	if err != nil {
-		return err
+		return r.reject(ctx, rec, msg, err)
 	}
 	due, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderDueAt))
 	if err != nil {
-		// A record without a due time is returned at once rather than lost.
-		due = time.Time{}
+		due = time.Time{} // no due time: return it at once rather than lose it
 	}
 	for wait := due.Sub(r.cfg.Now()); wait > 0; wait = due.Sub(r.cfg.Now()) {
 		if err := sleepFor(ctx, min(wait, r.cfg.Recheck)); err != nil {
 			return err
 		}
 	}
-	dest := msg.Metadata.Get(HeaderParkedFrom)
-	if dest == "" {
-		return fmt.Errorf("parked event %s at %s/%d/%d: no %s header", msg.UUID, rec.Topic, rec.Partition, rec.Offset, HeaderParkedFrom)
-	}
 	out := message.NewMessage(msg.UUID, msg.Payload)
 	out.Metadata = msg.Metadata
 	delete(out.Metadata, HeaderDueAt)
 	delete(out.Metadata, HeaderParkedFrom)
-	if err := r.cfg.Publisher.Publish(dest, out); err != nil {
-		return fmt.Errorf("return parked event %s to %s: %w", msg.UUID, dest, err)
+	if err := r.publish(ctx, dest, out); err != nil {
+		return err
 	}
 	c, _ := r.returned.LoadOrStore(rec.Topic, &counter{})
 	c.(*counter).n.Add(1)
 	return nil
+}
+
+// reject reports a parked record that cannot be returned and moves past it.
+func (r *DelayRunner) reject(ctx context.Context, rec *sarama.ConsumerMessage, msg *message.Message, cause error) error {
+	fields := watermill.LogFields{"topic": rec.Topic, "partition": rec.Partition, "offset": rec.Offset}
+	r.cfg.Logger.Error("delay runner: parked record cannot be returned", cause, fields)
+	if r.cfg.DeadLetterTopic == "" {
+		return nil
+	}
+	if msg == nil {
+		msg = message.NewMessage(string(rec.Key), rec.Value)
+	}
+	now := r.cfg.Now()
+	dl := &DeadLetter{
+		Reason: ReasonInvalidEvent, Errmsg: "parked record: " + cause.Error(),
+		SourceTopic: rec.Topic, SourcePartition: rec.Partition, SourceOffset: rec.Offset,
+		FirstFailure: now, LastFailure: now,
+	}
+	out := message.NewMessage(msg.UUID, msg.Payload)
+	out.Metadata = msg.Metadata
+	dl.setHeaders(out.Metadata)
+	return r.publish(ctx, r.cfg.DeadLetterTopic, out)
+}
+
+// publish retries until the message is published or ctx ends.
+func (r *DelayRunner) publish(ctx context.Context, topic string, msg *message.Message) error {
+	for attempt := 1; ; attempt++ {
+		err := r.cfg.Publisher.Publish(topic, msg)
+		if err == nil {
+			return nil
+		}
+		r.cfg.Logger.Error("delay runner: publish", err, watermill.LogFields{"topic": topic, "uuid": msg.UUID, "attempt": attempt})
+		if err := sleepFor(ctx, DefaultBackoff(attempt)); err != nil {
+			return err
+		}
+	}
 }
 
 type counter struct{ n atomic.Int64 }

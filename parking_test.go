@@ -3,6 +3,7 @@ package waybill
 import (
 	"context"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,13 +137,14 @@ func TestHandlerHistorySurvivesParking(t *testing.T) {
 }
 
 // TestDelayRunnerReturnsByDueTime runs the DelayRunner on an in-process
-// Kafka: an event due later on one tier does not hold back one due now on
-// another; both come back to the input topic with their history, and the
-// runner commits only what it returned.
+// Kafka with a controllable clock: an event due later on one tier does not
+// hold back one due now on another, a record that cannot be returned does
+// not stall the one behind it, events come back to the input topic with
+// their history when due, and the runner commits only what it returned.
 func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	p := ParkingConfig{Tiers: []time.Duration{time.Minute, time.Hour}}
 	topics := p.Topics("in")
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, append(topics, "in")...))
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, append(topics, "in", "dead")...))
 	require.NoError(t, err)
 	defer cluster.Close()
 	kc := KafkaConfig{Brokers: cluster.ListenAddrs(), ConsumerGroup: "delay-test"}
@@ -150,19 +152,26 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	require.NoError(t, err)
 	defer pub.Close()
 
-	now := time.Now()
-	park := func(id, topic string, due time.Time) {
+	t0 := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	var offset atomic.Int64
+	now := func() time.Time { return t0.Add(time.Duration(offset.Load())) }
+	park := func(id, topic string, due time.Time, from string) {
 		m := message.NewMessage(id, []byte(`{"order_id":"`+id+`"}`))
 		m.Metadata.Set(HeaderDueAt, due.UTC().Format(time.RFC3339Nano))
-		m.Metadata.Set(HeaderParkedFrom, "in")
+		if from != "" {
+			m.Metadata.Set(HeaderParkedFrom, from)
+		}
 		m.Metadata.Set(HeaderAttempts, "3")
 		require.NoError(t, pub.Publish(topic, m))
 	}
-	park("later", topics[1], now.Add(time.Hour)) // head of the 1h tier, not due
-	park("soon", topics[0], now.Add(300*time.Millisecond))
-	park("now", topics[2], now.Add(-time.Second))
+	park("later", topics[1], t0.Add(time.Hour), "in") // head of the 1h tier
+	park("poison", topics[0], t0, "")                 // no input topic recorded
+	park("soon", topics[0], t0.Add(time.Minute), "in")
+	park("now", topics[2], t0.Add(-time.Second), "in")
 
-	runner, err := NewDelayRunner(DelayRunnerConfig{Kafka: kc, Topics: topics, Publisher: pub})
+	runner, err := NewDelayRunner(DelayRunnerConfig{
+		Kafka: kc, Topics: topics, Publisher: pub, DeadLetterTopic: "dead", Now: now, Recheck: 10 * time.Millisecond,
+	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -173,20 +182,33 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	defer sub.Close()
 	back, err := sub.Subscribe(ctx, "in")
 	require.NoError(t, err)
-	var order []string
-	for len(order) < 2 {
+	dead, err := sub.Subscribe(ctx, "dead")
+	require.NoError(t, err)
+	next := func(ch <-chan *message.Message) *message.Message {
 		select {
-		case m := <-back:
-			order = append(order, m.UUID)
-			assert.Empty(t, m.Metadata.Get(HeaderDueAt))
-			assert.Empty(t, m.Metadata.Get(HeaderParkedFrom))
-			assert.Equal(t, "3", m.Metadata.Get(HeaderAttempts))
+		case m := <-ch:
 			m.Ack()
+			return m
 		case <-time.After(30 * time.Second):
-			t.Fatalf("returned so far: %v", order)
+			t.Fatal("nothing arrived")
+			return nil
 		}
 	}
-	assert.Equal(t, []string{"now", "soon"}, order)
+
+	m := next(back)
+	assert.Equal(t, "now", m.UUID, "due at once on its own tier")
+	assert.Empty(t, m.Metadata.Get(HeaderDueAt))
+	assert.Empty(t, m.Metadata.Get(HeaderParkedFrom))
+	assert.Equal(t, "3", m.Metadata.Get(HeaderAttempts))
+	d := next(dead)
+	assert.Equal(t, "poison", d.UUID)
+	dl, err := ParseDeadLetter(d)
+	require.NoError(t, err)
+	assert.Equal(t, ReasonInvalidEvent, dl.Reason)
+	assert.Contains(t, dl.Errmsg, HeaderParkedFrom)
+
+	offset.Store(int64(2 * time.Minute))
+	assert.Equal(t, "soon", next(back).UUID, "due once the clock passed its time")
 	assert.Equal(t, int64(0), runner.Returned(topics[1]), "the 1h event is not due")
 	cancel()
 	require.NoError(t, <-done)
@@ -196,7 +218,7 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	defer admin.Close()
 	offsets, err := admin.ListConsumerGroupOffsets("delay-test", map[string][]int32{topics[0]: {0}, topics[1]: {0}, topics[2]: {0}})
 	require.NoError(t, err)
-	assert.Equal(t, int64(1), offsets.GetBlock(topics[0], 0).Offset, "returned: committed")
+	assert.Equal(t, int64(2), offsets.GetBlock(topics[0], 0).Offset, "poison and soon: committed")
 	assert.Equal(t, int64(1), offsets.GetBlock(topics[2], 0).Offset, "returned: committed")
 	assert.Equal(t, int64(-1), offsets.GetBlock(topics[1], 0).Offset, "still parked: not committed")
 }

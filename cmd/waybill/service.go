@@ -123,7 +123,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		s.delays = cfg.Parking.Topics(cfg.InputTopic)
 		dk := cfg.Kafka
 		dk.ConsumerGroup += "-delay"
-		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, Logger: wlog})
+		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, DeadLetterTopic: cfg.DeadLetterTopic, Logger: wlog})
 		if err != nil {
 			return nil, err
 		}

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 	wg.Go(func() { routerErr <- p.router.Run(runCtx) })
 	if hcfg.Parking != nil {
 		dcfg := waybill.DelayRunnerConfig{
-			Kafka: cfg.Kafka, Topics: hcfg.Parking.Topics(p.in), Publisher: pub, Now: hcfg.Now, Recheck: cfg.Recheck, Logger: cfg.Logger,
+			Kafka: cfg.Kafka, Topics: hcfg.Parking.Topics(p.in), Publisher: pub, DeadLetterTopic: dead, Now: hcfg.Now, Recheck: cfg.Recheck, Logger: cfg.Logger,
 		}
 		dcfg.Kafka.ConsumerGroup = cfg.Kafka.ConsumerGroup + "-delay"
 		runner, err := waybill.NewDelayRunner(dcfg)
