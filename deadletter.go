@@ -145,6 +145,22 @@ var deadHeaders = []string{
 	HeaderDeadFirstFailure, HeaderDeadLastFailure,
 }
 
+// historyHeaders are waybill's record of earlier attempts. A replay starts
+// the history afresh: the cause was fixed, and an event that died of
+// too_many_attempts or not_yet_exhausted must not die again of its old count.
+var historyHeaders = []string{HeaderAttempts, HeaderFirstFailure, HeaderParks, HeaderNotYet, HeaderNotBefore, HeaderDueAt, HeaderParkedFrom}
+
+// ReplayMetadata returns the headers a replay republishes msg with: the
+// original ones, without waybill's attempt history (which restarts) and
+// without HeaderReplays (which the replay sets).
+func ReplayMetadata(msg *message.Message) message.Metadata {
+	md := OriginalMetadata(msg)
+	for _, k := range historyHeaders {
+		delete(md, k)
+	}
+	return md
+}
+
 // OriginalMetadata returns the headers msg had before it was dead-lettered.
 func OriginalMetadata(msg *message.Message) message.Metadata {
 	md := make(message.Metadata, len(msg.Metadata))

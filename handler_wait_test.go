@@ -183,3 +183,27 @@ func TestConfigRejectsNegatives(t *testing.T) {
 	}
 	assert.NoError(t, (&ParkingConfig{}).Validate(), "the zero value means the defaults")
 }
+
+// TestReplayRestartsHistory: a dead letter that died of its attempt count
+// comes back from a replay with a fresh history, so it is parked again
+// instead of dying of its old count.
+func TestReplayRestartsHistory(t *testing.T) {
+	tr, pub := newScriptedTracer(), &recorder{}
+	tr.on("SF100", wechatErr(45011), wechatErr(45011), wechatErr(45011))
+	h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{MaxParks: 1} })
+	in := msgOf(t, validEvent("order-1", "SF100"))
+	in.Metadata.Set("trace_id", "abc")
+	require.NoError(t, h.Handle(in))
+	parked := pub.on("order.shipped.delay.1m0s")
+	require.Len(t, parked, 1)
+	require.NoError(t, h.Handle(parked[0].Copy()))
+	dead := pub.on(DefaultDeadLetterTopic)
+	require.Len(t, dead, 1, "parked once, allowed once")
+
+	replayed := message.NewMessage(dead[0].UUID, dead[0].Payload)
+	replayed.Metadata = ReplayMetadata(dead[0])
+	assert.Equal(t, message.Metadata{"trace_id": "abc"}, replayed.Metadata)
+	require.NoError(t, h.Handle(replayed))
+	assert.Len(t, pub.on("order.shipped.delay.1m0s"), 2, "parked again, not dead on arrival")
+	assert.Len(t, pub.on(DefaultDeadLetterTopic), 1)
+}

@@ -733,10 +733,10 @@ func (r *replayer) inspect(m *sarama.ConsumerMessage) (*message.Message, ReplayE
 	return msg, ev
 }
 
-// republish sends the event as it was before it died, with HeaderReplays
-// incremented, and waits for all in-sync replicas.
+// republish sends the event as it was before it died, with a fresh attempt
+// history and HeaderReplays incremented, and waits for all in-sync replicas.
 func (r *replayer) republish(m *sarama.ConsumerMessage, msg *message.Message, ev *ReplayEvent) error {
-	md := OriginalMetadata(msg)
+	md := ReplayMetadata(msg)
 	md.Set(HeaderReplays, strconv.Itoa(ev.Replays+1))
 	keys := make([]string, 0, len(md))
 	for k := range md {
