@@ -38,9 +38,10 @@ type Config struct {
 type Outcome struct {
 	OrderID string
 	// Result is "traced" or the dead-letter reason.
-	Result  string
-	Token   string
-	Errcode int
+	Result string
+	Token  string
+	// Errcode is WeChat's errcode, "" when WeChat was not called.
+	Errcode string
 	Errmsg  string
 	// Copies counts how often the outcome was published (1, or more after a
 	// redelivery).
@@ -184,7 +185,10 @@ func (p *Pipeline) observe(ctx context.Context, tracedCh, deadCh <-chan *message
 			}
 			var dl *waybill.DeadLetter
 			if dl, err = waybill.ParseDeadLetter(m); err == nil {
-				o = &Outcome{OrderID: m.Metadata.Get(waybill.HeaderDeadKey), Result: string(dl.Reason), Errcode: dl.Errcode, Errmsg: dl.Errmsg}
+				o = &Outcome{OrderID: m.Metadata.Get(waybill.HeaderDeadKey), Result: string(dl.Reason), Errmsg: dl.Errmsg}
+				if dl.HasErrcode {
+					o.Errcode = fmt.Sprint(dl.Errcode)
+				}
 			}
 			m.Ack()
 		case <-ctx.Done():
@@ -211,7 +215,11 @@ func (p *Pipeline) record(o *Outcome, err error) {
 	if o.Result == "traced" {
 		fmt.Fprintf(p.cfg.Out, "  %s  traced         waybill_token=%s…\n", o.OrderID, prefixOf(o.Token, 12))
 	} else {
-		fmt.Fprintf(p.cfg.Out, "  %s  dead-lettered  reason=%s errcode=%d %s\n", o.OrderID, o.Result, o.Errcode, o.Errmsg)
+		code := o.Errcode
+		if code == "" {
+			code = "none (WeChat not called)"
+		}
+		fmt.Fprintf(p.cfg.Out, "  %s  dead-lettered  reason=%s errcode=%s: %s\n", o.OrderID, o.Result, code, o.Errmsg)
 	}
 }
 
