@@ -10,6 +10,9 @@
 //
 //   - At-least-once, nothing lost: a message is acknowledged only after its
 //     outcome (waybill.traced, a dead letter, or a parked copy) was published.
+//     One delivery waits in place at most Config.MaxWaitInPlace, then is
+//     parked or left for redelivery, so it never holds a partition through a
+//     consumer-group rebalance.
 //     A redelivery can publish an outcome twice; waybill.traced then carries
 //     the same message UUID (TracedMessageID), and with Config.Traces the
 //     same payload and no second WeChat call.
@@ -18,7 +21,10 @@
 //   - An event that could succeed later is never dead-lettered for a
 //     transient fault: network errors, HTTP 5xx and errcode -1 are retried
 //     with backoff; quota answers (45009, 45011), a waybill WeChat does not
-//     know yet (931023, bounded) and an open breaker wait or park.
+//     know yet (931023, bounded) and an open breaker wait or park. The only
+//     bounds are counts an operator sets: NotYetAttempts for 931023 and,
+//     with parking, MaxParks; such events are dead-lettered with their
+//     history and can be replayed.
 //   - Dead letters keep the original payload and headers untouched and add
 //     the HeaderDead* headers (ParseDeadLetter); Replay brings them back.
 //   - One merchant does not stall another: each appid has its own circuit
