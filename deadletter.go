@@ -31,6 +31,15 @@ const (
 	ReasonTooManyAttempts Reason = "too_many_attempts"
 )
 
+// Known reports whether r is one of the reasons waybill writes.
+func (r Reason) Known() bool {
+	switch r {
+	case ReasonInvalidEvent, ReasonPermanent, ReasonConfiguration, ReasonNotYetExhausted, ReasonTooManyAttempts:
+		return true
+	}
+	return false
+}
+
 // Header names (Kafka record headers, Watermill metadata) that waybill adds.
 // A dead letter keeps the original payload and every original header
 // untouched and adds the HeaderDead* headers, so a replay republishes it as

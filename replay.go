@@ -318,6 +318,12 @@ func (c *ReplayConfig) Validate() error {
 	if c.Batch < 0 {
 		errs = append(errs, fmt.Errorf("Batch %d is negative", c.Batch))
 	}
+	for _, r := range c.Filter.Reasons {
+		if !r.Known() {
+			// A misspelt reason would select nothing, silently.
+			errs = append(errs, fmt.Errorf("Filter.Reasons: unknown reason %q", r))
+		}
+	}
 	if f := c.Filter; !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
 		errs = append(errs, fmt.Errorf("Filter.Since %s is not before Filter.Until %s",
 			f.Since.Format(time.RFC3339), f.Until.Format(time.RFC3339)))

@@ -589,6 +589,7 @@ func TestReplayConfigValidate(t *testing.T) {
 		"negative batch":    func(c *ReplayConfig) { c.Batch = -1 },
 		"since after until": func(c *ReplayConfig) { c.Filter.Since, c.Filter.Until = rtDay.AddDate(0, 0, 1), rtDay },
 		"empty time range":  func(c *ReplayConfig) { c.Filter.Since, c.Filter.Until = rtDay, rtDay },
+		"misspelt reason":   func(c *ReplayConfig) { c.Filter.Reasons = []Reason{"configuraton"} },
 	}
 	for name, mod := range cases {
 		t.Run(name, func(t *testing.T) {
