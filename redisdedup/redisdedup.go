@@ -21,8 +21,6 @@ package redisdedup
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +29,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/internal/redislock"
 )
 
 // DefaultPrefix namespaces the keys when Config.Prefix is empty.
@@ -129,14 +128,6 @@ func (s *Store) Put(ctx context.Context, key waybill.DedupKey, rec waybill.Trace
 // releaseTimeout bounds a release, whatever the client's own timeouts.
 const releaseTimeout = 5 * time.Second
 
-// releaseScript deletes the claim only if this owner still holds it: its ttl
-// may have passed and another process claimed the key since.
-var releaseScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-	return redis.call("DEL", KEYS[1])
-end
-return 0`)
-
 // Claim implements waybill.TraceStore with SET NX PX and a random owner id;
 // ttl is rounded to milliseconds, at least one. The release func runs its
 // compare-and-delete with ctx's values but not its cancellation (for up to
@@ -147,11 +138,7 @@ func (s *Store) Claim(ctx context.Context, key waybill.DedupKey, ttl time.Durati
 		return nil, false, fmt.Errorf("redisdedup: claim %s: ttl %v is not positive", key, ttl)
 	}
 	ttl = max(ttl.Round(time.Millisecond), time.Millisecond)
-	var id [16]byte
-	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	owner := hex.EncodeToString(id[:])
-	k := s.claimKey(key)
-	ok, err := s.rdb.SetNX(ctx, k, owner, ttl).Result()
+	release, ok, err := redislock.Acquire(ctx, s.rdb, s.claimKey(key), ttl)
 	if err != nil {
 		return nil, false, fmt.Errorf("redisdedup: claim %s: %w", key, err)
 	}
@@ -162,7 +149,7 @@ func (s *Store) Claim(ctx context.Context, key waybill.DedupKey, ttl time.Durati
 		// Best effort by design: the claim expires by itself.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 		defer cancel()
-		_ = releaseScript.Run(rctx, s.rdb, []string{k}, owner).Err()
+		_ = release(rctx)
 	}, true, nil
 }
 

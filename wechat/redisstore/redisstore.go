@@ -16,8 +16,6 @@ package redisstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +23,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/waybillkit/waybill/internal/redislock"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -95,21 +94,9 @@ func (s *Store) Save(ctx context.Context, key string, tok wechat.Token) error {
 	return nil
 }
 
-// unlockScript deletes the lock only if this owner still holds it: the ttl may
-// have passed and another process taken the lock.
-var unlockScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-	return redis.call("DEL", KEYS[1])
-end
-return 0`)
-
 // TryLock implements wechat.TokenStore with SET NX PX.
 func (s *Store) TryLock(ctx context.Context, key string, ttl time.Duration) (func(context.Context) error, bool, error) {
-	var id [16]byte
-	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	owner := hex.EncodeToString(id[:])
-	k := s.prefix + key
-	ok, err := s.rdb.SetNX(ctx, k, owner, ttl).Result()
+	release, ok, err := redislock.Acquire(ctx, s.rdb, s.prefix+key, ttl)
 	if err != nil {
 		return nil, false, fmt.Errorf("redisstore: lock %s: %w", key, err)
 	}
@@ -117,7 +104,7 @@ func (s *Store) TryLock(ctx context.Context, key string, ttl time.Duration) (fun
 		return nil, false, nil
 	}
 	return func(ctx context.Context) error {
-		if err := unlockScript.Run(ctx, s.rdb, []string{k}, owner).Err(); err != nil {
+		if err := release(ctx); err != nil {
 			return fmt.Errorf("redisstore: unlock %s: %w", key, err)
 		}
 		return nil
