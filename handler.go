@@ -88,20 +88,26 @@ type Config struct {
 	// token, at the cost of a call).
 	Traces TraceStore
 	// ClaimTTL bounds how long a crashed handler's claim on a waybill blocks
-	// others. Zero means 1 min.
+	// others. It must outlast a delivery: MaxWaitInPlace plus the longest
+	// call (the wechat client's 30 s timeout, twice with a token refresh),
+	// or a duplicate could claim the waybill and call while the first
+	// handler still works on it. Zero means 2 min.
 	ClaimTTL time.Duration
 	// ClaimPoll is how often a duplicate waits for the handler that holds the
 	// claim. Zero means 100 ms.
 	ClaimPoll time.Duration
 
-	// MaxWaitInPlace bounds how long one delivery waits in place (transient
-	// retries, an open breaker, the next minute, a quota window without
-	// Parking). Past it the event is parked, or without Parking left for
-	// redelivery (Handle returns ErrWaitLimit and the router nacks). It keeps
+	// MaxWaitInPlace bounds how long one delivery may hold its partition
+	// before another wait in place (transient retries, an open breaker, the
+	// next minute, a quota window without Parking). Rather than wait past
+	// it, the event is parked, or without Parking left for redelivery
+	// (Handle returns ErrWaitLimit and the router nacks). It is checked
+	// between calls; a call in flight is bounded by the client's timeout. It keeps
 	// a handler from holding its partition through a consumer-group
 	// rebalance (sarama's default rebalance timeout is 60 s; watermill-kafka
 	// does not cancel a message's context on rebalance) and from outliving
-	// its claim on a waybill (ClaimTTL). Zero means 25 s.
+	// its claim on a waybill (ClaimTTL). Zero means 25 s, or half of
+	// ClaimTTL when Traces is set and that is shorter.
 	MaxWaitInPlace time.Duration
 
 	// Now is the clock. Nil means time.Now.
@@ -146,11 +152,15 @@ func (c *Config) setDefaults() {
 		c.Backoff = DefaultBackoff
 	}
 	if c.ClaimTTL == 0 {
-		c.ClaimTTL = time.Minute
+		c.ClaimTTL = 2 * time.Minute
 	}
 	if c.MaxWaitInPlace == 0 {
 		c.MaxWaitInPlace = 25 * time.Second
+		if c.Traces != nil {
+			c.MaxWaitInPlace = min(c.MaxWaitInPlace, c.ClaimTTL/2)
+		}
 	}
+
 	if c.ClaimPoll == 0 {
 		c.ClaimPoll = 100 * time.Millisecond
 	}
@@ -181,6 +191,9 @@ func (c *Config) Validate() error {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", name, d))
 		}
+	}
+	if c.Traces != nil && c.ClaimTTL <= c.MaxWaitInPlace {
+		errs = append(errs, fmt.Errorf("ClaimTTL %s must outlast MaxWaitInPlace %s", c.ClaimTTL, c.MaxWaitInPlace))
 	}
 	if c.Retry.NotYetAttempts < 0 || c.Retry.TokenAttempts < 0 {
 		errs = append(errs, errors.New("Retry attempts must not be negative"))
@@ -480,17 +493,16 @@ func (h *Handler) apply(ctx context.Context, msg *message.Message, st *delivery,
 	default:
 		wait = h.cfg.Backoff(max(1, st.failures[wechat.ClassTransient]+st.failures[wechat.ClassToken]))
 	}
-	if st.waited+wait > h.cfg.MaxWaitInPlace {
+	if held := time.Since(st.start); held+wait > h.cfg.MaxWaitInPlace {
 		// Waiting longer here would hold the partition through a
 		// rebalance: park it, or leave it for redelivery.
 		if h.cfg.Parking != nil {
 			d = Decision{Action: ActionPark, Until: now.Add(wait), Window: d.Window}
 			return true, h.parkOrDeadLetter(msg, st, ev, d, callErr, now, logFields)
 		}
-		h.cfg.Logger.Info("leaving event for redelivery", logFields.Add(watermill.LogFields{"waited": st.waited}))
-		return true, fmt.Errorf("order %s: %w (%s)", ev.OrderID, ErrWaitLimit, st.waited)
+		h.cfg.Logger.Info("leaving event for redelivery", logFields.Add(watermill.LogFields{"held": held}))
+		return true, fmt.Errorf("order %s: %w (%s)", ev.OrderID, ErrWaitLimit, held.Round(time.Millisecond))
 	}
-	st.waited += max(wait, 0)
 	if d.Action == ActionPark {
 		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
 		h.stats.waits.Add(1)
@@ -632,11 +644,11 @@ type delivery struct {
 	// answers are counted across deliveries (HeaderNotYet), the bound on
 	// 931023 spans hours of parking.
 	failures map[wechat.Class]int
-	waited   time.Duration // spent waiting in place in this delivery
+	start    time.Time // when this delivery began, for MaxWaitInPlace
 }
 
 func newDelivery(msg *message.Message, topic string) *delivery {
-	d := &delivery{topic: topic, partition: -1, offset: -1, failures: map[wechat.Class]int{}}
+	d := &delivery{topic: topic, partition: -1, offset: -1, failures: map[wechat.Class]int{}, start: time.Now()}
 	if p, ok := kafka.MessagePartitionFromCtx(msg.Context()); ok {
 		d.partition = p
 	}

@@ -136,6 +136,7 @@ func newTestHandler(t *testing.T, tr Tracer, pub message.Publisher, mod func(*Co
 		Breaker: BreakerConfig{Disabled: true},
 		// Tests of waiting run in synctest bubbles; the budget has its own test.
 		MaxWaitInPlace: 24 * time.Hour,
+		ClaimTTL:       25 * time.Hour, // must outlast MaxWaitInPlace
 	}
 	if mod != nil {
 		mod(&cfg)

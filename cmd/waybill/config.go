@@ -85,7 +85,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Float64Var(&c.Limits.Rate, "rate", ratelimit.DefaultRate, "smooth calls per second per appid; negative: no limit")
 	fs.IntVar(&c.Limits.Burst, "burst", 0, "calls at once after an idle spell; 0: one second's worth")
 	fs.Var((*appLimits)(&c.AppLimits), "app-limits", "per-appid overrides `appid:key=value:...,...` with keys app_daily, user_daily, rate, burst")
-	fs.DurationVar(&c.ClaimTTL, "claim-ttl", time.Minute, "how long a crashed process's claim on a waybill blocks others")
+	fs.DurationVar(&c.ClaimTTL, "claim-ttl", 2*time.Minute, "how long a crashed process's claim on a waybill blocks others")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "`level`: debug, info, warn or error")
 	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight events may finish after SIGINT or SIGTERM")

@@ -37,7 +37,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	assert.Nil(t, c.Parking, "parking is off unless asked for")
 	assert.Equal(t, ratelimit.Limits{AppDaily: 100_000, UserDaily: 100, Rate: 20}, c.Limits)
 	assert.Empty(t, c.AppLimits)
-	assert.Equal(t, time.Minute, c.ClaimTTL)
+	assert.Equal(t, 2*time.Minute, c.ClaimTTL)
 	assert.Equal(t, slog.LevelInfo, c.LogLevel)
 	assert.Equal(t, time.Minute, c.StatsInterval)
 	assert.Equal(t, 30*time.Second, c.ShutdownTimeout)

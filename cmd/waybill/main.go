@@ -25,7 +25,7 @@
 //	-rate               WAYBILL_RATE               calls per second per appid (20; negative: no limit)
 //	-burst              WAYBILL_BURST              calls at once after an idle spell (0: one second's worth)
 //	-app-limits         WAYBILL_APP_LIMITS         per-appid overrides, e.g. wx1:app_daily=5000:rate=2,wx2:rate=1
-//	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (1m)
+//	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (2m)
 //	-log-level          WAYBILL_LOG_LEVEL          debug, info, warn or error (info)
 //	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
 //	-shutdown-timeout   WAYBILL_SHUTDOWN_TIMEOUT   how long in-flight events may finish after a signal (30s)
