@@ -102,8 +102,8 @@ type Config struct {
 	// next minute, a quota window without Parking). Rather than wait past
 	// it, the event is parked, or without Parking left for redelivery
 	// (Handle returns ErrWaitLimit and the router nacks). It is checked
-	// between calls; a call in flight is bounded by the client's timeout. It keeps
-	// a handler from holding its partition through a consumer-group
+	// between calls; a call in flight is bounded by the client's timeout.
+	// It keeps a handler from holding its partition through a consumer-group
 	// rebalance (sarama's default rebalance timeout is 60 s; watermill-kafka
 	// does not cancel a message's context on rebalance) and from outliving
 	// its claim on a waybill (ClaimTTL). Zero means 25 s, or half of
