@@ -62,7 +62,7 @@ func GoodsFingerprint(goods []Goods) string {
 
 // TraceStore remembers traces so that a redelivered or duplicate event reuses
 // the token instead of calling WeChat again. Implementations are safe for
-// concurrent use. MemoryStore serves one process; package redisdedup shares
+// concurrent use. MemoryTraceStore serves one process; package redisdedup shares
 // one store between processes.
 type TraceStore interface {
 	// Get returns the record of key; ok is false when there is none (never
@@ -84,16 +84,16 @@ type TraceStore interface {
 	Claim(ctx context.Context, key DedupKey, ttl time.Duration) (release func(), ok bool, err error)
 }
 
-// Defaults of MemoryStoreConfig.
+// Defaults of MemoryTraceStoreConfig.
 const (
-	DefaultMemoryStoreEntries = 100_000
-	DefaultTraceTTL           = 30 * 24 * time.Hour
+	DefaultMemoryTraceStoreEntries = 100_000
+	DefaultTraceTTL                = 30 * 24 * time.Hour
 )
 
-// MemoryStoreConfig configures a MemoryStore. The zero value is ready to use.
-type MemoryStoreConfig struct {
+// MemoryTraceStoreConfig configures a MemoryTraceStore. The zero value is ready to use.
+type MemoryTraceStoreConfig struct {
 	// MaxEntries bounds the records kept; the least recently used (read or
-	// written) goes first. 0 means DefaultMemoryStoreEntries.
+	// written) goes first. 0 means DefaultMemoryTraceStoreEntries.
 	MaxEntries int
 	// TTL is how long a record lives after its last Put; reading it does not
 	// extend it. 0 means DefaultTraceTTL.
@@ -102,9 +102,9 @@ type MemoryStoreConfig struct {
 	Now func() time.Time
 }
 
-func (c *MemoryStoreConfig) setDefaults() {
+func (c *MemoryTraceStoreConfig) setDefaults() {
 	if c.MaxEntries == 0 {
-		c.MaxEntries = DefaultMemoryStoreEntries
+		c.MaxEntries = DefaultMemoryTraceStoreEntries
 	}
 	if c.TTL == 0 {
 		c.TTL = DefaultTraceTTL
@@ -115,7 +115,7 @@ func (c *MemoryStoreConfig) setDefaults() {
 }
 
 // Validate reports a configuration that cannot work.
-func (c *MemoryStoreConfig) Validate() error {
+func (c *MemoryTraceStoreConfig) Validate() error {
 	var errs []error
 	if c.MaxEntries < 0 {
 		errs = append(errs, fmt.Errorf("MaxEntries %d is negative", c.MaxEntries))
@@ -129,12 +129,12 @@ func (c *MemoryStoreConfig) Validate() error {
 	return nil
 }
 
-// MemoryStore is a TraceStore for one process: a bounded LRU of records, each
+// MemoryTraceStore is a TraceStore for one process: a bounded LRU of records, each
 // living TTL after its Put, and claims that hold only within the process.
 // Every operation is O(1) (amortized for claims). It is safe for concurrent
 // use.
-type MemoryStore struct {
-	cfg MemoryStoreConfig
+type MemoryTraceStore struct {
+	cfg MemoryTraceStoreConfig
 
 	mu      sync.Mutex
 	entries map[DedupKey]*memEntry
@@ -161,14 +161,14 @@ type memClaim struct {
 
 const minClaimSweep = 64
 
-// NewMemoryStore builds a MemoryStore. It panics if cfg.Validate fails, as a
+// NewMemoryTraceStore builds a MemoryTraceStore. It panics if cfg.Validate fails, as a
 // negative size or TTL is a programming error.
-func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
+func NewMemoryTraceStore(cfg MemoryTraceStoreConfig) *MemoryTraceStore {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		panic("waybill: " + err.Error())
 	}
-	return &MemoryStore{
+	return &MemoryTraceStore{
 		cfg:       cfg,
 		entries:   make(map[DedupKey]*memEntry),
 		claims:    make(map[DedupKey]memClaim),
@@ -176,10 +176,10 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 	}
 }
 
-var _ TraceStore = (*MemoryStore)(nil)
+var _ TraceStore = (*MemoryTraceStore)(nil)
 
 // Get implements TraceStore. A hit makes the record the most recently used.
-func (s *MemoryStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
+func (s *MemoryTraceStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return TraceRecord{}, false, fmt.Errorf("trace store get: %w", err)
 	}
@@ -196,7 +196,7 @@ func (s *MemoryStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool,
 
 // Put implements TraceStore. When the store is full, the least recently used
 // record makes room.
-func (s *MemoryStore) Put(ctx context.Context, key DedupKey, rec TraceRecord) error {
+func (s *MemoryTraceStore) Put(ctx context.Context, key DedupKey, rec TraceRecord) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("trace store put: %w", err)
 	}
@@ -222,7 +222,7 @@ func (s *MemoryStore) Put(ctx context.Context, key DedupKey, rec TraceRecord) er
 }
 
 // Len is the number of live records.
-func (s *MemoryStore) Len() int {
+func (s *MemoryTraceStore) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropExpired(s.cfg.Now())
@@ -231,7 +231,7 @@ func (s *MemoryStore) Len() int {
 
 // dropExpired removes the records whose time is up, oldest first, so expired
 // records free their memory without waiting to be evicted.
-func (s *MemoryStore) dropExpired(now time.Time) {
+func (s *MemoryTraceStore) dropExpired(now time.Time) {
 	for el := s.byAge.Front(); el != nil; el = s.byAge.Front() {
 		e := el.Value.(*memEntry)
 		if now.Before(e.expires) {
@@ -241,14 +241,14 @@ func (s *MemoryStore) dropExpired(now time.Time) {
 	}
 }
 
-func (s *MemoryStore) remove(e *memEntry) {
+func (s *MemoryTraceStore) remove(e *memEntry) {
 	s.lru.Remove(e.lruElem)
 	s.byAge.Remove(e.ageElem)
 	delete(s.entries, e.key)
 }
 
-// Claim implements TraceStore. The claim holds within this MemoryStore only.
-func (s *MemoryStore) Claim(ctx context.Context, key DedupKey, ttl time.Duration) (func(), bool, error) {
+// Claim implements TraceStore. The claim holds within this MemoryTraceStore only.
+func (s *MemoryTraceStore) Claim(ctx context.Context, key DedupKey, ttl time.Duration) (func(), bool, error) {
 	if ttl <= 0 {
 		return nil, false, fmt.Errorf("trace store claim %s: ttl %v is not positive", key, ttl)
 	}
@@ -277,7 +277,7 @@ func (s *MemoryStore) Claim(ctx context.Context, key DedupKey, ttl time.Duration
 
 // sweepClaims forgets expired claims that nobody released (a holder that
 // crashed), each time the claim count doubles: amortized O(1).
-func (s *MemoryStore) sweepClaims(now time.Time) {
+func (s *MemoryTraceStore) sweepClaims(now time.Time) {
 	if len(s.claims) < s.sweepSize {
 		return
 	}

@@ -10,9 +10,9 @@ import (
 
 // A duplicate order.shipped finds the token of the first trace, and a changed
 // goods list shows as a different fingerprint.
-func ExampleMemoryStore() {
+func ExampleMemoryTraceStore() {
 	ctx := context.Background()
-	store := waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: 10_000})
+	store := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{MaxEntries: 10_000})
 
 	key := waybill.DedupKey{AppID: "wx1234567890abcdef", WaybillID: "SF1234567890", TransID: "4200001234"}
 	goods := []waybill.Goods{{Name: "咖啡豆", ImageURL: "https://img.example.com/beans.jpg", Description: "500g"}}

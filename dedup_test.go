@@ -21,7 +21,7 @@ func newFakeClock() *storetest.Clock {
 func TestMemoryStoreConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, ttl time.Duration) storetest.Env {
 		clock := newFakeClock()
-		s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{TTL: ttl, Now: clock.Now})
+		s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{TTL: ttl, Now: clock.Now})
 		return storetest.Env{
 			Open:       func() waybill.TraceStore { return s },
 			Advance:    clock.Advance,
@@ -51,7 +51,7 @@ func present(t *testing.T, s waybill.TraceStore, ids ...string) []string {
 
 func TestMemoryStoreEvictsLeastRecentlyUsed(t *testing.T) {
 	ctx := context.Background()
-	s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: 3})
+	s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{MaxEntries: 3})
 	put := func(id string) {
 		t.Helper()
 		require.NoError(t, s.Put(ctx, key(id), waybill.TraceRecord{WaybillToken: "tok-" + id}))
@@ -83,7 +83,7 @@ func TestMemoryStoreEvictsLeastRecentlyUsed(t *testing.T) {
 func TestMemoryStoreExpiresByPutTimeNotUse(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()
-	s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{TTL: time.Hour, Now: clock.Now})
+	s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{TTL: time.Hour, Now: clock.Now})
 	put := func(id string) {
 		t.Helper()
 		require.NoError(t, s.Put(ctx, key(id), waybill.TraceRecord{WaybillToken: "tok-" + id}))
@@ -110,29 +110,29 @@ func TestMemoryStoreExpiresByPutTimeNotUse(t *testing.T) {
 func TestMemoryStoreDefaults(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()
-	s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{Now: clock.Now})
+	s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{Now: clock.Now})
 	require.NoError(t, s.Put(ctx, key("a"), waybill.TraceRecord{WaybillToken: "t"}))
 	clock.Advance(waybill.DefaultTraceTTL - time.Second)
 	assert.Equal(t, []string{"a"}, present(t, s, "a"))
 	clock.Advance(time.Second)
 	assert.Empty(t, present(t, s, "a"))
 
-	for i := range waybill.DefaultMemoryStoreEntries + 10 {
+	for i := range waybill.DefaultMemoryTraceStoreEntries + 10 {
 		require.NoError(t, s.Put(ctx, key(fmt.Sprint(i)), waybill.TraceRecord{WaybillToken: "t"}))
 	}
-	assert.Equal(t, waybill.DefaultMemoryStoreEntries, s.Len())
+	assert.Equal(t, waybill.DefaultMemoryTraceStoreEntries, s.Len())
 	assert.Empty(t, present(t, s, "0", "9"))
 	assert.Equal(t, []string{"10"}, present(t, s, "10"))
 }
 
 func TestMemoryStoreConfigValidate(t *testing.T) {
-	assert.NoError(t, (&waybill.MemoryStoreConfig{}).Validate())
-	err := (&waybill.MemoryStoreConfig{MaxEntries: -1, TTL: -time.Second}).Validate()
+	assert.NoError(t, (&waybill.MemoryTraceStoreConfig{}).Validate())
+	err := (&waybill.MemoryTraceStoreConfig{MaxEntries: -1, TTL: -time.Second}).Validate()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "MaxEntries")
 	assert.Contains(t, err.Error(), "TTL")
 	assert.PanicsWithValue(t, "waybill: memory store config: MaxEntries -1 is negative", func() {
-		waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: -1})
+		waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{MaxEntries: -1})
 	})
 }
 
@@ -141,7 +141,7 @@ func TestMemoryStoreConfigValidate(t *testing.T) {
 func TestMemoryStoreForgetsOnlyExpiredClaims(t *testing.T) {
 	ctx := context.Background()
 	clock := newFakeClock()
-	s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{Now: clock.Now})
+	s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{Now: clock.Now})
 	claim := func(id string, ttl time.Duration) bool {
 		t.Helper()
 		_, ok, err := s.Claim(ctx, key(id), ttl)
@@ -238,8 +238,8 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 	ctx := context.Background()
 	const n = 100_000
 	keys, rec := storetest.Keys(2*n), storetest.Record
-	full := func(b *testing.B) *waybill.MemoryStore {
-		s := waybill.NewMemoryStore(waybill.MemoryStoreConfig{MaxEntries: n})
+	full := func(b *testing.B) *waybill.MemoryTraceStore {
+		s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{MaxEntries: n})
 		for _, k := range keys[:n] {
 			if err := s.Put(ctx, k, rec); err != nil {
 				b.Fatal(err)

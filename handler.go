@@ -83,7 +83,7 @@ type Config struct {
 	// Traces, when set, remembers each waybill's token so that a redelivered
 	// or duplicate event republishes the same waybill.traced without calling
 	// WeChat (saving the buyer's 100 calls a day), and concurrent duplicates
-	// make one call. Use NewMemoryStore for one process, redisdedup for many.
+	// make one call. Use NewMemoryTraceStore for one process, redisdedup for many.
 	// Nil means every event is traced (WeChat answers a repeat with the same
 	// token, at the cost of a call).
 	Traces TraceStore

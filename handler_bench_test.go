@@ -52,7 +52,7 @@ func benchHandle(b *testing.B, tr Tracer, mod func(*Config)) {
 func BenchmarkHandle(b *testing.B) {
 	b.Run("plain", func(b *testing.B) { benchHandle(b, instantTracer{}, nil) })
 	b.Run("dedup_hit", func(b *testing.B) {
-		benchHandle(b, instantTracer{}, func(c *Config) { c.Traces = NewMemoryStore(MemoryStoreConfig{}) })
+		benchHandle(b, instantTracer{}, func(c *Config) { c.Traces = NewMemoryTraceStore(MemoryTraceStoreConfig{}) })
 	})
 	b.Run("limiter", func(b *testing.B) {
 		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{AppDaily: -1, UserDaily: -1, Rate: -1}})

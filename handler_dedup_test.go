@@ -17,7 +17,7 @@ func withStore(store TraceStore) func(*Config) {
 
 func TestDuplicateReusesStoredToken(t *testing.T) {
 	tr, pub := newScriptedTracer(), &recorder{}
-	h := newTestHandler(t, tr, pub, withStore(NewMemoryStore(MemoryStoreConfig{})))
+	h := newTestHandler(t, tr, pub, withStore(NewMemoryTraceStore(MemoryTraceStoreConfig{})))
 	ev := validEvent("order-1", "SF100")
 	require.NoError(t, h.Handle(msgOf(t, ev)))
 	require.NoError(t, h.Handle(msgOf(t, ev)), "a redelivery")
@@ -32,7 +32,7 @@ func TestDuplicateReusesStoredToken(t *testing.T) {
 
 func TestChangedGoodsUpdateInsteadOfTrace(t *testing.T) {
 	tr, pub := newScriptedTracer(), &recorder{}
-	store := NewMemoryStore(MemoryStoreConfig{})
+	store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
 	h := newTestHandler(t, tr, pub, withStore(store))
 	ev := validEvent("order-1", "SF100")
 	require.NoError(t, h.Handle(msgOf(t, ev)))
@@ -53,7 +53,7 @@ func TestChangedGoodsUpdateInsteadOfTrace(t *testing.T) {
 
 func TestConcurrentDuplicatesMakeOneCall(t *testing.T) {
 	tr, pub := newScriptedTracer(), &recorder{}
-	h := newTestHandler(t, tr, pub, withStore(NewMemoryStore(MemoryStoreConfig{})))
+	h := newTestHandler(t, tr, pub, withStore(NewMemoryTraceStore(MemoryTraceStoreConfig{})))
 	ev := validEvent("order-1", "SF100")
 	var wg sync.WaitGroup
 	for range 20 {
@@ -90,7 +90,7 @@ func TestStoreFaultLeavesEventForRedelivery(t *testing.T) {
 func TestFailedTraceReleasesClaim(t *testing.T) {
 	tr, pub := newScriptedTracer(), &recorder{}
 	tr.on("SF100", wechatErr(40003))
-	h := newTestHandler(t, tr, pub, withStore(NewMemoryStore(MemoryStoreConfig{})))
+	h := newTestHandler(t, tr, pub, withStore(NewMemoryTraceStore(MemoryTraceStoreConfig{})))
 	ev := validEvent("order-1", "SF100")
 	require.NoError(t, h.Handle(msgOf(t, ev)))
 	require.Len(t, pub.on(DefaultDeadLetterTopic), 1)

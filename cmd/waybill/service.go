@@ -64,7 +64,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	var (
 		tokenStore wechat.TokenStore
 		limitStore ratelimit.Store
-		traces     waybill.TraceStore = waybill.NewMemoryStore(waybill.MemoryStoreConfig{})
+		traces     waybill.TraceStore = waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{})
 		redisAddr  string
 	)
 	if cfg.Redis != "" {
