@@ -118,14 +118,14 @@ func (c *Client) GoString() string { return c.String() }
 // appid's token, and decodes the answer into out.
 func (c *Client) post(ctx context.Context, appid, endpoint, path string, in, out any) error {
 	if appid == "" {
-		return fmt.Errorf("wechat %s: empty appid", endpoint)
+		return notSent(fmt.Errorf("wechat %s: empty appid", endpoint))
 	}
 	body, err := encodeJSON(in)
 	if err != nil {
-		return fmt.Errorf("wechat %s: encode request: %w", endpoint, err)
+		return notSent(fmt.Errorf("wechat %s: encode request: %w", endpoint, err))
 	}
 	if string(body) == "null" {
-		return fmt.Errorf("wechat %s: nil request", endpoint)
+		return notSent(fmt.Errorf("wechat %s: nil request", endpoint))
 	}
 	return authorized(ctx, c.tokens, appid, endpoint, c.log, func(tok string) error {
 		r := &request{method: http.MethodPost, endpoint: endpoint, path: path,
@@ -137,10 +137,13 @@ func (c *Client) post(ctx context.Context, appid, endpoint, path string, in, out
 // authorized runs call with src's token for key. If WeChat rejects the token
 // (ClassToken), it asks src to refresh that very token, which fetches only if
 // nobody has yet, and runs call once more. It never loops.
+//
+// Its error is ErrNotSent only if no attempt reached WeChat: once WeChat has
+// answered the first, neither a failed refresh nor an unsent retry is.
 func authorized(ctx context.Context, src TokenSource, key, endpoint string, log *slog.Logger, call func(tok string) error) error {
 	tok, err := src.Token(ctx, key)
 	if err != nil {
-		return fmt.Errorf("wechat %s: token for %s: %w", endpoint, key, err)
+		return notSent(fmt.Errorf("wechat %s: token for %s: %w", endpoint, key, err))
 	}
 	err = call(tok)
 	var we *Error
@@ -151,8 +154,9 @@ func authorized(ctx context.Context, src TokenSource, key, endpoint string, log 
 		slog.String("appid", key), slog.String("endpoint", endpoint), slog.Int("errcode", we.Code))
 	fresh, rerr := src.Refresh(ctx, key, tok)
 	if rerr != nil {
-		return fmt.Errorf("wechat %s: errcode %d rejected the token of %s and refreshing it failed: %w",
-			endpoint, we.Code, key, rerr)
+		// A fetching source's own unsent request must not mark this call.
+		return sent(fmt.Errorf("wechat %s: errcode %d rejected the token of %s and refreshing it failed: %w",
+			endpoint, we.Code, key, rerr))
 	}
-	return call(fresh)
+	return sent(call(fresh))
 }

@@ -255,3 +255,28 @@ func sampleTrace() *TraceWaybillRequest {
 		GoodsInfo: GoodsInfo{DetailList: []Goods{{GoodsName: "茶叶", GoodsImgURL: "https://img.example/a.png"}}},
 	}
 }
+
+func TestAnswerWithoutWaybillTokenIsTransientError(t *testing.T) {
+	for _, body := range []string{`{}`, `{"errcode":0,"errmsg":"ok"}`, `{"errcode":0,"errmsg":"ok","waybill_token":""}`} {
+		for _, name := range []string{"trace_waybill", "follow_waybill"} {
+			t.Run(name+" "+body, func(t *testing.T) {
+				srv := newScripted(t, func(int64, recordedRequest) (int, any) { return 200, body })
+				c := newTestClient(t, srv.URL, StaticTokenSource{"wxapp": "tok"})
+				call := c.TraceWaybill
+				if name == "follow_waybill" {
+					call = c.FollowWaybill
+				}
+				resp, err := call(context.Background(), "wxapp", sampleTrace())
+				if resp != nil || !errors.Is(err, ErrNoWaybillToken) {
+					t.Fatalf("got %+v, %v; want no response and ErrNoWaybillToken", resp, err)
+				}
+				if ClassOf(err) != ClassTransient || errors.Is(err, ErrNotSent) {
+					t.Errorf("class %v, not sent %v; want transient, sent", ClassOf(err), errors.Is(err, ErrNotSent))
+				}
+				if want := "wechat " + name + ": "; !strings.HasPrefix(err.Error(), want) {
+					t.Errorf("message %q, want it to start with %q", err, want)
+				}
+			})
+		}
+	}
+}

@@ -31,7 +31,9 @@ type ComponentConfig struct {
 	// new MemoryStore, which loses the refresh tokens on exit: use a durable
 	// shared store (package redisstore) in production.
 	Store TokenStore
-	// Early is how long before expiry a token is renewed. 0 means DefaultEarly.
+	// Early is how long before expiry a token is renewed: min(Early, a fifth
+	// of the lifetime WeChat reported in expires_in). 0 means DefaultEarly
+	// (1 min); it must stay under 5 min.
 	Early time.Duration
 	// LockTTL bounds one fetch and how long it holds the store's lock. 0 means
 	// DefaultLockTTL.

@@ -20,9 +20,10 @@ type StableTokenConfig struct {
 	Secrets Secrets
 	// Store keeps the tokens. nil means a new MemoryStore: one process.
 	Store TokenStore
-	// Early is how long before expiry a token is renewed. 0 means
-	// DefaultEarly (1 min); it must stay under 5 min, the least lifetime
-	// stable_token hands out.
+	// Early is how long before expiry a token is renewed: min(Early, a fifth
+	// of the lifetime WeChat reported in expires_in), so that a short-lived
+	// token is not fetched again on every call. 0 means DefaultEarly (1 min);
+	// it must stay under 5 min, the least lifetime stable_token hands out.
 	Early time.Duration
 	// LockTTL bounds one fetch and how long it holds the store's lock. 0 means
 	// DefaultLockTTL (30 s).
@@ -142,7 +143,8 @@ func newToken(endpoint, value string, expiresIn int64, now time.Time) (Token, er
 	if expiresIn <= 0 {
 		expiresIn = 7200
 	}
-	return Token{Value: value, Expiry: now.Add(time.Duration(expiresIn) * time.Second)}, nil
+	life := time.Duration(expiresIn) * time.Second
+	return Token{Value: value, Expiry: now.Add(life), Lifetime: life}, nil
 }
 
 // Token implements TokenSource.

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
 // tokenServer answers the token endpoints with "at-1", "at-2", ... valid for
@@ -230,5 +232,47 @@ func TestSharedStoreReadOncePerLifetime(t *testing.T) {
 	}
 	if n := len(srv.requests()); n != 1 {
 		t.Fatalf("%d fetches, want 1", n)
+	}
+}
+
+// A token living less than 5*Early must not be fetched again on every call:
+// the early renewal is bounded by a fifth of the lifetime WeChat reported.
+func TestShortLivedTokenIsRenewedByFractionOfItsLifetime(t *testing.T) {
+	clock := newFakeClock()
+	srv, c := sandbox(t, wechattest.Config{TokenTTL: 20 * time.Second, AppDailyQuota: -1, OpenIDDailyQuota: -1}, clock)
+	const calls = 160
+	for i := range calls {
+		if _, err := c.TraceWaybill(context.Background(), appID, sampleTrace()); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		clock.Advance(60 * time.Second / calls)
+	}
+	// Fetched at 0, 16 s, 32 s and 48 s: renewed 4 s (20 s / 5) before expiry.
+	if n := len(srv.CallsTo("stable_token")); n < 3 || n > 4 {
+		t.Fatalf("%d stable_token calls for %d calls over 60 s of 20 s tokens, want 3 or 4", n, calls)
+	}
+	for _, code := range []int{40001, 42001} {
+		if n := countErrcode(srv, "trace_waybill", code); n != 0 {
+			t.Fatalf("%d calls answered %d: a token was used too late", n, code)
+		}
+	}
+}
+
+func TestEarlyBoundKeepsLongLivedTokensAtEarly(t *testing.T) {
+	srv := tokenServer(t, 600)
+	clock := newFakeClock()
+	src := newStable(t, srv.URL, clock, nil)
+	ctx := context.Background()
+	if _, err := src.Token(ctx, "wxapp"); err != nil {
+		t.Fatal(err)
+	}
+	// A fifth of 10 min is 2 min, more than Early: Early wins.
+	clock.Advance(10*time.Minute - DefaultEarly - time.Second)
+	if tok, _ := src.Token(ctx, "wxapp"); tok != "at-1" {
+		t.Fatalf("renewed before Early: %q", tok)
+	}
+	clock.Advance(time.Second)
+	if tok, _ := src.Token(ctx, "wxapp"); tok != "at-2" {
+		t.Fatalf("not renewed Early before expiry: %q", tok)
 	}
 }

@@ -16,7 +16,9 @@
 // caller what to do. [ClassOf] classifies any error the client returns: local
 // failures (network, timeouts, undecodable answers) are [ClassTransient], never
 // permanent. The table behind [DefaultClassify] can be replaced or extended
-// through Config.Classify.
+// through Config.Classify. An error also satisfies errors.Is(err,
+// [ErrNotSent]) when WeChat certainly never received the call (no connection
+// was made for it, or its token could not be had), whatever its class.
 //
 // # Tokens
 //

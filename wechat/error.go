@@ -136,14 +136,78 @@ var ErrNoVerifyTicket = errors.New("wechat: no component_verify_ticket stored")
 // refresh token be passed to SetRefreshToken.
 var ErrNoRefreshToken = errors.New("wechat: no authorizer_refresh_token stored")
 
+// ErrNotSent marks an error of a call that WeChat cannot have received: no
+// connection was obtained for it (dial, DNS and TLS handshake failures, the
+// context ending before a connection was ready), its context was done before
+// it started, its token source failed, or it failed before the request was
+// built. Test it with errors.Is; it adds to the error, it does not replace
+// it, so [ClassOf] and errors.As see the same error as without it.
+//
+// An error without it may still be of a call WeChat never received: the
+// marker is set only when that is certain. A call is "sent" once net/http
+// reports a connection for it (httptrace GotConn): HTTP/2 may write a
+// request after RoundTrip returned, so nothing later is proof of not
+// sending. A custom RoundTripper that reports no GetConn gets no marker for
+// its errors. A call whose first attempt WeChat answered (say with 40001)
+// is never ErrNotSent, whatever happened to the retry.
+var ErrNotSent = errors.New("wechat: request not sent")
+
+// notSentError adds ErrNotSent to err; its message is err's.
+type notSentError struct{ err error }
+
+func notSent(err error) error { return &notSentError{err} }
+
+func (e *notSentError) Error() string        { return e.err.Error() }
+func (e *notSentError) Unwrap() error        { return e.err }
+func (e *notSentError) Is(target error) bool { return target == ErrNotSent }
+
+// sent removes ErrNotSent from err, which follows a request WeChat received.
+func sent(err error) error {
+	if ns, ok := err.(*notSentError); ok {
+		return sent(ns.err) // keeps the inner error's type for callers that assert it
+	}
+	if errors.Is(err, ErrNotSent) {
+		return &sentError{err}
+	}
+	return err
+}
+
+// sentError hides any ErrNotSent in err's chain, for an error that follows a
+// request WeChat did receive (a token refresh failing after a rejection).
+// It has no Unwrap, since errors.Is would then find the marker below it;
+// Is and As forward everything else, so ClassOf still sees err.
+type sentError struct{ err error }
+
+func (e *sentError) Error() string { return e.err.Error() }
+func (e *sentError) Is(target error) bool {
+	return target != ErrNotSent && errors.Is(e.err, target)
+}
+func (e *sentError) As(target any) bool { return errors.As(e.err, target) }
+
+// ErrNoWaybillToken is in the error of TraceWaybill or FollowWaybill when
+// WeChat (or a gateway in front of it) answered HTTP 200 with errcode 0 but no
+// waybill_token, e.g. "{}": the call cannot count as done without the token.
+// [ClassOf] classifies it as ClassTransient, as it does an undecodable answer:
+// retry, bounded by the caller's policy.
+var ErrNoWaybillToken = errors.New("wechat: answer has no waybill_token")
+
+// noWaybillTokenError is ErrNoWaybillToken naming its endpoint.
+type noWaybillTokenError struct{ endpoint string }
+
+func (e *noWaybillTokenError) Error() string {
+	return "wechat " + e.endpoint + ": answer has errcode 0 but no waybill_token"
+}
+func (e *noWaybillTokenError) Is(target error) bool { return target == ErrNoWaybillToken }
+
 // ClassOf classifies any error returned by this package. nil gives 0. An
 // [*Error] found with errors.As gives its Class. [ErrNotRefreshable],
 // [ErrNoVerifyTicket], [ErrNoRefreshToken] and [ErrUnknownAppID] give
-// ClassConfiguration. Every
-// other error (network, timeouts, io.ErrUnexpectedEOF, an undecodable answer,
+// ClassConfiguration. Every other error (network, timeouts,
+// io.ErrUnexpectedEOF, an undecodable answer, [ErrNoWaybillToken],
 // context.DeadlineExceeded during the HTTP call, and anything unknown) is
 // ClassTransient: a local failure says nothing about the request and must
-// never cause it to be dropped as permanent.
+// never cause it to be dropped as permanent. [ErrNotSent] does not change
+// the class.
 func ClassOf(err error) Class {
 	if err == nil {
 		return 0

@@ -43,9 +43,21 @@ type TraceWaybillResponse struct {
 // TraceWaybill registers a waybill with the query plugin (查询组件) and returns
 // the waybill_token the mini program opens it with. Calling it again for the
 // same waybill returns the same token and does not change the goods shown; use
-// UpdateWaybillGoods for that.
+// UpdateWaybillGoods for that. An answer without a waybill_token is an error
+// wrapping ErrNoWaybillToken.
 func (c *Client) TraceWaybill(ctx context.Context, appid string, req *TraceWaybillRequest) (*TraceWaybillResponse, error) {
-	return call[TraceWaybillResponse](ctx, c, appid, openMsgPath+"trace_waybill", req)
+	return c.registerWaybill(ctx, appid, "trace_waybill", req)
+}
+
+// registerWaybill calls trace_waybill or follow_waybill. It fails an answer
+// that says ok but carries no token: the token is the whole result, and a
+// gateway may answer "{}" with HTTP 200.
+func (c *Client) registerWaybill(ctx context.Context, appid, name string, req *TraceWaybillRequest) (*TraceWaybillResponse, error) {
+	resp, err := call[TraceWaybillResponse](ctx, c, appid, openMsgPath+name, req)
+	if err == nil && resp.WaybillToken == "" {
+		return nil, &noWaybillTokenError{name}
+	}
+	return resp, err
 }
 
 // WaybillStatus is the state of a waybill as query_trace reports it.
@@ -158,9 +170,10 @@ type (
 // FollowWaybill registers a waybill with the message component, which sends
 // the buyer service notifications at pickup, out-for-delivery and signing.
 // (One SDK marks the component withdrawn since 2023-05-31; WeChat's index
-// still lists it.)
+// still lists it.) An answer without a waybill_token is an error wrapping
+// ErrNoWaybillToken.
 func (c *Client) FollowWaybill(ctx context.Context, appid string, req *FollowWaybillRequest) (*FollowWaybillResponse, error) {
-	return call[FollowWaybillResponse](ctx, c, appid, openMsgPath+"follow_waybill", req)
+	return c.registerWaybill(ctx, appid, "follow_waybill", req)
 }
 
 // QueryFollowTrace is QueryTrace for a waybill registered with FollowWaybill.

@@ -87,6 +87,11 @@ func (s StaticTokenSource) GoString() string { return s.String() }
 type Token struct {
 	Value  string
 	Expiry time.Time // when WeChat stops accepting it; zero = does not expire
+	// Lifetime is the expires_in WeChat answered with the token; zero when
+	// unknown. It bounds how early the token is renewed (see
+	// StableTokenConfig.Early), so a TokenStore should keep it; one that
+	// drops it gets renewal the full Early before expiry.
+	Lifetime time.Duration
 }
 
 // String shows the expiry, never the value.
@@ -185,7 +190,7 @@ func (m *MemoryStore) GoString() string { return m.String() }
 
 // Defaults of the token caches.
 const (
-	DefaultEarly   = time.Minute      // renew this long before expiry
+	DefaultEarly   = time.Minute      // renew this long before expiry, at most a fifth of the lifetime
 	DefaultLockTTL = 30 * time.Second // longest a fetch may hold the refresh lock
 	minPoll        = 10 * time.Millisecond
 	maxPoll        = 500 * time.Millisecond
@@ -253,10 +258,19 @@ func newCache(s cacheSettings) *cache {
 	return c
 }
 
+// earlyFraction bounds the early renewal by the token's lifetime: a token
+// living less than 5*Early would otherwise be stale on arrival and fetched
+// again on every call.
+const earlyFraction = 5
+
 // usable reports whether tok may be handed out instead of stale.
 func (c *cache) usable(tok Token, stale string) bool {
+	early := c.early
+	if tok.Lifetime > 0 {
+		early = min(early, tok.Lifetime/earlyFraction)
+	}
 	return tok.Value != "" && tok.Value != stale &&
-		(tok.Expiry.IsZero() || c.now().Before(tok.Expiry.Add(-c.early)))
+		(tok.Expiry.IsZero() || c.now().Before(tok.Expiry.Add(-early)))
 }
 
 // get returns a usable token for key, other than stale, fetching one with

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync/atomic"
 )
 
 // maxResponseBytes bounds how much of an answer is read. The largest known
@@ -98,7 +100,24 @@ type request struct {
 
 // do sends r and decodes the answer into out. Neither the query (which may hold
 // an access_token or a secret) nor r.secrets ever appear in the returned error.
+// The error is marked ErrNotSent when r certainly did not reach WeChat.
 func (w *wire) do(ctx context.Context, r *request, out any) error {
+	if err := ctx.Err(); err != nil {
+		// Checked here because net/http may fail a done context before it
+		// reports GetConn, which would leave the error unmarked.
+		return notSent(fmt.Errorf("wechat %s: %w", r.endpoint, err))
+	}
+	// Connection events decide ErrNotSent, not the error's text or type: a
+	// request without a connection cannot have been written. Once there is
+	// one, it may have been (HTTP/2 writes on its own goroutine, even after
+	// RoundTrip returned for a cancelled context), so WroteRequest not having
+	// fired yet proves nothing. GetConn tells that the transport reports
+	// these events at all.
+	var asked, connected atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GetConn: func(string) { asked.Store(true) },
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	})
 	u := w.base + r.path
 	if len(r.query) > 0 {
 		u += "?" + r.query.Encode()
@@ -109,7 +128,7 @@ func (w *wire) do(ctx context.Context, r *request, out any) error {
 	}
 	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
 	if err != nil {
-		return fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err))
+		return notSent(fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err)))
 	}
 	req.Header.Set("Accept", "application/json")
 	if r.method == http.MethodPost {
@@ -117,7 +136,11 @@ func (w *wire) do(ctx context.Context, r *request, out any) error {
 	}
 	resp, err := w.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err))
+		err = fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err))
+		if asked.Load() && !connected.Load() {
+			return notSent(err)
+		}
+		return err
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))

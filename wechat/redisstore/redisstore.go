@@ -8,8 +8,9 @@
 //
 // Keys, under Options.Prefix:
 //
-//	<prefix><key>        JSON {"value":"…","expiry_ms":…}; no Redis TTL, the
-//	                     reader judges expiry (refresh tokens never expire)
+//	<prefix><key>        JSON {"value":"…","expiry_ms":…,"lifetime_ms":…}; no
+//	                     Redis TTL, the reader judges expiry (refresh tokens
+//	                     never expire)
 //	<prefix>lock:<key>   the refresh lock: SET NX PX with a random owner id,
 //	                     released only by its owner (compare-and-delete)
 package redisstore
@@ -54,8 +55,9 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 }
 
 type record struct {
-	Value    string `json:"value"`
-	ExpiryMS int64  `json:"expiry_ms,omitempty"` // Unix milliseconds; 0 = never
+	Value      string `json:"value"`
+	ExpiryMS   int64  `json:"expiry_ms,omitempty"`   // Unix milliseconds; 0 = never
+	LifetimeMS int64  `json:"lifetime_ms,omitempty"` // Token.Lifetime; 0 = unknown (records written before it existed)
 }
 
 // Load implements wechat.TokenStore.
@@ -71,7 +73,7 @@ func (s *Store) Load(ctx context.Context, key string) (wechat.Token, bool, error
 	if err := json.Unmarshal(b, &r); err != nil {
 		return wechat.Token{}, false, fmt.Errorf("redisstore: decode %s: %w", key, err)
 	}
-	tok := wechat.Token{Value: r.Value}
+	tok := wechat.Token{Value: r.Value, Lifetime: time.Duration(r.LifetimeMS) * time.Millisecond}
 	if r.ExpiryMS != 0 {
 		tok.Expiry = time.UnixMilli(r.ExpiryMS)
 	}
@@ -80,7 +82,7 @@ func (s *Store) Load(ctx context.Context, key string) (wechat.Token, bool, error
 
 // Save implements wechat.TokenStore.
 func (s *Store) Save(ctx context.Context, key string, tok wechat.Token) error {
-	r := record{Value: tok.Value}
+	r := record{Value: tok.Value, LifetimeMS: tok.Lifetime.Milliseconds()}
 	if !tok.Expiry.IsZero() {
 		r.ExpiryMS = tok.Expiry.UnixMilli()
 	}

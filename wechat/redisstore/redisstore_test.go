@@ -29,14 +29,15 @@ func storeContract(t *testing.T, open func() wechat.TokenStore) {
 	t.Run("save and load across handles", func(t *testing.T) {
 		exp := time.Date(2026, 3, 1, 11, 0, 0, 123_000_000, time.UTC)
 		for _, tok := range []wechat.Token{
-			{Value: "at-西湖<&>", Expiry: exp},
+			{Value: "at-西湖<&>", Expiry: exp, Lifetime: 20 * time.Second},
 			{Value: "refresh-never-expires"},
 		} {
 			if err := a.Save(ctx, "k", tok); err != nil {
 				t.Fatal(err)
 			}
 			got, ok, err := b.Load(ctx, "k")
-			if err != nil || !ok || got.Value != tok.Value || !got.Expiry.Equal(tok.Expiry) || got.Expiry.IsZero() != tok.Expiry.IsZero() {
+			if err != nil || !ok || got.Value != tok.Value || !got.Expiry.Equal(tok.Expiry) || got.Expiry.IsZero() != tok.Expiry.IsZero() ||
+				got.Lifetime != tok.Lifetime {
 				t.Fatalf("Load = %+v (%q), %v, %v; want %+v", got, got.Value, ok, err, tok)
 			}
 		}
