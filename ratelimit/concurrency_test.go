@@ -186,3 +186,59 @@ func TestConcurrentRefunds(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentReservations has many limiters race to reserve at one
+// instant. Beyond the burst every reservation must get its own turn, one
+// interval after the previous, up to maxWait; the rest are denied with the
+// first turn not taken as RetryAt.
+func TestConcurrentReservations(t *testing.T) {
+	now := cst("2026-03-14 10:00:00")
+	const (
+		burst    = 5
+		interval = 10 * time.Millisecond // Rate 100
+		calls    = 120
+	)
+	for _, c := range []struct {
+		name    string
+		maxWait time.Duration
+		turns   int // reservations beyond the burst that fit in maxWait
+	}{
+		{"every call fits in maxWait", time.Hour, calls - burst},
+		{"maxWait cuts the queue", 500 * time.Millisecond, 50},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			forEachStore(t, func(t *testing.T, k storeKind) {
+				ls := limiters(t, k, Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 100, Burst: burst}})
+				ds := hammer(t, ls, calls, func(l *Limiter, i int) (Decision, error) {
+					return l.Reserve(context.Background(), "wxA", "", now, c.maxWait)
+				})
+				var waits []time.Duration
+				denied := 0
+				for i, d := range ds {
+					switch {
+					case d.Allowed:
+						waits = append(waits, d.At.Sub(now))
+					case d.Reason != ReasonRate || !d.At.IsZero():
+						t.Errorf("call %d: %+v, want allowed or a rate denial with no At", i, d)
+					default:
+						denied++
+						if want := now.Add(time.Duration(c.turns+1) * interval); !d.RetryAt.Equal(want) {
+							t.Errorf("call %d: denied with RetryAt %s, want %s", i, d.RetryAt, want)
+						}
+					}
+				}
+				want := make([]time.Duration, burst, burst+c.turns)
+				for i := 1; i <= c.turns; i++ {
+					want = append(want, time.Duration(i)*interval)
+				}
+				slices.Sort(waits)
+				if !slices.Equal(waits, want) {
+					t.Errorf("waits of the allowed calls %v,\nwant %d of 0 then one at each of 10ms..%v", waits, burst, time.Duration(c.turns)*interval)
+				}
+				if denied != calls-burst-c.turns {
+					t.Errorf("%d denied, want %d", denied, calls-burst-c.turns)
+				}
+			})
+		})
+	}
+}

@@ -3,6 +3,8 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"testing"
 	"time"
 )
@@ -23,10 +25,14 @@ type step struct {
 	app, user string
 	n         int
 	ref       int
+	// reserve makes the step ReserveN with maxWait instead of AllowN.
+	reserve bool
+	maxWait time.Duration
 
 	allowed           bool
 	reason            Reason
 	retryAt           time.Time
+	goAt              time.Time // Decision.At of an allowed step
 	appLeft, userLeft int64
 }
 
@@ -40,8 +46,26 @@ func allowN(at time.Time, app, user string, n int) step {
 	return s
 }
 
+func reserve(at time.Time, app, user string, maxWait time.Duration) step {
+	s := allow(at, app, user)
+	s.reserve, s.maxWait = true, maxWait
+	return s
+}
+
+func reserveN(at time.Time, app, user string, n int, maxWait time.Duration) step {
+	s := reserve(at, app, user, maxWait)
+	s.n = n
+	return s
+}
+
+// ok expects the call allowed to go at once (At is the step's time).
 func (s step) ok(appLeft, userLeft int64) step {
-	s.allowed, s.appLeft, s.userLeft = true, appLeft, userLeft
+	return s.okAt(s.at, appLeft, userLeft)
+}
+
+// okAt expects the call allowed to go at goAt.
+func (s step) okAt(goAt time.Time, appLeft, userLeft int64) step {
+	s.allowed, s.goAt, s.appLeft, s.userLeft = true, goAt, appLeft, userLeft
 	return s
 }
 
@@ -214,6 +238,53 @@ func decisionCases() []decisionCase {
 			refund(1),
 			allow(t0, "wxA", "u1").ok(1, 0),
 		}},
+
+		// Reservations. 10 calls/s is one token every 100 ms.
+		{"reserve within maxWait, deny beyond it counting nothing", Config{Defaults: Limits{AppDaily: 5, UserDaily: -1, Rate: 10, Burst: 2}}, []step{
+			reserveN(t0, "wxA", "u1", 2, 250*time.Millisecond).ok(3, -1), // the burst: no wait
+			reserve(t0, "wxA", "u1", 250*time.Millisecond).okAt(sec(0.1), 2, -1),
+			reserve(t0, "wxA", "u1", 250*time.Millisecond).okAt(sec(0.2), 1, -1),
+			// The next turn, 0.3 s, is 300 ms away: denied as AllowN is.
+			reserve(t0, "wxA", "u1", 250*time.Millisecond).deny(ReasonRate, sec(0.3), 1, -1),
+			allow(t0, "wxA", "u1").deny(ReasonRate, sec(0.3), 1, -1),
+			// Exactly maxWait away is within it.
+			reserve(sec(0.05), "wxA", "u1", 250*time.Millisecond).okAt(sec(0.3), 0, -1),
+			// The daily quota denies whatever the wait.
+			reserve(sec(0.05), "wxA", "u1", time.Hour).deny(ReasonAppDaily, mid, 0, -1),
+		}},
+		{"maxWait is a bound to the microsecond", Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 10, Burst: 1}}, []step{
+			reserve(t0, "wxA", "", 0).ok(-1, -1),
+			reserve(t0, "wxA", "", 100*time.Millisecond-time.Microsecond).deny(ReasonRate, sec(0.1), -1, -1),
+			// Sub-microsecond parts of maxWait do not count.
+			reserve(t0, "wxA", "", 100*time.Millisecond-time.Nanosecond).deny(ReasonRate, sec(0.1), -1, -1),
+			reserve(t0, "wxA", "", 100*time.Millisecond).okAt(sec(0.1), -1, -1),
+			// maxWait 0 is AllowN.
+			reserve(sec(0.1), "wxA", "", 0).deny(ReasonRate, sec(0.2), -1, -1),
+			reserve(sec(0.2), "wxA", "", 0).ok(-1, -1),
+		}},
+		{"successive reservations get strictly spaced turns", Config{Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 4, Burst: 2}}, []step{
+			// 4 calls/s: one turn every 250 ms beyond a burst of 2.
+			reserve(t0, "wxA", "", 10*time.Second).ok(-1, -1),
+			reserve(t0, "wxA", "", 10*time.Second).ok(-1, -1),
+			reserve(t0, "wxA", "", 10*time.Second).okAt(sec(0.25), -1, -1),
+			reserve(t0, "wxA", "", 10*time.Second).okAt(sec(0.5), -1, -1),
+			reserve(sec(0.1), "wxA", "", 10*time.Second).okAt(sec(0.75), -1, -1),
+			// n calls go together when the last of their tokens comes.
+			reserveN(sec(0.1), "wxA", "", 2, 10*time.Second).okAt(sec(1.25), -1, -1),
+			reserve(sec(1), "wxA", "", 10*time.Second).okAt(sec(1.5), -1, -1),
+			// An AllowN between reservations waits behind them.
+			allow(sec(1), "wxA", "").deny(ReasonRate, sec(1.75), -1, -1),
+			// Once the turns are past and the bucket refilled, the burst is back.
+			reserve(sec(3), "wxA", "", 10*time.Second).ok(-1, -1),
+			allow(sec(3), "wxA", "").ok(-1, -1),
+			reserve(sec(3), "wxA", "", 10*time.Second).okAt(sec(3.25), -1, -1),
+		}},
+		{"refunding a reservation gives back the daily counts, not its turn", Config{Defaults: Limits{AppDaily: 3, UserDaily: 2, Rate: 1, Burst: 1}}, []step{
+			reserve(t0, "wxA", "u1", 5*time.Second).ok(2, 1),
+			reserve(t0, "wxA", "u1", 5*time.Second).okAt(sec(1), 1, 0), // 1
+			refund(1),
+			reserve(t0, "wxA", "u1", 5*time.Second).okAt(sec(2), 1, 0),
+		}},
 	}
 }
 
@@ -243,17 +314,26 @@ func runSteps(t *testing.T, cfg Config, steps []step) {
 			}
 			continue
 		}
-		d, err := l.AllowN(ctx, s.app, s.user, s.at, s.n)
+		var d Decision
+		var err error
+		call := fmt.Sprintf("AllowN(%s, %q, %s, %d)", s.app, s.user, s.at, s.n)
+		if s.reserve {
+			call = fmt.Sprintf("ReserveN(%s, %q, %s, %d, %v)", s.app, s.user, s.at, s.n, s.maxWait)
+			d, err = l.ReserveN(ctx, s.app, s.user, s.at, s.n, s.maxWait)
+		} else {
+			d, err = l.AllowN(ctx, s.app, s.user, s.at, s.n)
+		}
 		if err != nil {
-			t.Fatalf("step %d: AllowN: %v", i, err)
+			t.Fatalf("step %d: %s: %v", i, call, err)
 		}
 		got[i] = d
-		if d.Allowed != s.allowed || d.Reason != s.reason || !d.RetryAt.Equal(s.retryAt) ||
+		// The zero goAt of a denial wants a zero At.
+		if d.Allowed != s.allowed || d.Reason != s.reason || !d.RetryAt.Equal(s.retryAt) || !d.At.Equal(s.goAt) ||
 			d.AppRemaining != s.appLeft || d.UserRemaining != s.userLeft {
-			t.Errorf("step %d: AllowN(%s, %q, %s, %d) =\n\tallowed %v, reason %v, retry %s, left %d/%d; want\n\tallowed %v, reason %v, retry %s, left %d/%d",
-				i, s.app, s.user, s.at, s.n,
-				d.Allowed, d.Reason, d.RetryAt, d.AppRemaining, d.UserRemaining,
-				s.allowed, s.reason, s.retryAt, s.appLeft, s.userLeft)
+			t.Errorf("step %d: %s =\n\tallowed %v, reason %v, retry %s, at %s, left %d/%d; want\n\tallowed %v, reason %v, retry %s, at %s, left %d/%d",
+				i, call,
+				d.Allowed, d.Reason, d.RetryAt, d.At, d.AppRemaining, d.UserRemaining,
+				s.allowed, s.reason, s.retryAt, s.goAt, s.appLeft, s.userLeft)
 		}
 		if _, end := l.Window(s.at); !d.WindowEnd.Equal(end) {
 			t.Errorf("step %d: WindowEnd %s, want %s", i, d.WindowEnd, end)
@@ -268,6 +348,85 @@ func TestDecisions(t *testing.T) {
 				c.cfg.Store = k.one(t)
 				runSteps(t, c.cfg, c.steps)
 			})
+		}
+	})
+}
+
+// TestDecisionsReserveZeroIsAllowN replays every AllowN step of the table as
+// ReserveN with maxWait 0, which must decide exactly the same.
+func TestDecisionsReserveZeroIsAllowN(t *testing.T) {
+	forEachStore(t, func(t *testing.T, k storeKind) {
+		for _, c := range decisionCases() {
+			t.Run(c.name, func(t *testing.T) {
+				steps := make([]step, len(c.steps))
+				for i, s := range c.steps {
+					if s.do == doAllow && !s.reserve {
+						s.reserve, s.maxWait = true, 0
+					}
+					steps[i] = s
+				}
+				c.cfg.Store = k.one(t)
+				runSteps(t, c.cfg, steps)
+			})
+		}
+	})
+}
+
+func TestReserveNRejectsImpossibleRequests(t *testing.T) {
+	ctx := context.Background()
+	now := cst("2026-03-14 10:00:00")
+	l, err := New(Config{Defaults: Limits{AppDaily: 10, UserDaily: 3, Rate: 5, Burst: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name        string
+		app         string
+		n           int
+		maxWait     time.Duration
+		capacityErr bool
+	}{
+		{"negative maxWait", "wxA", 1, -time.Nanosecond, false},
+		{"empty appid", "", 1, time.Second, false},
+		{"n zero", "wxA", 0, time.Second, false},
+		// Waiting cannot make a bucket deeper.
+		{"n over burst, however long the wait", "wxA", 5, time.Hour, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := l.ReserveN(ctx, c.app, "", now, c.n, c.maxWait)
+			if err == nil || d.Allowed {
+				t.Fatalf("ReserveN = %+v, %v; want an error", d, err)
+			}
+			if got := errors.Is(err, ErrExceedsCapacity); got != c.capacityErr {
+				t.Errorf("errors.Is(%v, ErrExceedsCapacity) = %v, want %v", err, got, c.capacityErr)
+			}
+		})
+	}
+	if d, err := l.Reserve(ctx, "wxA", "u1", now, -time.Second); err == nil || d.Allowed {
+		t.Errorf("Reserve(maxWait -1s) = %+v, %v; want an error", d, err)
+	}
+	// The rejected requests counted nothing: the whole burst is there.
+	d, err := l.ReserveN(ctx, "wxA", "", now, 4, 0)
+	if err != nil || !d.Allowed || !d.At.Equal(now) || d.AppRemaining != 6 {
+		t.Fatalf("ReserveN(4) after rejections = %+v, %v; want allowed at now with 6 left", d, err)
+	}
+}
+
+// TestReserveHugeMaxWait: a maxWait too long for the store's exact
+// arithmetic is capped, not an error, and still reserves.
+func TestReserveHugeMaxWait(t *testing.T) {
+	forEachStore(t, func(t *testing.T, k storeKind) {
+		ctx := context.Background()
+		now := cst("2026-03-14 10:00:00")
+		l, err := New(Config{Store: k.one(t), Defaults: Limits{AppDaily: -1, UserDaily: -1, Rate: 1, Burst: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			d, err := l.Reserve(ctx, "wxA", "", now, time.Duration(math.MaxInt64))
+			if want := now.Add(time.Duration(i) * time.Second); err != nil || !d.Allowed || !d.At.Equal(want) {
+				t.Errorf("Reserve %d = %+v, %v; want allowed at %s", i, d, err, want)
+			}
 		}
 	})
 }

@@ -62,6 +62,35 @@ func ExampleLimiter_Allow_rate() {
 	// +200ms: allowed
 }
 
+// Callers that can wait reserve their turns: each gets its own, one token
+// apart, and one whose turn is past its budget is told so without being
+// counted.
+func ExampleLimiter_Reserve() {
+	ctx := context.Background()
+	l, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: 5, Burst: 2}})
+	if err != nil {
+		panic(err)
+	}
+	now := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
+	for range 5 {
+		d, err := l.Reserve(ctx, "wx0123456789abcdef", "", now, 500*time.Millisecond)
+		if err != nil {
+			panic(err)
+		}
+		if d.Allowed {
+			fmt.Printf("reserved: go in %v\n", d.At.Sub(now)) // then sleep until d.At
+		} else {
+			fmt.Printf("denied (%s): the next turn is in %v\n", d.Reason, d.RetryAt.Sub(now))
+		}
+	}
+	// Output:
+	// reserved: go in 0s
+	// reserved: go in 0s
+	// reserved: go in 200ms
+	// reserved: go in 400ms
+	// denied (rate): the next turn is in 600ms
+}
+
 // A call that WeChat refused without counting it (an expired access token,
 // say) goes back to the daily quotas.
 func ExampleLimiter_Refund() {

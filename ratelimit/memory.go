@@ -67,12 +67,17 @@ func (s *MemoryStore) take(_ context.Context, q query) (outcome, error) {
 		o.reason = ReasonUserDaily
 		return o, nil
 	}
+	o.at = q.now
 	if q.interval > 0 {
+		// A reservation may take tokens up to maxWait ahead of the bucket;
+		// its calls go when the last of them comes.
 		tat = max(tat, q.now) + q.n*q.interval
-		if limit := q.burst * q.interval; tat-q.now > limit {
-			o.reason, o.retry = ReasonRate, tat-limit
+		limit := q.burst * q.interval
+		if tat-q.now > limit+q.maxWait {
+			o.reason, o.retry, o.at = ReasonRate, tat-limit, 0
 			return o, nil
 		}
+		o.at = max(q.now, tat-limit)
 	}
 
 	a, w = s.window(q.appid, q.window, q.expire)

@@ -55,8 +55,10 @@ func (s *RedisStore) windowKey(appid, window string) string { return s.appKey(ap
 //
 // KEYS: app count, user count, exhausted flag, tat.
 // ARGV: n, app quota, user quota (-1: unlimited or no openid), now (µs),
-// window expiry (end plus grace, µs), interval (µs per call, 0: unlimited), burst.
-// Returns {allowed, reason, retry (µs), app count, user count, exhausted}.
+// window expiry (end plus grace, µs), interval (µs per call, 0: unlimited), burst,
+// max wait (µs a reservation may wait for its token; 0 for AllowN).
+// Returns {allowed, reason, retry (µs), app count, user count, exhausted,
+// at (µs, when the allowed call may go; 0 when denied)}.
 var redisTakeScript = redis.NewScript(`
 local n = tonumber(ARGV[1])
 local appQuota = tonumber(ARGV[2])
@@ -65,6 +67,7 @@ local now = tonumber(ARGV[4])
 local ttl = math.ceil((tonumber(ARGV[5]) - now) / 1000)
 local interval = tonumber(ARGV[6])
 local burst = tonumber(ARGV[7])
+local maxWait = tonumber(ARGV[8])
 
 local v = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 local app = tonumber(v[1] or 0)
@@ -73,19 +76,21 @@ if userQuota >= 0 then
   user = tonumber(v[2] or 0)
 end
 if v[3] or (appQuota >= 0 and app + n > appQuota) then
-  return {0, 1, 0, app, user, v[3] and 1 or 0}
+  return {0, 1, 0, app, user, v[3] and 1 or 0, 0}
 end
 if userQuota >= 0 and user + n > userQuota then
-  return {0, 2, 0, app, user, 0}
+  return {0, 2, 0, app, user, 0, 0}
 end
+local at = now
 if interval > 0 then
   local tat = tonumber(v[4] or 0)
   if tat < now then tat = now end
   tat = tat + n * interval
   local limit = burst * interval
-  if tat - now > limit then
-    return {0, 3, tat - limit, app, user, 0}
+  if tat - now > limit + maxWait then
+    return {0, 3, tat - limit, app, user, 0, 0}
   end
+  if tat - limit > now then at = tat - limit end
   redis.call('SET', KEYS[4], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
 app = redis.call('INCRBY', KEYS[1], n)
@@ -94,7 +99,7 @@ if userQuota >= 0 then
   user = redis.call('INCRBY', KEYS[2], n)
   if user == n then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return {1, 0, 0, app, user, 0}
+return {1, 0, 0, app, user, 0, at}
 `)
 
 // redisRefundScript lowers each count in KEYS by ARGV[1], not below zero;
@@ -120,12 +125,12 @@ func (s *RedisStore) take(ctx context.Context, q query) (outcome, error) {
 	w := s.windowKey(q.appid, q.window)
 	keys := []string{w + "app", w + "u:" + q.openid, w + "exhausted", s.appKey(q.appid) + "tat"}
 	r, err := redisTakeScript.Run(ctx, s.c, keys,
-		q.n, q.appQuota, q.userQuota, q.now, q.expire, q.interval, q.burst).Int64Slice()
+		q.n, q.appQuota, q.userQuota, q.now, q.expire, q.interval, q.burst, q.maxWait).Int64Slice()
 	if err != nil {
 		return outcome{}, err
 	}
-	if len(r) != 6 {
-		return outcome{}, fmt.Errorf("take script returned %d values, want 6", len(r))
+	if len(r) != 7 {
+		return outcome{}, fmt.Errorf("take script returned %d values, want 7", len(r))
 	}
 	return outcome{
 		allowed:   r[0] == 1,
@@ -134,6 +139,7 @@ func (s *RedisStore) take(ctx context.Context, q query) (outcome, error) {
 		app:       r[3],
 		user:      r[4],
 		exhausted: r[5] == 1,
+		at:        r[6],
 	}, nil
 }
 
