@@ -85,8 +85,14 @@ func newBreakers(cfg BreakerConfig) *breakers {
 	return &breakers{cfg: cfg, m: make(map[string]*gobreaker.CircuitBreaker[*wechat.TraceWaybillResponse])}
 }
 
-func (b *breakers) get(appid string) *gobreaker.CircuitBreaker[*wechat.TraceWaybillResponse] {
+// get returns the breaker of appid's calls to endpoint. trace_waybill's is
+// named by Key alone; other endpoints have their own, so that goods updates
+// neither trip nor are held back by trace_waybill's breaker.
+func (b *breakers) get(appid, endpoint string) *gobreaker.CircuitBreaker[*wechat.TraceWaybillResponse] {
 	key := b.cfg.Key(appid)
+	if endpoint != endpointTrace {
+		key += " " + endpoint
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cb, ok := b.m[key]
@@ -113,23 +119,23 @@ func (b *breakers) get(appid string) *gobreaker.CircuitBreaker[*wechat.TraceWayb
 	return cb
 }
 
-// execute runs call behind the breaker of appid. While the breaker refuses,
-// it returns an error wrapping ErrBreakerOpen.
-func (b *breakers) execute(appid string, call func() (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, error) {
+// execute runs call behind the breaker of appid's endpoint. While the
+// breaker refuses, it returns an error wrapping ErrBreakerOpen.
+func (b *breakers) execute(appid, endpoint string, call func() (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, error) {
 	if b.cfg.Disabled {
 		return call()
 	}
-	resp, err := b.get(appid).Execute(call)
+	resp, err := b.get(appid, endpoint).Execute(call)
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return nil, errors.Join(ErrBreakerOpen, err)
 	}
 	return resp, err
 }
 
-// State reports the state of the breaker that guards appid.
-func (b *breakers) state(appid string) gobreaker.State {
+// State reports the state of the breaker that guards appid's endpoint.
+func (b *breakers) state(appid, endpoint string) gobreaker.State {
 	if b.cfg.Disabled {
 		return gobreaker.StateClosed
 	}
-	return b.get(appid).State()
+	return b.get(appid, endpoint).State()
 }

@@ -36,14 +36,14 @@ func TestBreakerCountsOnlyTransientFaults(t *testing.T) {
 	for name, err := range cases {
 		t.Run(name, func(t *testing.T) {
 			b := newBreakers(BreakerConfig{ConsecutiveFailures: 2})
-			_, _ = b.execute("wxa", fail(wechatErr(-1)))
+			_, _ = b.execute("wxa", endpointTrace, fail(wechatErr(-1)))
 			for range 10 {
-				_, _ = b.execute("wxa", fail(err))
+				_, _ = b.execute("wxa", endpointTrace, fail(err))
 			}
-			assert.Equal(t, gobreaker.StateClosed, b.state("wxa"), "must not trip")
+			assert.Equal(t, gobreaker.StateClosed, b.state("wxa", endpointTrace), "must not trip")
 			// Nor reset: one more transient fault completes the streak.
-			_, _ = b.execute("wxa", fail(wechatErr(-1)))
-			assert.Equal(t, gobreaker.StateOpen, b.state("wxa"), "must not reset the streak either")
+			_, _ = b.execute("wxa", endpointTrace, fail(wechatErr(-1)))
+			assert.Equal(t, gobreaker.StateOpen, b.state("wxa", endpointTrace), "must not reset the streak either")
 		})
 	}
 }
@@ -57,15 +57,15 @@ func TestBreakerIsPerAppID(t *testing.T) {
 		changes = append(changes, fmt.Sprintf("%s %s→%s", key, from, to))
 	}})
 	for range 5 {
-		_, err := b.execute("wxbroken", fail(wechatErr(-1)))
+		_, err := b.execute("wxbroken", endpointTrace, fail(wechatErr(-1)))
 		require.Error(t, err)
 	}
 	called := false
-	_, err := b.execute("wxbroken", func() (*wechat.TraceWaybillResponse, error) { called = true; return succeed() })
+	_, err := b.execute("wxbroken", endpointTrace, func() (*wechat.TraceWaybillResponse, error) { called = true; return succeed() })
 	require.ErrorIs(t, err, ErrBreakerOpen)
 	assert.False(t, called, "an open breaker must not call WeChat")
 
-	resp, err := b.execute("wxhealthy", succeed)
+	resp, err := b.execute("wxhealthy", endpointTrace, succeed)
 	require.NoError(t, err, "another merchant is unaffected")
 	assert.Equal(t, "t", resp.WaybillToken)
 	assert.Equal(t, []string{"wxbroken closed→open"}, changes)
@@ -73,21 +73,21 @@ func TestBreakerIsPerAppID(t *testing.T) {
 
 func TestBreakerSharedKey(t *testing.T) {
 	b := newBreakers(BreakerConfig{ConsecutiveFailures: 1, Key: func(string) string { return "all" }})
-	_, _ = b.execute("wxa", fail(wechatErr(-1)))
-	_, err := b.execute("wxb", succeed)
+	_, _ = b.execute("wxa", endpointTrace, fail(wechatErr(-1)))
+	_, err := b.execute("wxb", endpointTrace, succeed)
 	assert.ErrorIs(t, err, ErrBreakerOpen)
 }
 
 func TestBreakerHalfOpenProbeCloses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := newBreakers(BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Minute})
-		_, _ = b.execute("wxa", fail(wechatErr(-1)))
-		require.Equal(t, gobreaker.StateOpen, b.state("wxa"))
+		_, _ = b.execute("wxa", endpointTrace, fail(wechatErr(-1)))
+		require.Equal(t, gobreaker.StateOpen, b.state("wxa", endpointTrace))
 		time.Sleep(time.Minute + time.Second)
-		assert.Equal(t, gobreaker.StateHalfOpen, b.state("wxa"))
-		_, err := b.execute("wxa", succeed)
+		assert.Equal(t, gobreaker.StateHalfOpen, b.state("wxa", endpointTrace))
+		_, err := b.execute("wxa", endpointTrace, succeed)
 		require.NoError(t, err)
-		assert.Equal(t, gobreaker.StateClosed, b.state("wxa"))
+		assert.Equal(t, gobreaker.StateClosed, b.state("wxa", endpointTrace))
 	})
 }
 
@@ -105,7 +105,10 @@ func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 			c.Retry.BreakerWait = time.Second
 			c.Backoff = func(int) time.Duration { return 100 * time.Millisecond }
 		})
-		require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+		// 30 s of open breaker pass the 25 s budget: redelivered once.
+		n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10)
+		require.NoError(t, err)
+		assert.Equal(t, 2, n, "deliveries")
 		assert.Len(t, pub.on(DefaultTracedTopic), 1)
 		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
 		// Calls were made only while closed or half-open: 2 to trip, then one

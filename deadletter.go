@@ -59,6 +59,10 @@ const (
 	HeaderDeadSourceOffset    = "waybill_dead_source_offset"    // -1 when not from Kafka
 	HeaderDeadFirstFailure    = "waybill_dead_first_failure_at" // RFC 3339, UTC
 	HeaderDeadLastFailure     = "waybill_dead_last_failure_at"  // RFC 3339, UTC
+	// HeaderDeadDropped says what was left out of a dead letter too large to
+	// publish whole (Config.MaxDeadLetterBytes), e.g. "payload (2097152
+	// bytes)"; absent when nothing was.
+	HeaderDeadDropped = "waybill_dead_dropped"
 
 	// HeaderAttempts and HeaderFirstFailure travel with an event that is
 	// parked and retried, so that its history survives redelivery.
@@ -82,6 +86,10 @@ type DeadLetter struct {
 	SourceOffset    int64
 	FirstFailure    time.Time
 	LastFailure     time.Time
+	// Dropped is HeaderDeadDropped: what the published dead letter left
+	// out, "" when it is whole. A replay skips a dead letter without its
+	// payload.
+	Dropped string
 }
 
 // setHeaders writes d into md.
@@ -107,7 +115,7 @@ func ParseDeadLetter(msg *message.Message) (*DeadLetter, error) {
 	if reason == "" {
 		return nil, fmt.Errorf("message %s: no %s header: not a waybill dead letter", msg.UUID, HeaderDeadReason)
 	}
-	d := &DeadLetter{Reason: Reason(reason), Errmsg: md.Get(HeaderDeadErrmsg), SourceTopic: md.Get(HeaderDeadSourceTopic)}
+	d := &DeadLetter{Reason: Reason(reason), Errmsg: md.Get(HeaderDeadErrmsg), SourceTopic: md.Get(HeaderDeadSourceTopic), Dropped: md.Get(HeaderDeadDropped)}
 	var err error
 	parseInt := func(key string, bits int) int64 {
 		s := md.Get(key)
@@ -151,13 +159,13 @@ func ParseDeadLetter(msg *message.Message) (*DeadLetter, error) {
 var deadHeaders = []string{
 	HeaderDeadReason, HeaderDeadKey, HeaderDeadErrcode, HeaderDeadErrmsg, HeaderDeadAttempts,
 	HeaderDeadSourceTopic, HeaderDeadSourcePartition, HeaderDeadSourceOffset,
-	HeaderDeadFirstFailure, HeaderDeadLastFailure,
+	HeaderDeadFirstFailure, HeaderDeadLastFailure, HeaderDeadDropped,
 }
 
 // historyHeaders are waybill's record of earlier attempts. A replay starts
 // the history afresh: the cause was fixed, and an event that died of
 // too_many_attempts or not_yet_exhausted must not die again of its old count.
-var historyHeaders = []string{HeaderAttempts, HeaderFirstFailure, HeaderParks, HeaderNotYet, HeaderNotBefore, HeaderDueAt, HeaderParkedFrom}
+var historyHeaders = []string{HeaderAttempts, HeaderFirstFailure, HeaderParks, HeaderNotYet, HeaderNotBefore, HeaderDueAt, HeaderParkedFrom, HeaderParkedKey}
 
 // ReplayMetadata returns the headers a replay republishes msg with: the
 // original ones, without waybill's attempt history (which restarts) and

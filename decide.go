@@ -76,8 +76,25 @@ type RetryPolicy struct {
 	BreakerWait time.Duration
 	// QuotaReset returns the start of the next daily quota window after now.
 	// Nil means the next 00:00 in Asia/Shanghai, WeChat's working assumption.
+	// Windows are taken to last a day: the current one began at
+	// QuotaReset(now - 24h).
 	QuotaReset func(now time.Time) time.Time
+	// QuotaGrace is how long after a reset WeChat's own reset may lag: a
+	// 45009 on a call admitted then parks the event for a minute
+	// (QuotaGraceRetry) instead of until the next window, and does not mark
+	// the new day spent. Zero means 10 min.
+	QuotaGrace time.Duration
+	// QuotaSpread spreads the events parked for the next window over its
+	// first minutes instead of releasing them all at the reset: an event
+	// parked at a fraction f of the day returns at reset + f × QuotaSpread,
+	// which keeps the window tier's due order equal to its arrival order.
+	// Zero means 5 min.
+	QuotaSpread time.Duration
 }
+
+// QuotaGraceRetry is how long an event waits after a 45009 in the first
+// minutes of a window (RetryPolicy.QuotaGrace).
+const QuotaGraceRetry = time.Minute
 
 func (p *RetryPolicy) setDefaults() {
 	if p.NotYetDelay == 0 {
@@ -95,6 +112,34 @@ func (p *RetryPolicy) setDefaults() {
 	if p.QuotaReset == nil {
 		p.QuotaReset = NextShanghaiMidnight
 	}
+	if p.QuotaGrace == 0 {
+		p.QuotaGrace = 10 * time.Minute
+	}
+	if p.QuotaSpread == 0 {
+		p.QuotaSpread = 5 * time.Minute
+	}
+}
+
+// windowStart is the start of the daily window that holds now.
+func (p RetryPolicy) windowStart(now time.Time) time.Time {
+	return p.QuotaReset(now.Add(-24 * time.Hour))
+}
+
+// inResetGrace reports whether t lies in the first QuotaGrace of its window.
+func (p RetryPolicy) inResetGrace(t time.Time) bool {
+	p.setDefaults()
+	return t.Sub(p.windowStart(t)) < p.QuotaGrace
+}
+
+// windowDue is when an event parked at now, in the window that began at
+// start, returns in the window that begins at reset: reset plus its share of
+// QuotaSpread. The share grows with the time of day, so events parked later
+// return later.
+func (p RetryPolicy) windowDue(now, start, reset time.Time) time.Time {
+	p.setDefaults()
+	f := float64(now.Sub(start)) / float64(24*time.Hour)
+	f = min(max(f, 0), 1)
+	return reset.Add(time.Duration(f * float64(p.QuotaSpread)))
 }
 
 // shanghai is UTC+8 all year (China has no daylight saving time), so a fixed
@@ -113,7 +158,9 @@ func NextShanghaiMidnight(now time.Time) time.Time {
 //	token                → retry with backoff; configuration after TokenAttempts
 //	breaker open         → park for BreakerWait
 //	minute_rate (45011)  → park until the next minute
-//	daily_quota (45009)  → park until the quota window resets
+//	daily_quota (45009)  → park until the quota window resets (spread over
+//	                       its first QuotaSpread); within QuotaGrace of a
+//	                       reset, park for QuotaGraceRetry
 //	not_yet (931023)     → park for NotYetDelay, dead-letter after NotYetAttempts
 //	permanent            → dead-letter, reason permanent
 //	configuration        → dead-letter, reason configuration
@@ -126,7 +173,12 @@ func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now tim
 	case wechat.ClassMinuteRate:
 		return Decision{Action: ActionPark, Until: now.Truncate(time.Minute).Add(time.Minute)}
 	case wechat.ClassDailyQuota:
-		return Decision{Action: ActionPark, Until: p.QuotaReset(now), Window: true}
+		if now.Sub(p.windowStart(now)) < p.QuotaGrace {
+			// WeChat's own reset may lag ours: try again shortly rather
+			// than lose the new day.
+			return Decision{Action: ActionPark, Until: now.Add(QuotaGraceRetry)}
+		}
+		return Decision{Action: ActionPark, Until: p.windowDue(now, p.windowStart(now), p.QuotaReset(now)), Window: true}
 	case wechat.ClassNotYet:
 		if attempts >= p.NotYetAttempts {
 			return Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}

@@ -30,7 +30,8 @@ func TestDecideTable(t *testing.T) {
 		{"unknown class retries", errors.New("?"), wechat.Class(0), 1, Decision{Action: ActionRetry}},
 		{"breaker open", breakerOpen, wechat.ClassTransient, 3, Decision{Action: ActionPark, Until: now.Add(5 * time.Second)}},
 		{"minute rate", wechatErr(45011), wechat.ClassMinuteRate, 1, Decision{Action: ActionPark, Until: time.Date(2026, 11, 26, 15, 5, 0, 0, time.UTC)}},
-		{"daily quota", wechatErr(45009), wechat.ClassDailyQuota, 1, Decision{Action: ActionPark, Until: midnight, Window: true}},
+		// Spread over the next window's first 5 min by the time of day.
+		{"daily quota", wechatErr(45009), wechat.ClassDailyQuota, 1, Decision{Action: ActionPark, Until: midnight.Add(spreadOf(23*time.Hour + 4*time.Minute + 5*time.Second)), Window: true}},
 		{"not yet", wechatErr(931023), wechat.ClassNotYet, 23, Decision{Action: ActionPark, Until: now.Add(time.Hour)}},
 		{"not yet, bound reached", wechatErr(931023), wechat.ClassNotYet, 24, Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}},
 		{"permanent", wechatErr(40003), wechat.ClassPermanent, 1, Decision{Action: ActionDeadLetter, Reason: ReasonPermanent}},
@@ -67,4 +68,34 @@ func TestDefaultBackoffGrowsAndCaps(t *testing.T) {
 			assert.LessOrEqual(t, d, base+base/5, "attempt %d", attempt)
 		}
 	}
+}
+
+// TestDailyQuotaDecisionAroundTheReset: 45009 in the first minutes of a
+// window is "try again shortly"; later it parks for the next window, spread
+// over its first QuotaSpread in the order the events were parked.
+func TestDailyQuotaDecisionAroundTheReset(t *testing.T) {
+	var p RetryPolicy
+	midnight := time.Date(2026, 12, 1, 0, 0, 0, 0, shanghai)
+	next := midnight.Add(24 * time.Hour)
+	err := wechatErr(45009)
+
+	early := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(3*time.Minute))
+	assert.Equal(t, Decision{Action: ActionPark, Until: midnight.Add(3*time.Minute + QuotaGraceRetry)}, early)
+
+	morning := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(6*time.Hour))
+	evening := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(18*time.Hour))
+	for _, d := range []Decision{morning, evening} {
+		assert.Equal(t, ActionPark, d.Action)
+		assert.True(t, d.Window)
+		assert.False(t, d.Until.Before(next))
+		assert.True(t, d.Until.Before(next.Add(5*time.Minute)), "%s", d.Until)
+	}
+	assert.Equal(t, next.Add(75*time.Second), morning.Until, "a quarter of the day: a quarter of the spread")
+	assert.True(t, evening.Until.After(morning.Until), "parked later, back later")
+}
+
+// spreadOf is the default QuotaSpread's share for an event parked at
+// sinceReset into its window.
+func spreadOf(sinceReset time.Duration) time.Duration {
+	return time.Duration(float64(sinceReset) / float64(24*time.Hour) * float64(5*time.Minute))
 }

@@ -71,18 +71,31 @@ type TraceStore interface {
 	// Put stores rec under key, replacing any record there, and restarts the
 	// record's time to live.
 	Put(ctx context.Context, key DedupKey, rec TraceRecord) error
-	// Claim lets one caller at a time, across processes for shared stores,
+	// Claim lets one owner at a time, across processes for shared stores,
 	// trace a key: it returns ok=true and a release func to the winner;
 	// others get ok=false and should wait (poll Get) or retry later. A
 	// claim expires after ttl so a crashed holder does not block the key
 	// forever; ttl must be positive.
 	//
+	// owner names the claimer. A claim already held by the same owner is
+	// taken again and its ttl restarted: that is how a holder renews a claim
+	// during a long call, and how a redelivered event takes back the claim
+	// its earlier delivery could not release. "" means a fresh owner that
+	// nobody can take the claim again as.
+	//
 	// The winner should Get again before calling WeChat: the previous holder
 	// may have Put its record just before releasing. Release is safe to call
 	// more than once and after expiry: it never removes a claim that has
 	// since passed to someone else. Claims are independent of records.
-	Claim(ctx context.Context, key DedupKey, ttl time.Duration) (release func(), ok bool, err error)
+	Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (release func(), ok bool, err error)
 }
+
+// ErrBadRecord is returned (wrapped) by a TraceStore's Get when the stored
+// record cannot be read: it does not decode, or the key holds another kind
+// of value. The Handler then treats the waybill as not traced and traces it
+// again (WeChat answers a repeat with the same token), and its Put
+// overwrites the bad record, so one corrupt key never stalls a partition.
+var ErrBadRecord = errors.New("trace store: unreadable record")
 
 // Defaults of MemoryTraceStoreConfig.
 const (
@@ -155,7 +168,7 @@ type memEntry struct {
 }
 
 type memClaim struct {
-	owner   uint64
+	owner   string
 	expires time.Time
 }
 
@@ -248,7 +261,7 @@ func (s *MemoryTraceStore) remove(e *memEntry) {
 }
 
 // Claim implements TraceStore. The claim holds within this MemoryTraceStore only.
-func (s *MemoryTraceStore) Claim(ctx context.Context, key DedupKey, ttl time.Duration) (func(), bool, error) {
+func (s *MemoryTraceStore) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
 	if ttl <= 0 {
 		return nil, false, fmt.Errorf("trace store claim %s: ttl %v is not positive", key, ttl)
 	}
@@ -258,16 +271,20 @@ func (s *MemoryTraceStore) Claim(ctx context.Context, key DedupKey, ttl time.Dur
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.cfg.Now()
-	if c, held := s.claims[key]; held && now.Before(c.expires) {
+	if owner == "" {
+		s.claimSeq++
+		owner = "\x00" + strconv.FormatUint(s.claimSeq, 10) // no caller can name it
+	}
+	if c, held := s.claims[key]; held && now.Before(c.expires) && c.owner != owner {
 		return nil, false, nil
 	}
-	s.claimSeq++
-	owner := s.claimSeq
 	s.claims[key] = memClaim{owner: owner, expires: now.Add(ttl)}
 	s.sweepClaims(now)
 	release := func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		// The owner's: a later take by the same owner is released by it too,
+		// as the Redis store's compare-and-delete on the owner does.
 		if c, held := s.claims[key]; held && c.owner == owner {
 			delete(s.claims, key)
 		}

@@ -22,9 +22,9 @@ func ExampleMemoryTraceStore() {
 	// trace_waybill, and remembers the token.
 	_, found, _ := store.Get(ctx, key)
 	fmt.Println("stored before the first trace:", found)
-	release, won, _ := store.Claim(ctx, key, time.Minute)
+	release, won, _ := store.Claim(ctx, key, "", time.Minute)
 	fmt.Println("first delivery claims:", won)
-	_, again, _ := store.Claim(ctx, key, time.Minute)
+	_, again, _ := store.Claim(ctx, key, "", time.Minute)
 	fmt.Println("a concurrent duplicate claims:", again)
 	_ = store.Put(ctx, key, waybill.TraceRecord{
 		WaybillToken: "MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs", // from trace_waybill

@@ -144,7 +144,7 @@ func TestMemoryStoreForgetsOnlyExpiredClaims(t *testing.T) {
 	s := waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{Now: clock.Now})
 	claim := func(id string, ttl time.Duration) bool {
 		t.Helper()
-		_, ok, err := s.Claim(ctx, key(id), ttl)
+		_, ok, err := s.Claim(ctx, key(id), "", ttl)
 		require.NoError(t, err)
 		return ok
 	}

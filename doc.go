@@ -10,14 +10,34 @@
 //
 //   - At-least-once, nothing lost: a message is acknowledged only after its
 //     outcome (waybill.traced, a dead letter, or a parked copy) was published.
-//     One delivery waits in place at most Config.MaxWaitInPlace, then is
+//   - No delivery holds its partition longer than Config.MaxWaitInPlace,
+//     whatever it waits for (backoff, a claim, the smooth rate, an open
+//     breaker, a quota window, a not-before time) and the WeChat call
+//     included, whose deadline is what is left of it; then the event is
 //     parked or left for redelivery, so it never holds a partition through a
 //     consumer-group rebalance.
+//   - No WeChat call is made before an event's not-before time, however often
+//     it is redelivered: with parking its history travels in headers, without
+//     it the Handler keeps it across redeliveries (per process). Without
+//     parking a 931023 event makes at most NotYetAttempts calls, NotYetDelay
+//     apart. An outcome that could not be published is published again
+//     without a second call.
+//   - A claim on a waybill is renewed while its holder works, so it outlives
+//     every call made under it; ClaimTTL only bounds a crashed holder's.
+//   - A 45009 marks spent only the day in which its call was admitted, and
+//     in the first RetryPolicy.QuotaGrace of a window means "try again
+//     shortly"; events parked for the next window return spread over its
+//     first RetryPolicy.QuotaSpread.
+//   - Success means a non-empty waybill_token. Calls WeChat never received
+//     (wechat.ErrNotSent) are refunded to the limiter and are not attempts.
 //     A redelivery can publish an outcome twice; waybill.traced then carries
 //     the same message UUID (TracedMessageID), and with Config.Traces the
 //     same payload and no second WeChat call.
-//   - Invalid events are dead-lettered with ReasonInvalidEvent before WeChat
-//     is called, saving the buyer's 100 calls a day.
+//   - Invalid events (too large, invalid UTF-8, fields out of bounds, failing
+//     Validate) are dead-lettered with ReasonInvalidEvent before WeChat is
+//     called, saving the buyer's 100 calls a day. A dead letter too large to
+//     publish is published reduced (HeaderDeadDropped); none stalls a
+//     partition.
 //   - An event that could succeed later is never dead-lettered for a
 //     transient fault: network errors, HTTP 5xx and errcode -1 are retried
 //     with backoff; quota answers (45009, 45011), a waybill WeChat does not

@@ -3,8 +3,10 @@ package waybill
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -112,8 +114,13 @@ func TracedMessageID(appid, orderID, waybillID, transID string) string {
 type DecodeFunc func(msg *message.Message) (*OrderShipped, error)
 
 // DecodeJSON is the default DecodeFunc: the order.shipped JSON schema.
-// Unknown fields are ignored so that producers can add their own.
+// Unknown fields are ignored so that producers can add their own. A payload
+// that is not valid UTF-8 is refused: JSON decoding would turn the bad bytes
+// into U+FFFD, and the buyer's goods card would show them.
 func DecodeJSON(msg *message.Message) (*OrderShipped, error) {
+	if !utf8.Valid(msg.Payload) {
+		return nil, errors.New("decode order.shipped: payload is not valid UTF-8")
+	}
 	var e OrderShipped
 	if err := json.Unmarshal(msg.Payload, &e); err != nil {
 		return nil, fmt.Errorf("decode order.shipped: %w", err)

@@ -2,14 +2,14 @@ package waybill
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
 
@@ -54,6 +54,19 @@ type Config struct {
 	// Decode turns a message into an OrderShipped. Nil means DecodeJSON, the
 	// order.shipped schema. Plug in your own for your own event shape.
 	Decode DecodeFunc
+	// MaxEventBytes bounds an input message's payload: a larger one is
+	// dead-lettered as invalid_event before it is decoded. Zero means
+	// DefaultMaxEventBytes.
+	MaxEventBytes int
+	// MaxDeadLetterBytes bounds a dead letter as published (payload plus
+	// headers): a larger one is published reduced, its payload (and, if
+	// still too large, its foreign headers) dropped and named in
+	// HeaderDeadDropped, so that an event the dead-letter topic cannot take
+	// never stalls its partition. The source topic, partition and offset
+	// still locate the original. Zero means DefaultMaxDeadLetterBytes; keep
+	// it under the producer's MaxMessageBytes and the topic's
+	// max.message.bytes.
+	MaxDeadLetterBytes int
 	// Classify maps a failed call's error to a wechat.Class. Nil means
 	// wechat.ClassOf.
 	Classify func(err error) wechat.Class
@@ -70,15 +83,24 @@ type Config struct {
 	// topics on Publisher and acknowledges them, so their partition flows on;
 	// run a DelayRunner to bring them back. Nil means such events wait in
 	// place, holding their partition: fine when one appid's traffic is all
-	// there is, wrong for a service provider's mixed topic.
+	// there is, wrong for a service provider's mixed topic. Without it the
+	// event's history (calls made, 931023 answers, its not-before time) is
+	// kept in this Handler's memory across redeliveries, so a redelivered
+	// event makes no call before its time; with it the history travels in
+	// the parked copy's headers and survives restarts too.
 	Parking *ParkingConfig
 
-	// Limiter, when set, is asked before every call: a spent daily quota
-	// (the appid's or the buyer's) parks the event until the next window, the
-	// smooth rate makes it wait for its next token. Calls WeChat refused
-	// without counting are refunded, and 45009 marks the appid's day spent.
-	// Nil means no local limits: WeChat's own answers still apply.
+	// Limiter, when set, is asked before every trace_waybill call: a spent
+	// daily quota (the appid's or the buyer's) parks the event until the
+	// next window, the smooth rate reserves the call's turn and waits for it
+	// within MaxWaitInPlace. Calls WeChat refused without counting, or never
+	// received, are refunded, and 45009 marks the appid's day spent. Nil
+	// means no local limits: WeChat's own answers still apply.
 	Limiter *ratelimit.Limiter
+	// GoodsLimiter is Limiter for update_waybill_goods, which WeChat counts
+	// under its own path: build it on the same store with another key
+	// prefix. Nil means those calls are not limited locally.
+	GoodsLimiter *ratelimit.Limiter
 
 	// Traces, when set, remembers each waybill's token so that a redelivered
 	// or duplicate event republishes the same waybill.traced without calling
@@ -88,26 +110,26 @@ type Config struct {
 	// token, at the cost of a call).
 	Traces TraceStore
 	// ClaimTTL bounds how long a crashed handler's claim on a waybill blocks
-	// others. It must outlast a delivery: MaxWaitInPlace plus the longest
-	// call (the wechat client's 30 s timeout, twice with a token refresh),
-	// or a duplicate could claim the waybill and call while the first
-	// handler still works on it. Zero means 2 min.
+	// others. A live handler renews its claim every ClaimTTL/3 for as long
+	// as its calls take, so the TTL need not outlast a call; it should stay
+	// under MaxWaitInPlace, so that an event waiting on a crashed handler's
+	// claim takes it over within its own wait budget. Zero means 15 s.
 	ClaimTTL time.Duration
 	// ClaimPoll is how often a duplicate waits for the handler that holds the
 	// claim. Zero means 100 ms.
 	ClaimPoll time.Duration
 
-	// MaxWaitInPlace bounds how long one delivery may hold its partition
-	// before another wait in place (transient retries, an open breaker, the
-	// next minute, a quota window without Parking). Rather than wait past
-	// it, the event is parked, or without Parking left for redelivery
-	// (Handle returns ErrWaitLimit and the router nacks). It is checked
-	// between calls; a call in flight is bounded by the client's timeout.
-	// It keeps a handler from holding its partition through a consumer-group
+	// MaxWaitInPlace bounds how long one delivery may hold its partition,
+	// whatever it waits for: backoff, a claim, the smooth rate, an open
+	// breaker, a quota window, a not-before time, and the WeChat call itself
+	// (its deadline is what is left of the budget; a call is not started
+	// with less than a fifth of the budget, at most 5 s, left). Rather than
+	// wait past it, the event is parked, or without Parking left for
+	// redelivery (Handle returns ErrWaitLimit and the router nacks). It keeps
+	// a handler from holding its partition through a consumer-group
 	// rebalance (sarama's default rebalance timeout is 60 s; watermill-kafka
-	// does not cancel a message's context on rebalance) and from outliving
-	// its claim on a waybill (ClaimTTL). Zero means 25 s, or half of
-	// ClaimTTL when Traces is set and that is shorter.
+	// does not cancel a message's context on rebalance). Publishing the
+	// outcome comes after it. Zero means 25 s.
 	MaxWaitInPlace time.Duration
 
 	// Now is the clock. Nil means time.Now.
@@ -116,6 +138,16 @@ type Config struct {
 	// never logged.
 	Logger watermill.LoggerAdapter
 }
+
+// Defaults of Config's size bounds.
+const (
+	// DefaultMaxEventBytes is far above any real order.shipped (a few KB)
+	// and far below Kafka's 1 MB default message size.
+	DefaultMaxEventBytes = 64 << 10
+	// DefaultMaxDeadLetterBytes leaves room, under sarama's default
+	// Producer.MaxMessageBytes (1,000,000), for the record's key and framing.
+	DefaultMaxDeadLetterBytes = 900_000
+)
 
 func (c *Config) setDefaults() {
 	if c.InputTopic == "" {
@@ -129,6 +161,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Decode == nil {
 		c.Decode = DecodeJSON
+	}
+	if c.MaxEventBytes == 0 {
+		c.MaxEventBytes = DefaultMaxEventBytes
+	}
+	if c.MaxDeadLetterBytes == 0 {
+		c.MaxDeadLetterBytes = DefaultMaxDeadLetterBytes
 	}
 	if c.Classify == nil {
 		c.Classify = wechat.ClassOf
@@ -152,15 +190,11 @@ func (c *Config) setDefaults() {
 		c.Backoff = DefaultBackoff
 	}
 	if c.ClaimTTL == 0 {
-		c.ClaimTTL = 2 * time.Minute
+		c.ClaimTTL = 15 * time.Second
 	}
 	if c.MaxWaitInPlace == 0 {
 		c.MaxWaitInPlace = 25 * time.Second
-		if c.Traces != nil {
-			c.MaxWaitInPlace = min(c.MaxWaitInPlace, c.ClaimTTL/2)
-		}
 	}
-
 	if c.ClaimPoll == 0 {
 		c.ClaimPoll = 100 * time.Millisecond
 	}
@@ -187,13 +221,19 @@ func (c *Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"ClaimTTL": c.ClaimTTL, "ClaimPoll": c.ClaimPoll, "MaxWaitInPlace": c.MaxWaitInPlace,
 		"Retry.NotYetDelay": c.Retry.NotYetDelay, "Retry.BreakerWait": c.Retry.BreakerWait, "Breaker.OpenTimeout": c.Breaker.OpenTimeout,
+		"Retry.QuotaGrace": c.Retry.QuotaGrace, "Retry.QuotaSpread": c.Retry.QuotaSpread,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", name, d))
 		}
 	}
-	if c.Traces != nil && c.ClaimTTL <= c.MaxWaitInPlace {
-		errs = append(errs, fmt.Errorf("ClaimTTL %s must outlast MaxWaitInPlace %s", c.ClaimTTL, c.MaxWaitInPlace))
+	if c.Traces != nil && c.ClaimTTL < 3*c.ClaimPoll {
+		// Renewed every ClaimTTL/3: a shorter TTL would lapse between renewals
+		// on a busy store.
+		errs = append(errs, fmt.Errorf("ClaimTTL %s must be at least 3 × ClaimPoll %s", c.ClaimTTL, c.ClaimPoll))
+	}
+	if c.MaxEventBytes < 0 || c.MaxDeadLetterBytes < 0 {
+		errs = append(errs, errors.New("MaxEventBytes and MaxDeadLetterBytes must not be negative"))
 	}
 	if c.Retry.NotYetAttempts < 0 || c.Retry.TokenAttempts < 0 {
 		errs = append(errs, errors.New("Retry attempts must not be negative"))
@@ -217,13 +257,17 @@ func (c *Config) Validate() error {
 // waybill.traced, as a dead letter, or as a parked copy on a delay topic.
 // Handle returns an error (the router nacks, and the message is redelivered)
 // when publishing failed, the router is shutting down, the trace store or
-// the limiter's store failed, or the delivery waited MaxWaitInPlace without
+// the limiter's store failed, or the delivery used up MaxWaitInPlace without
 // Parking (ErrWaitLimit) — never to give up on an event: transient faults
-// are retried, and quota or not-yet answers wait for their time.
+// are retried, and quota or not-yet answers wait for their time. A
+// redelivered event makes no WeChat call before its not-before time, and an
+// outcome that could not be published is published again without a call.
 type Handler struct {
 	cfg      Config
 	results  results
 	breakers *breakers
+	memo     *memo
+	instance string // tells this handler's claims from other processes'
 	stats    counters
 }
 
@@ -250,16 +294,21 @@ func NewHandler(cfg Config) (*Handler, error) {
 			user(key, from, to)
 		}
 	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
 	return &Handler{
 		cfg:      cfg,
-		results:  results{pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic},
+		results:  results{pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic, maxDead: cfg.MaxDeadLetterBytes},
 		breakers: newBreakers(bc),
+		memo:     newMemo(defaultMemoEntries),
+		instance: hex.EncodeToString(id[:]),
 	}, nil
 }
 
-// BreakerState reports the state of the circuit breaker that guards appid.
+// BreakerState reports the state of the circuit breaker that guards appid's
+// trace_waybill calls.
 func (h *Handler) BreakerState(appid string) gobreaker.State {
-	return h.breakers.state(appid)
+	return h.breakers.state(appid, endpointTrace)
 }
 
 // AddTo registers the handler on router, consuming the input topic from sub,
@@ -275,335 +324,69 @@ var ErrWaitLimit = errors.New("waited in place as long as allowed")
 
 // Handle processes one message. See Handler for the guarantee.
 func (h *Handler) Handle(msg *message.Message) error {
-	ctx := msg.Context()
-	st := newDelivery(msg, h.cfg.InputTopic)
-
-	ev, err := h.cfg.Decode(msg)
-	if err == nil && ev == nil {
-		err = errors.New("decode returned no event")
-	}
-	if err == nil {
-		err = ev.Validate()
-	}
-	if err != nil {
+	d := h.newDelivery(msg)
+	if err := d.decode(); err != nil {
 		h.cfg.Logger.Info("dead-lettering invalid event", watermill.LogFields{"uuid": msg.UUID, "reason": err.Error()})
-		now := h.cfg.Now()
-		key := ""
-		if ev != nil {
-			key = ev.OrderID
-		}
-		return h.deadLetter(msg, key, st.deadLetter(ReasonInvalidEvent, nil, err.Error(), now))
+		return d.deadLetter(d.hist.deadLetter(d.src, ReasonInvalidEvent, nil, err.Error(), h.cfg.Now()))
 	}
-	if now := h.cfg.Now(); h.cfg.Parking != nil && st.notBefore.After(now) {
-		// Back from the longest tier before its time: round again,
-		// without spending a call.
-		return h.repark(msg, st, ev, now)
+	d.restore()
+	if d.out != nil {
+		// Decided by an earlier delivery whose publish failed: publish it,
+		// never call WeChat for it again.
+		return d.republish()
 	}
-	return h.process(ctx, msg, st, ev)
-}
-
-// repark parks an event that came back before its not-before time.
-func (h *Handler) repark(msg *message.Message, st *delivery, ev *OrderShipped, now time.Time) error {
-	parked, err := h.park(msg, st, st.notBefore, false, now)
-	if err != nil {
-		return err
+	if now := h.cfg.Now(); d.hist.notBefore.After(now) {
+		if h.cfg.Parking != nil {
+			// Back from the longest tier before its time: round again,
+			// without spending a call.
+			return d.repark(now)
+		}
+		if err := d.waitUntil("not-before time", d.hist.notBefore); err != nil {
+			return d.leaveErr(err, d.hist.notBefore)
+		}
 	}
-	if parked {
-		h.stats.parked.Add(1)
-		return nil
-	}
-	return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, nil, "parked too often", now))
-}
-
-// process traces a valid event, reusing a stored token when Config.Traces
-// has one.
-func (h *Handler) process(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped) error {
-	trace := func() (string, bool, error) {
-		req := ev.TraceRequest()
-		resp, done, err := h.call(ctx, msg, st, ev, func() (*wechat.TraceWaybillResponse, error) {
-			return h.cfg.Client.TraceWaybill(ctx, ev.AppID, req)
-		})
-		if done {
-			return "", true, err
-		}
-		return resp.WaybillToken, false, nil
-	}
-	store := h.cfg.Traces
-	if store == nil {
-		token, done, err := trace()
-		if done {
-			return err
-		}
-		return h.publishTraced(ev, token, h.cfg.Now())
-	}
-
-	key := DedupKey{AppID: ev.AppID, WaybillID: ev.WaybillID, TransID: ev.TransID}
-	goods := GoodsFingerprint(ev.Goods)
-	for {
-		rec, ok, err := store.Get(ctx, key)
-		if err != nil {
-			// Not knowing whether it was traced, calling WeChat could waste
-			// the buyer's quota: leave the event for redelivery.
-			return fmt.Errorf("trace store get %s: %w", key, err)
-		}
-		if ok {
-			if rec.GoodsHash != goods {
-				if done, err := h.updateGoods(ctx, msg, st, ev, key, rec, goods); done {
-					return err
-				}
-			}
-			h.stats.deduped.Add(1)
-			return h.publishTraced(ev, rec.WaybillToken, rec.TracedAt)
-		}
-		release, won, err := store.Claim(ctx, key, h.cfg.ClaimTTL)
-		if err != nil {
-			return fmt.Errorf("trace store claim %s: %w", key, err)
-		}
-		if !won {
-			// Another handler is tracing this waybill right now: wait for
-			// its record instead of making a second call.
-			if err := sleepFor(ctx, h.cfg.ClaimPoll); err != nil {
-				return fmt.Errorf("wait for trace of %s: %w", key, err)
-			}
-			continue
-		}
-		// Someone may have finished between our Get and our Claim.
-		if _, ok, err := store.Get(ctx, key); err != nil || ok {
-			release()
-			if err != nil {
-				return fmt.Errorf("trace store get %s: %w", key, err)
-			}
-			continue
-		}
-		token, done, err := trace()
-		if done {
-			release()
-			return err
-		}
-		rec = TraceRecord{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
-		if err := store.Put(ctx, key, rec); err != nil {
-			// WeChat has traced it; the output must not be lost for a
-			// store fault. A redelivery would trace again, which WeChat
-			// answers with the same token.
-			h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
-		}
-		release()
-		return h.publishTraced(ev, token, rec.TracedAt)
-	}
-}
-
-// updateGoods calls update_waybill_goods for a waybill traced with other
-// goods: WeChat ignores goods on a repeated trace_waybill.
-func (h *Handler) updateGoods(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, key DedupKey, rec TraceRecord, goods string) (bool, error) {
-	req := &wechat.UpdateWaybillGoodsRequest{WaybillToken: rec.WaybillToken, OpenID: ev.OpenID, GoodsInfo: ev.TraceRequest().GoodsInfo}
-	_, done, err := h.call(ctx, msg, st, ev, func() (*wechat.TraceWaybillResponse, error) {
-		return &wechat.TraceWaybillResponse{WaybillToken: rec.WaybillToken}, h.cfg.Client.UpdateWaybillGoods(ctx, ev.AppID, req)
-	})
-	if done {
-		return true, err
-	}
-	h.stats.goodsUpdates.Add(1)
-	rec.GoodsHash = goods
-	if err := h.cfg.Traces.Put(ctx, key, rec); err != nil {
-		h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
-	}
-	return false, nil
+	return d.process()
 }
 
 // publishTraced publishes waybill.traced. tracedAt is when WeChat issued the
 // token, so a duplicate republishes the very same event.
-func (h *Handler) publishTraced(ev *OrderShipped, token string, tracedAt time.Time) error {
+func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
+	ev := d.ev
 	out := &WaybillTraced{
 		Version: SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
 		WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: token,
 		TracedAt: tracedAt.UTC(),
 	}
-	if err := h.results.traced(ev, out); err != nil {
+	if err := d.h.results.traced(ev, out); err != nil {
+		d.remember(&outcome{token: token, tracedAt: tracedAt})
 		return err
 	}
-	h.stats.traced.Add(1)
+	d.forget()
+	d.h.stats.traced.Add(1)
 	return nil
-}
-
-// call makes one WeChat call for ev behind its appid's limiter and breaker,
-// retrying, waiting or parking as the decision table says. It returns the
-// response, or done=true when the event was dead-lettered or parked (err nil:
-// acknowledge) or must be redelivered (err non-nil).
-func (h *Handler) call(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, fn func() (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, bool, error) {
-	fields := watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
-	for {
-		allowed, err := h.admit(ctx, ev)
-		if err != nil {
-			return nil, true, err
-		}
-		if !allowed.Allowed && allowed.Reason == ratelimit.ReasonRate {
-			// The next token is due within moments: wait for it here.
-			if err := sleepUntil(ctx, h.cfg.Now, allowed.RetryAt); err != nil {
-				return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-			}
-			continue
-		}
-		if !allowed.Allowed {
-			// A daily quota is spent: come back in the next window.
-			d := Decision{Action: ActionPark, Until: allowed.RetryAt, Window: true}
-			if done, err := h.apply(ctx, msg, st, ev, d, nil, fields.Add(watermill.LogFields{"limit": allowed.Reason.String()})); done {
-				return nil, true, err
-			}
-			continue
-		}
-		resp, callErr := h.breakers.execute(ev.AppID, fn)
-		if !errors.Is(callErr, ErrBreakerOpen) {
-			st.attempts++ // calls sent, not calls the breaker held back
-		}
-		if callErr == nil {
-			return resp, false, nil
-		}
-		if ctx.Err() != nil {
-			// Shutting down: leave the message unacknowledged for redelivery.
-			return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, ctx.Err())
-		}
-		now := h.cfg.Now()
-		st.failed(now)
-		class := h.cfg.Classify(callErr)
-		h.settleQuota(ctx, ev, allowed, callErr, class, now)
-		n := st.count(class)
-		d := h.cfg.Decide(callErr, class, n, now)
-		logFields := fields.Add(watermill.LogFields{"attempt": st.attempts, "class": class.String(), "err": callErr.Error()})
-		if done, err := h.apply(ctx, msg, st, ev, d, callErr, logFields); done {
-			return nil, true, err
-		}
-	}
-}
-
-// apply carries out a decision. done reports that the event left the
-// handler: dead-lettered or parked (err nil), or to be redelivered.
-func (h *Handler) apply(ctx context.Context, msg *message.Message, st *delivery, ev *OrderShipped, d Decision, callErr error, logFields watermill.LogFields) (done bool, err error) {
-	now := h.cfg.Now()
-	logFields = logFields.Add(watermill.LogFields{"action": d.Action.String()})
-	var wait time.Duration
-	switch d.Action {
-	case ActionDeadLetter:
-		h.cfg.Logger.Info("dead-lettering event", logFields)
-		return true, h.deadLetter(msg, ev.OrderID, st.deadLetter(d.Reason, callErr, "", now))
-	case ActionPark:
-		if h.cfg.Parking != nil {
-			return true, h.parkOrDeadLetter(msg, st, ev, d, callErr, now, logFields)
-		}
-		wait = d.Until.Sub(now)
-	default:
-		wait = h.cfg.Backoff(max(1, st.failures[wechat.ClassTransient]+st.failures[wechat.ClassToken]))
-	}
-	if held := time.Since(st.start); held+wait > h.cfg.MaxWaitInPlace {
-		// Waiting longer here would hold the partition through a
-		// rebalance: park it, or leave it for redelivery.
-		if h.cfg.Parking != nil {
-			d = Decision{Action: ActionPark, Until: now.Add(wait), Window: d.Window}
-			return true, h.parkOrDeadLetter(msg, st, ev, d, callErr, now, logFields)
-		}
-		h.cfg.Logger.Info("leaving event for redelivery", logFields.Add(watermill.LogFields{"held": held}))
-		return true, fmt.Errorf("order %s: %w (%s)", ev.OrderID, ErrWaitLimit, held.Round(time.Millisecond))
-	}
-	if d.Action == ActionPark {
-		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": d.Until}))
-		h.stats.waits.Add(1)
-	} else {
-		h.cfg.Logger.Debug("retrying after transient fault", logFields)
-		h.stats.retries.Add(1)
-	}
-	if err := sleepFor(ctx, wait); err != nil {
-		return true, fmt.Errorf("order %s: %w", ev.OrderID, err)
-	}
-	return false, nil
-}
-
-// parkOrDeadLetter parks the event until d.Until, or dead-letters it with
-// its history when it was parked MaxParks times already.
-func (h *Handler) parkOrDeadLetter(msg *message.Message, st *delivery, ev *OrderShipped, d Decision, callErr error, now time.Time, logFields watermill.LogFields) error {
-	st.failed(now)
-	parked, err := h.park(msg, st, d.Until, d.Window, now)
-	if err != nil {
-		return err
-	}
-	if parked {
-		h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": d.Until}))
-		h.stats.parked.Add(1)
-		return nil
-	}
-	h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
-	return h.deadLetter(msg, ev.OrderID, st.deadLetter(ReasonTooManyAttempts, callErr, "", now))
-}
-
-// admit asks the limiter for one call. Without a limiter every call is
-// allowed.
-func (h *Handler) admit(ctx context.Context, ev *OrderShipped) (ratelimit.Decision, error) {
-	if h.cfg.Limiter == nil {
-		return ratelimit.Decision{Allowed: true}, nil
-	}
-	d, err := h.cfg.Limiter.Allow(ctx, ev.AppID, ev.OpenID, h.cfg.Now())
-	if err != nil {
-		// The limiter's store failed: calling anyway could overspend the
-		// quota, so leave the event for redelivery.
-		return d, fmt.Errorf("rate limiter for %s: %w", ev.AppID, err)
-	}
-	return d, nil
-}
-
-// quotaGetter is the optional part of a Tracer that reads an API's
-// remaining daily quota; *wechat.Client has it.
-type quotaGetter interface {
-	GetQuota(ctx context.Context, appid string, req *wechat.QuotaRequest) (*wechat.QuotaResponse, error)
-}
-
-// settleQuota squares the local count with WeChat's answer: a call the
-// breaker held back was never sent, one that failed at WeChat's HTTP layer
-// (5xx, no errcode) never reached the API, one WeChat refused for token or
-// quota reasons did not count there. A 45009 marks the appid's day spent
-// only when WeChat's quota report confirms it: the same errcode is what a
-// buyer past their own daily calls may get, and one busy buyer must not
-// close the merchant until midnight.
-func (h *Handler) settleQuota(ctx context.Context, ev *OrderShipped, d ratelimit.Decision, callErr error, class wechat.Class, now time.Time) {
-	lim := h.cfg.Limiter
-	if lim == nil {
-		return
-	}
-	var err error
-	switch {
-	case errors.Is(callErr, ErrBreakerOpen), httpFailure(callErr), class == wechat.ClassToken, class == wechat.ClassMinuteRate:
-		err = lim.Refund(ctx, d)
-	case class == wechat.ClassDailyQuota:
-		err = lim.Refund(ctx, d)
-		if h.appQuotaSpent(ctx, ev.AppID) {
-			err = errors.Join(err, lim.ExhaustApp(ctx, ev.AppID, now))
-		}
-	}
-	if err != nil {
-		h.cfg.Logger.Error("rate limiter: settle quota", err, watermill.LogFields{"appid": ev.AppID})
-	}
-}
-
-// appQuotaSpent asks WeChat whether appid's trace_waybill quota is spent
-// for the day. Without an answer it says no: each event then meets its own
-// 45009 and is parked alone.
-func (h *Handler) appQuotaSpent(ctx context.Context, appid string) bool {
-	qg, ok := h.cfg.Client.(quotaGetter)
-	if !ok {
-		return false
-	}
-	q, err := qg.GetQuota(ctx, appid, &wechat.QuotaRequest{CGIPath: wechat.OpenMsgPath("trace_waybill")})
-	if err != nil {
-		h.cfg.Logger.Info("quota check after 45009 failed", watermill.LogFields{"appid": appid, "err": err.Error()})
-		return false
-	}
-	return q.Quota.Remain <= 0
 }
 
 // deadLetter publishes a dead letter and counts it.
-func (h *Handler) deadLetter(msg *message.Message, key string, d *DeadLetter) error {
-	if err := h.results.dead(msg, key, d); err != nil {
+func (d *delivery) deadLetter(dl *DeadLetter) error {
+	key := ""
+	if d.ev != nil {
+		key = d.ev.OrderID
+	}
+	if err := d.h.results.dead(d.msg, key, dl); err != nil {
+		d.remember(&outcome{dead: dl})
 		return err
 	}
-	h.stats.dead.Add(1)
+	d.forget()
+	d.h.stats.dead.Add(1)
 	return nil
+}
+
+// republish publishes the outcome an earlier delivery decided.
+func (d *delivery) republish() error {
+	if d.out.dead != nil {
+		return d.deadLetter(d.out.dead)
+	}
+	return d.publishTraced(d.out.token, d.out.tracedAt)
 }
 
 // Stats counts what the handler did since it was built.
@@ -630,75 +413,6 @@ func (h *Handler) Stats() Stats {
 	}
 }
 
-// delivery is the history of one event: where it came from and how its
-// calls failed, including earlier deliveries recorded in its headers.
-type delivery struct {
-	topic        string
-	partition    int32
-	offset       int64
-	attempts     int // calls sent, all deliveries together
-	firstFailure time.Time
-	lastFailure  time.Time
-	notBefore    time.Time // a parked event's earliest next call
-	// failures counts failed calls by class in this delivery; not_yet
-	// answers are counted across deliveries (HeaderNotYet), the bound on
-	// 931023 spans hours of parking.
-	failures map[wechat.Class]int
-	start    time.Time // when this delivery began, for MaxWaitInPlace
-}
-
-func newDelivery(msg *message.Message, topic string) *delivery {
-	d := &delivery{topic: topic, partition: -1, offset: -1, failures: map[wechat.Class]int{}, start: time.Now()}
-	if p, ok := kafka.MessagePartitionFromCtx(msg.Context()); ok {
-		d.partition = p
-	}
-	if o, ok := kafka.MessagePartitionOffsetFromCtx(msg.Context()); ok {
-		d.offset = o
-	}
-	if n, err := strconv.Atoi(msg.Metadata.Get(HeaderAttempts)); err == nil && n > 0 {
-		d.attempts = n
-	}
-	if n, err := strconv.Atoi(msg.Metadata.Get(HeaderNotYet)); err == nil && n > 0 {
-		d.failures[wechat.ClassNotYet] = n
-	}
-	if t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderFirstFailure)); err == nil {
-		d.firstFailure = t
-	}
-	if t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderNotBefore)); err == nil {
-		d.notBefore = t
-	}
-	return d
-}
-
-// count records one more failure of class and returns how many there are.
-func (d *delivery) count(class wechat.Class) int {
-	d.failures[class]++
-	return d.failures[class]
-}
-
-func (d *delivery) failed(now time.Time) {
-	if d.firstFailure.IsZero() {
-		d.firstFailure = now
-	}
-	d.lastFailure = now
-}
-
-func (d *delivery) deadLetter(reason Reason, callErr error, errmsg string, now time.Time) *DeadLetter {
-	d.failed(now)
-	dl := &DeadLetter{
-		Reason: reason, Errmsg: errmsg, Attempts: d.attempts,
-		SourceTopic: d.topic, SourcePartition: d.partition, SourceOffset: d.offset,
-		FirstFailure: d.firstFailure, LastFailure: d.lastFailure,
-	}
-	var we *wechat.Error
-	if errors.As(callErr, &we) {
-		dl.HasErrcode, dl.Errcode, dl.Errmsg = true, we.Code, we.Msg
-	} else if callErr != nil {
-		dl.Errmsg = callErr.Error()
-	}
-	return dl
-}
-
 // httpFailure reports an HTTP error status without a WeChat errcode.
 func httpFailure(err error) bool {
 	var we *wechat.Error
@@ -717,8 +431,4 @@ func sleepFor(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
-}
-
-func sleepUntil(ctx context.Context, now func() time.Time, until time.Time) error {
-	return sleepFor(ctx, until.Sub(now()))
 }

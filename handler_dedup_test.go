@@ -74,7 +74,7 @@ func (failingStore) Get(context.Context, DedupKey) (TraceRecord, bool, error) {
 func (failingStore) Put(context.Context, DedupKey, TraceRecord) error {
 	return errors.New("connection refused")
 }
-func (failingStore) Claim(context.Context, DedupKey, time.Duration) (func(), bool, error) {
+func (failingStore) Claim(context.Context, DedupKey, string, time.Duration) (func(), bool, error) {
 	return nil, false, errors.New("connection refused")
 }
 

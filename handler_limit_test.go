@@ -44,7 +44,9 @@ func TestLimiterParksSpentQuotasUntilTheWindow(t *testing.T) {
 	parked := pub.on("order.shipped.delay.window")
 	require.Len(t, parked, 2)
 	for _, m := range parked {
-		assert.Equal(t, reset.Format(time.RFC3339Nano), m.Metadata.Get(HeaderDueAt))
+		// Spread over the window's first 5 min by the time of day parked.
+		due := reset.Add(spreadOf(11 * time.Hour))
+		assert.Equal(t, due.Format(time.RFC3339Nano), m.Metadata.Get(HeaderDueAt))
 	}
 	for _, w := range []string{"W2", "W5"} {
 		assert.Zero(t, tr.callsFor(w), "no call is spent on a denied event")
@@ -62,7 +64,8 @@ func TestLimiterRefundsCallsWeChatDidNotCount(t *testing.T) {
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
 		ev := validEvent("o1", "W1")
 		ev.AppID = "wxa"
-		require.NoError(t, h.Handle(msgOf(t, ev)))
+		_, err = redeliver(h, msgOf(t, ev), 100) // each minute wait passes the budget's end
+		require.NoError(t, err)
 		require.Len(t, pub.on(DefaultTracedTopic), 1)
 		assert.Equal(t, 4, tr.callsFor("W1"))
 		d, err := lim.Allow(context.Background(), "wxa", "someone", time.Now())

@@ -28,24 +28,50 @@ type scriptedTracer struct {
 	mu     sync.Mutex
 	script map[string][]error // waybill_id → answers, in order
 	calls  map[string]int
-	remain map[string]int64 // appid → what openapi/quota/get reports
+	times  map[string][]time.Time // waybill_id → when each call came, by time.Now
+	remain map[string]int64       // appid → what openapi/quota/get reports
+	// during, when set, runs inside each trace_waybill call (n counts from
+	// 0), outside the lock; an error it returns is the call's answer.
+	during func(ctx context.Context, waybill string, n int) error
+	// answer, when set, replaces the successful response.
+	answer func(appid, waybill string) *wechat.TraceWaybillResponse
 }
 
 func newScriptedTracer() *scriptedTracer {
-	return &scriptedTracer{script: map[string][]error{}, calls: map[string]int{}, remain: map[string]int64{}}
+	return &scriptedTracer{script: map[string][]error{}, calls: map[string]int{}, times: map[string][]time.Time{}, remain: map[string]int64{}}
 }
 
 func (s *scriptedTracer) on(waybill string, errs ...error) { s.script[waybill] = errs }
 
-func (s *scriptedTracer) TraceWaybill(_ context.Context, appid string, req *wechat.TraceWaybillRequest) (*wechat.TraceWaybillResponse, error) {
+func (s *scriptedTracer) TraceWaybill(ctx context.Context, appid string, req *wechat.TraceWaybillRequest) (*wechat.TraceWaybillResponse, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	n := s.calls[req.WaybillID]
 	s.calls[req.WaybillID] = n + 1
-	if errs := s.script[req.WaybillID]; n < len(errs) && errs[n] != nil {
-		return nil, errs[n]
+	s.times[req.WaybillID] = append(s.times[req.WaybillID], time.Now())
+	during, answer := s.during, s.answer
+	var scripted error
+	if errs := s.script[req.WaybillID]; n < len(errs) {
+		scripted = errs[n]
+	}
+	s.mu.Unlock()
+	if during != nil {
+		if err := during(ctx, req.WaybillID, n); err != nil {
+			return nil, err
+		}
+	}
+	if scripted != nil {
+		return nil, scripted
+	}
+	if answer != nil {
+		return answer(appid, req.WaybillID), nil
 	}
 	return &wechat.TraceWaybillResponse{WaybillToken: "tok-" + appid + "-" + req.WaybillID}, nil
+}
+
+func (s *scriptedTracer) timesOf(waybill string) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.times[waybill]...)
 }
 
 // UpdateWaybillGoods answers from the script under "update:"+token.
@@ -134,9 +160,8 @@ func newTestHandler(t *testing.T, tr Tracer, pub message.Publisher, mod func(*Co
 		Backoff: func(int) time.Duration { return time.Millisecond },
 		Retry:   RetryPolicy{BreakerWait: time.Millisecond, NotYetDelay: time.Millisecond, QuotaReset: func(now time.Time) time.Time { return now.Add(time.Millisecond) }},
 		Breaker: BreakerConfig{Disabled: true},
-		// Tests of waiting run in synctest bubbles; the budget has its own test.
-		MaxWaitInPlace: 24 * time.Hour,
-		ClaimTTL:       25 * time.Hour, // must outlast MaxWaitInPlace
+		// MaxWaitInPlace and ClaimTTL keep their production defaults: a
+		// test-only budget once hid a loop of calls.
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -261,7 +286,10 @@ func TestHandleRoutesFailures(t *testing.T) {
 				tr, pub := newScriptedTracer(), &recorder{}
 				tr.on("SF100", tc.answers...)
 				h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry.NotYetAttempts = 3 })
-				require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+				// Waits past the 25 s budget end the delivery; Kafka
+				// redelivers it.
+				_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 1000)
+				require.NoError(t, err)
 
 				assert.Equal(t, tc.calls, tr.callsFor("SF100"))
 				traced, dead := pub.on(DefaultTracedTopic), pub.on(DefaultDeadLetterTopic)

@@ -12,8 +12,6 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-
-	"github.com/waybillkit/waybill/wechat"
 )
 
 // Parking moves an event that cannot succeed now but can later (quota spent,
@@ -51,6 +49,7 @@ const (
 	HeaderDueAt      = "waybill_due_at"      // RFC 3339: when it may run again
 	HeaderParkedFrom = "waybill_parked_from" // the topic to return it to
 	HeaderParks      = "waybill_parks"       // how often it was parked
+	HeaderParkedKey  = "waybill_parked_key"  // the order id: the parked copy's partition key
 	// HeaderNotBefore is the earliest time the event may call WeChat again,
 	// when that is later than its due time (it must wait longer than the
 	// longest tier): back early, it is parked again without a call.
@@ -121,26 +120,29 @@ func (c *ParkingConfig) route(now, until time.Time, window bool) (topic string, 
 	return c.TopicPrefix + last.String(), now.Add(last)
 }
 
-// park publishes msg to its delay topic. The payload and the original
-// headers travel untouched; the history headers are updated.
-func (h *Handler) park(msg *message.Message, st *delivery, until time.Time, window bool, now time.Time) (parked bool, err error) {
-	p := h.cfg.Parking
+// park publishes the event to its delay topic. The payload and the original
+// headers travel untouched; the history headers are updated, and the copy
+// is keyed by its order id (HeaderParkedKey), so that parked events spread
+// over the delay topic's partitions whatever their producer set.
+func (d *delivery) park(until time.Time, window bool, now time.Time) (parked bool, err error) {
+	p, msg := d.h.cfg.Parking, d.msg
 	parks, _ := strconv.Atoi(msg.Metadata.Get(HeaderParks))
 	if parks >= p.MaxParks {
 		return false, nil
 	}
 	topic, due := p.route(now, until, window)
 	out := message.NewMessage(msg.UUID, msg.Payload)
-	out.Metadata = make(message.Metadata, len(msg.Metadata)+5)
+	out.Metadata = make(message.Metadata, len(msg.Metadata)+6)
 	for k, v := range msg.Metadata {
 		out.Metadata[k] = v
 	}
-	out.Metadata.Set(HeaderAttempts, strconv.Itoa(st.attempts))
-	out.Metadata.Set(HeaderFirstFailure, st.firstFailure.UTC().Format(time.RFC3339Nano))
+	out.Metadata.Set(HeaderParkedKey, d.ev.OrderID)
+	out.Metadata.Set(HeaderAttempts, strconv.Itoa(d.hist.attempts))
+	out.Metadata.Set(HeaderFirstFailure, d.hist.firstFailure.UTC().Format(time.RFC3339Nano))
 	out.Metadata.Set(HeaderDueAt, due.UTC().Format(time.RFC3339Nano))
-	out.Metadata.Set(HeaderParkedFrom, h.cfg.InputTopic)
+	out.Metadata.Set(HeaderParkedFrom, d.h.cfg.InputTopic)
 	out.Metadata.Set(HeaderParks, strconv.Itoa(parks+1))
-	if n := st.failures[wechat.ClassNotYet]; n > 0 {
+	if n := d.hist.notYet; n > 0 {
 		out.Metadata.Set(HeaderNotYet, strconv.Itoa(n))
 	}
 	if until.After(due) {
@@ -148,10 +150,46 @@ func (h *Handler) park(msg *message.Message, st *delivery, until time.Time, wind
 	} else {
 		delete(out.Metadata, HeaderNotBefore)
 	}
-	if err := h.cfg.Publisher.Publish(topic, out); err != nil {
+	if err := d.h.cfg.Publisher.Publish(topic, out); err != nil {
+		// The redelivery must not call before until either.
+		if until.After(d.hist.notBefore) {
+			d.hist.notBefore = until
+		}
+		d.remember(nil)
 		return false, fmt.Errorf("park %s on %s: %w", msg.UUID, topic, err)
 	}
+	d.forget()
 	return true, nil
+}
+
+// repark parks an event that came back before its not-before time.
+func (d *delivery) repark(now time.Time) error {
+	parked, err := d.park(d.hist.notBefore, false, now)
+	if err != nil {
+		return err
+	}
+	if parked {
+		d.h.stats.parked.Add(1)
+		return nil
+	}
+	return d.deadLetter(d.hist.deadLetter(d.src, ReasonTooManyAttempts, nil, "parked too often", now))
+}
+
+// parkOrDeadLetter parks the event until dec.Until, or dead-letters it with
+// its history when it was parked MaxParks times already.
+func (d *delivery) parkOrDeadLetter(dec Decision, callErr error, now time.Time, logFields watermill.LogFields) error {
+	d.hist.failed(now)
+	parked, err := d.park(dec.Until, dec.Window, now)
+	if err != nil {
+		return err
+	}
+	if parked {
+		d.h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": dec.Until}))
+		d.h.stats.parked.Add(1)
+		return nil
+	}
+	d.h.cfg.Logger.Info("dead-lettering event parked too often", logFields)
+	return d.deadLetter(d.hist.deadLetter(d.src, ReasonTooManyAttempts, callErr, "", now))
 }
 
 // DelayRunnerConfig configures a DelayRunner.
@@ -163,9 +201,14 @@ type DelayRunnerConfig struct {
 	Topics []string
 	// Publisher republishes due events to their input topic. Required.
 	Publisher message.Publisher
-	// DeadLetterTopic receives parked records that cannot be returned (no
-	// input topic recorded, not decodable). "" means they are logged and
-	// skipped. Either way they never stall the records behind them.
+	// InputTopic is where a parked record without HeaderParkedFrom is
+	// returned, and the source named in the dead letter of one that cannot
+	// be read, so that a replay sends it where the handler validates it. ""
+	// means DefaultInputTopic.
+	InputTopic string
+	// DeadLetterTopic receives parked records that cannot be returned (not
+	// decodable), so they never stall the records behind them and are never
+	// lost. "" means DefaultDeadLetterTopic.
 	DeadLetterTopic string
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
@@ -212,6 +255,12 @@ func NewDelayRunner(cfg DelayRunnerConfig) (*DelayRunner, error) {
 	}
 	if cfg.Kafka.ConsumerGroup == "" {
 		cfg.Kafka.ConsumerGroup = "waybill-delay"
+	}
+	if cfg.InputTopic == "" {
+		cfg.InputTopic = DefaultInputTopic
+	}
+	if cfg.DeadLetterTopic == "" {
+		cfg.DeadLetterTopic = DefaultDeadLetterTopic
 	}
 	sc := cfg.Kafka.sarama()
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
@@ -284,20 +333,16 @@ func (r *DelayRunner) ConsumeClaim(sess sarama.ConsumerGroupSession, claim saram
 
 // release waits until rec is due and returns it to its input topic. It
 // returns an error only when ctx ended first; a failing publisher is retried
-// with backoff, and a record that cannot be returned (no input topic, not
-// decodable) is reported and, with DeadLetterTopic set, dead-lettered, so
+// with backoff, and a record that cannot be decoded is dead-lettered, so
 // that it never stalls the partition behind it.
 func (r *DelayRunner) release(ctx context.Context, rec *sarama.ConsumerMessage) error {
 	msg, err := r.unmarshal(rec)
-	dest := ""
-	if err == nil {
-		dest = msg.Metadata.Get(HeaderParkedFrom)
-		if dest == "" {
-			err = fmt.Errorf("no %s header", HeaderParkedFrom)
-		}
-	}
 	if err != nil {
 		return r.reject(ctx, rec, msg, err)
+	}
+	dest := msg.Metadata.Get(HeaderParkedFrom)
+	if dest == "" {
+		dest = r.cfg.InputTopic
 	}
 	due, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(HeaderDueAt))
 	if err != nil {
@@ -320,20 +365,21 @@ func (r *DelayRunner) release(ctx context.Context, rec *sarama.ConsumerMessage) 
 	return nil
 }
 
-// reject reports a parked record that cannot be returned and moves past it.
+// reject dead-letters a parked record that cannot be returned and moves
+// past it. The dead letter names the input topic as its source, so that a
+// replay sends it back to the handler, which validates it, rather than to
+// the delay topic that rejected it; the delay topic's partition and offset
+// travel in its errmsg.
 func (r *DelayRunner) reject(ctx context.Context, rec *sarama.ConsumerMessage, msg *message.Message, cause error) error {
 	fields := watermill.LogFields{"topic": rec.Topic, "partition": rec.Partition, "offset": rec.Offset}
 	r.cfg.Logger.Error("delay runner: parked record cannot be returned", cause, fields)
-	if r.cfg.DeadLetterTopic == "" {
-		return nil
-	}
 	if msg == nil {
 		msg = message.NewMessage(string(rec.Key), rec.Value)
 	}
 	now := r.cfg.Now()
 	dl := &DeadLetter{
-		Reason: ReasonInvalidEvent, Errmsg: "parked record: " + cause.Error(),
-		SourceTopic: rec.Topic, SourcePartition: rec.Partition, SourceOffset: rec.Offset,
+		Reason: ReasonInvalidEvent, Errmsg: fmt.Sprintf("parked record %s/%d/%d: %s", rec.Topic, rec.Partition, rec.Offset, cause),
+		SourceTopic: r.cfg.InputTopic, SourcePartition: -1, SourceOffset: -1,
 		FirstFailure: now, LastFailure: now,
 	}
 	out := message.NewMessage(msg.UUID, msg.Payload)

@@ -2,12 +2,14 @@ package waybill
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -59,7 +61,7 @@ func TestHandlerParksInsteadOfWaiting(t *testing.T) {
 		topic string
 		due   time.Time
 	}{
-		{"daily quota waits for the window", 45009, "order.shipped.delay.window", time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC)},
+		{"daily quota waits for the window", 45009, "order.shipped.delay.window", time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC).Add(spreadOf(23*time.Hour + 4*time.Minute + 5*time.Second))},
 		{"minute rate", 45011, "order.shipped.delay.1m0s", now.Add(time.Minute)},
 		{"not yet", 931023, "order.shipped.delay.1h0m0s", now.Add(time.Hour)},
 	}
@@ -165,12 +167,12 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 		require.NoError(t, pub.Publish(topic, m))
 	}
 	park("later", topics[1], t0.Add(time.Hour), "in") // head of the 1h tier
-	park("poison", topics[0], t0, "")                 // no input topic recorded
+	park("foreign", topics[0], t0, "")                // no input topic recorded: goes to InputTopic
 	park("soon", topics[0], t0.Add(time.Minute), "in")
 	park("now", topics[2], t0.Add(-time.Second), "in")
 
 	runner, err := NewDelayRunner(DelayRunnerConfig{
-		Kafka: kc, Topics: topics, Publisher: pub, DeadLetterTopic: "dead", Now: now, Recheck: 10 * time.Millisecond,
+		Kafka: kc, Topics: topics, Publisher: pub, InputTopic: "in", DeadLetterTopic: "dead", Now: now, Recheck: 10 * time.Millisecond,
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -195,21 +197,26 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 		}
 	}
 
-	m := next(back)
-	assert.Equal(t, "now", m.UUID, "due at once on its own tier")
+	first := map[string]*message.Message{}
+	for range 2 {
+		m := next(back)
+		first[m.UUID] = m
+	}
+	require.Contains(t, first, "now", "due at once on its own tier")
+	require.Contains(t, first, "foreign", "a record without %s goes back to InputTopic", HeaderParkedFrom)
+	m := first["now"]
 	assert.Empty(t, m.Metadata.Get(HeaderDueAt))
 	assert.Empty(t, m.Metadata.Get(HeaderParkedFrom))
 	assert.Equal(t, "3", m.Metadata.Get(HeaderAttempts))
-	d := next(dead)
-	assert.Equal(t, "poison", d.UUID)
-	dl, err := ParseDeadLetter(d)
-	require.NoError(t, err)
-	assert.Equal(t, ReasonInvalidEvent, dl.Reason)
-	assert.Contains(t, dl.Errmsg, HeaderParkedFrom)
 
 	offset.Store(int64(2 * time.Minute))
 	assert.Equal(t, "soon", next(back).UUID, "due once the clock passed its time")
 	assert.Equal(t, int64(0), runner.Returned(topics[1]), "the 1h event is not due")
+	select {
+	case m := <-dead:
+		t.Errorf("dead-lettered %s: nothing here is unreadable", m.UUID)
+	default:
+	}
 	cancel()
 	require.NoError(t, <-done)
 
@@ -218,7 +225,25 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	defer admin.Close()
 	offsets, err := admin.ListConsumerGroupOffsets("delay-test", map[string][]int32{topics[0]: {0}, topics[1]: {0}, topics[2]: {0}})
 	require.NoError(t, err)
-	assert.Equal(t, int64(2), offsets.GetBlock(topics[0], 0).Offset, "poison and soon: committed")
+	assert.Equal(t, int64(2), offsets.GetBlock(topics[0], 0).Offset, "foreign and soon: committed")
 	assert.Equal(t, int64(1), offsets.GetBlock(topics[2], 0).Offset, "returned: committed")
 	assert.Equal(t, int64(-1), offsets.GetBlock(topics[1], 0).Offset, "still parked: not committed")
+}
+
+// TestDelayRunnerRejectReplaysToTheInput: a parked record the runner cannot
+// read is dead-lettered with the input topic as its source, so a replay
+// sends it to the handler (which validates it) and not back to the delay
+// topic that rejected it; with no DeadLetterTopic given it still goes to the
+// default one, never dropped.
+func TestDelayRunnerRejectReplaysToTheInput(t *testing.T) {
+	pub := &recorder{}
+	r := &DelayRunner{cfg: DelayRunnerConfig{Publisher: pub, InputTopic: "shop.shipped", DeadLetterTopic: DefaultDeadLetterTopic, Now: time.Now, Logger: watermill.NopLogger{}}}
+	rec := &sarama.ConsumerMessage{Topic: "shop.shipped.delay.1m0s", Partition: 2, Offset: 41, Key: []byte("k"), Value: []byte("{}")}
+	require.NoError(t, r.reject(context.Background(), rec, nil, errors.New("unreadable headers")))
+	dead := pub.on(DefaultDeadLetterTopic)
+	require.Len(t, dead, 1)
+	dl, err := ParseDeadLetter(dead[0])
+	require.NoError(t, err)
+	assert.Equal(t, "shop.shipped", dl.SourceTopic, "a replay must send it where it can succeed")
+	assert.Contains(t, dl.Errmsg, "shop.shipped.delay.1m0s/2/41")
 }

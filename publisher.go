@@ -2,6 +2,9 @@ package waybill
 
 import (
 	"fmt"
+	"sort"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -14,6 +17,7 @@ type results struct {
 	pub         message.Publisher
 	tracedTopic string
 	deadTopic   string
+	maxDead     int // Config.MaxDeadLetterBytes; 0: no bound
 }
 
 // traced publishes the waybill.traced event for ev.
@@ -42,9 +46,13 @@ func (r *results) dead(orig *message.Message, key string, d *DeadLetter) error {
 	if key != "" {
 		md.Set(HeaderDeadKey, key)
 	}
+	payload := orig.Payload
+	if r.maxDead > 0 && messageSize(payload, md) > r.maxDead {
+		payload, md = reduce(payload, md, r.maxDead)
+	}
 	// Keep the original UUID: a redelivered event dead-letters as the same
 	// message, which replay and downstream deduplication rely on.
-	msg := message.NewMessage(orig.UUID, orig.Payload)
+	msg := message.NewMessage(orig.UUID, payload)
 	msg.Metadata = md
 	if err := r.pub.Publish(r.deadTopic, msg); err != nil {
 		return fmt.Errorf("publish dead letter %s to %s: %w", orig.UUID, r.deadTopic, err)
@@ -52,16 +60,68 @@ func (r *results) dead(orig *message.Message, key string, d *DeadLetter) error {
 	return nil
 }
 
-// PartitionKey is the kafka.GeneratePartitionKey for waybill's output
-// topics: the order id that waybill puts in HeaderDeadKey or HeaderKey, so
-// that all output about one order lands on one partition and stays in order.
-// Messages with neither fall back to their UUID.
-func PartitionKey(_ string, msg *message.Message) (string, error) {
-	if k := msg.Metadata.Get(HeaderDeadKey); k != "" {
-		return k, nil
+// messageSize is what a message weighs on the broker, near enough: payload
+// and headers.
+func messageSize(payload []byte, md message.Metadata) int {
+	n := len(payload)
+	for k, v := range md {
+		n += len(k) + len(v)
 	}
-	if k := msg.Metadata.Get(HeaderKey); k != "" {
-		return k, nil
+	return n
+}
+
+// reduce makes a dead letter fit in limit bytes: it drops the payload, then,
+// if that is not enough, the headers that are not waybill's own, and says
+// what it dropped in HeaderDeadDropped. The dead letter's source topic,
+// partition and offset still locate the original.
+func reduce(payload []byte, md message.Metadata, limit int) ([]byte, message.Metadata) {
+	dropped := fmt.Sprintf("payload (%d bytes)", len(payload))
+	md.Set(HeaderDeadDropped, dropped)
+	if messageSize(nil, md) > limit {
+		var names []string
+		for k := range md {
+			if !strings.HasPrefix(k, "waybill_") {
+				names = append(names, k)
+			}
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			delete(md, k)
+		}
+		dropped += fmt.Sprintf(", %d headers: %s", len(names), strings.Join(names, ","))
+		if len(dropped) > 1024 {
+			dropped = dropped[:1024] + "…"
+		}
+		md.Set(HeaderDeadDropped, dropped)
+		if messageSize(nil, md) > limit {
+			// Only waybill's own headers are left; an errmsg is all that
+			// can be that long.
+			md.Set(HeaderDeadErrmsg, truncate(md.Get(HeaderDeadErrmsg), 1024))
+		}
+	}
+	return []byte{}, md
+}
+
+// truncate cuts s to at most n bytes at a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// PartitionKey is the kafka.GeneratePartitionKey for waybill's output
+// topics: the order id that waybill puts in HeaderDeadKey, HeaderKey or
+// HeaderParkedKey, so that all output about one order lands on one
+// partition and stays in order. Messages with none fall back to their UUID.
+func PartitionKey(_ string, msg *message.Message) (string, error) {
+	for _, h := range [...]string{HeaderDeadKey, HeaderKey, HeaderParkedKey} {
+		if k := msg.Metadata.Get(h); k != "" {
+			return k, nil
+		}
 	}
 	return msg.UUID, nil
 }

@@ -159,8 +159,9 @@ const (
 	SkippedByFilter
 	// SkippedOverLimit: selected, but already replayed MaxReplays times.
 	SkippedOverLimit
-	// SkippedInvalid: not a waybill dead letter (see ReplayEvent.Problem), or
-	// one that names no topic to return to while ReplayConfig.To is "".
+	// SkippedInvalid: not a waybill dead letter (see ReplayEvent.Problem),
+	// one that names no topic to return to while ReplayConfig.To is "", or
+	// one published reduced, without its payload (HeaderDeadDropped).
 	SkippedInvalid
 )
 
@@ -731,6 +732,11 @@ func (r *replayer) inspect(m *sarama.ConsumerMessage) (*message.Message, ReplayE
 		ev.Outcome = SkippedOverLimit
 	case ev.To == "":
 		ev.Outcome, ev.Problem = SkippedInvalid, fmt.Sprintf("no %s header and no destination topic given", HeaderDeadSourceTopic)
+	case d.Dropped != "":
+		// Replaying what is left would dead-letter an empty event; the
+		// original is at its source offset.
+		ev.Outcome, ev.Problem = SkippedInvalid, fmt.Sprintf("reduced dead letter (dropped %s): replay the original from %s/%d/%d",
+			d.Dropped, d.SourceTopic, d.SourcePartition, d.SourceOffset)
 	case r.cfg.DryRun:
 		ev.Outcome = WouldReplay
 	default:

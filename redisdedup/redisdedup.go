@@ -12,8 +12,9 @@
 //	<prefix><k>          the record: JSON {"waybill_token":…,"goods_hash":…,
 //	                     "traced_at":…}, with a Redis TTL of Config.TTL
 //	                     from its last Put
-//	<prefix>claim:<k>    a claim: SET NX PX with a random owner id, removed
-//	                     only by its owner (compare-and-delete); its three
+//	<prefix>claim:<k>    a claim: the owner id (the caller's, or a random one)
+//	                     with a PX ttl, renewed and removed only by its owner
+//	                     (compare-and-set, compare-and-delete); its three
 //	                     colons keep it apart from every record key
 //
 // Each command touches one key, so the store works on Redis Cluster too.
@@ -24,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -103,12 +105,16 @@ func (s *Store) Get(ctx context.Context, key waybill.DedupKey) (waybill.TraceRec
 	if errors.Is(err, redis.Nil) {
 		return waybill.TraceRecord{}, false, nil
 	}
+	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		// Another kind of value sits on the key: Put's SET replaces it.
+		return waybill.TraceRecord{}, false, fmt.Errorf("redisdedup: get %s: %w: %w", key, waybill.ErrBadRecord, err)
+	}
 	if err != nil {
 		return waybill.TraceRecord{}, false, fmt.Errorf("redisdedup: get %s: %w", key, err)
 	}
 	var r record
 	if err := json.Unmarshal(b, &r); err != nil {
-		return waybill.TraceRecord{}, false, fmt.Errorf("redisdedup: decode %s: %w", key, err)
+		return waybill.TraceRecord{}, false, fmt.Errorf("redisdedup: decode %s: %w: %w", key, waybill.ErrBadRecord, err)
 	}
 	return waybill.TraceRecord{WaybillToken: r.WaybillToken, GoodsHash: r.GoodsHash, TracedAt: r.TracedAt}, true, nil
 }
@@ -128,17 +134,18 @@ func (s *Store) Put(ctx context.Context, key waybill.DedupKey, rec waybill.Trace
 // releaseTimeout bounds a release, whatever the client's own timeouts.
 const releaseTimeout = 5 * time.Second
 
-// Claim implements waybill.TraceStore with SET NX PX and a random owner id;
-// ttl is rounded to milliseconds, at least one. The release func runs its
+// Claim implements waybill.TraceStore: SET NX PX with a random owner id
+// when owner is "", otherwise one script that takes a free claim or renews
+// owner's own; ttl is rounded to milliseconds, at least one. The release func runs its
 // compare-and-delete with ctx's values but not its cancellation (for up to
 // five seconds), so a claim taken during shutdown is still released; if Redis
 // cannot be reached then, the claim lapses after ttl.
-func (s *Store) Claim(ctx context.Context, key waybill.DedupKey, ttl time.Duration) (func(), bool, error) {
+func (s *Store) Claim(ctx context.Context, key waybill.DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
 	if ttl <= 0 {
 		return nil, false, fmt.Errorf("redisdedup: claim %s: ttl %v is not positive", key, ttl)
 	}
 	ttl = max(ttl.Round(time.Millisecond), time.Millisecond)
-	release, ok, err := redislock.Acquire(ctx, s.rdb, s.claimKey(key), ttl)
+	release, ok, err := redislock.AcquireAs(ctx, s.rdb, s.claimKey(key), owner, ttl)
 	if err != nil {
 		return nil, false, fmt.Errorf("redisdedup: claim %s: %w", key, err)
 	}

@@ -60,7 +60,7 @@ func TestStoreKeysAndValues(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, ttl > 59*time.Minute && ttl <= time.Hour, "record PTTL %v, want about an hour", ttl)
 
-	release, ok, err := s.Claim(ctx, key, time.Minute)
+	release, ok, err := s.Claim(ctx, key, "", time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	owner, err := rdb.Get(ctx, prefix+"claim:wx0001:SF1001:4200001").Result()
@@ -76,7 +76,7 @@ func TestStoreKeysAndValues(t *testing.T) {
 
 	// A second claimer gets a different owner id: a release cannot be forged
 	// by guessing.
-	_, ok, err = s.Claim(ctx, key, time.Minute)
+	_, ok, err = s.Claim(ctx, key, "", time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
 	owner2, err := rdb.Get(ctx, prefix+"claim:wx0001:SF1001:4200001").Result()
@@ -143,7 +143,7 @@ func TestStoreWrapsConnectionErrors(t *testing.T) {
 	err = s.Put(ctx, key, waybill.TraceRecord{WaybillToken: "token-ABC123"})
 	assert.ErrorAs(t, err, &opErr)
 	assert.NotContains(t, err.Error(), "ABC123", "an error must not carry the token")
-	_, ok, err := s.Claim(ctx, key, time.Second)
+	_, ok, err := s.Claim(ctx, key, "", time.Second)
 	assert.ErrorAs(t, err, &opErr)
 	assert.False(t, ok)
 }
@@ -159,7 +159,7 @@ func TestCrashedHolderClaimExpires(t *testing.T) {
 	doomed, err := redisdedup.New(doomedClient, redisdedup.Config{Prefix: prefix})
 	require.NoError(t, err)
 	claimed := time.Now()
-	_, ok, err := doomed.Claim(ctx, key, ttl)
+	_, ok, err := doomed.Claim(ctx, key, "", ttl)
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.NoError(t, doomedClient.Close()) // the crash
@@ -174,7 +174,7 @@ func TestCrashedHolderClaimExpires(t *testing.T) {
 	for wonAt.IsZero() {
 		require.True(t, time.Now().Before(deadline), "the crashed claim never expired")
 		for i, s := range survivors {
-			release, ok, err := s.Claim(ctx, key, time.Hour)
+			release, ok, err := s.Claim(ctx, key, "", time.Hour)
 			require.NoError(t, err)
 			if ok {
 				winner, wonAt = i, time.Now()
@@ -187,7 +187,7 @@ func TestCrashedHolderClaimExpires(t *testing.T) {
 	// Redis cannot expire a key early, so this direction holds on any machine.
 	assert.GreaterOrEqual(t, wonAt.Sub(claimed), ttl, "the claim lapsed before its ttl")
 	for i, s := range survivors {
-		_, ok, err := s.Claim(ctx, key, time.Hour)
+		_, ok, err := s.Claim(ctx, key, "", time.Hour)
 		require.NoError(t, err)
 		assert.False(t, ok, "survivor %d claimed the key survivor %d holds", i, winner)
 	}
@@ -224,4 +224,32 @@ func BenchmarkRedisStoreGet(b *testing.B) {
 			}
 		})
 	})
+}
+
+// An unreadable record (not JSON, or a key of another type) is reported as
+// waybill.ErrBadRecord, which the handler traces over, and Put replaces it.
+func TestUnreadableRecordIsBadRecord(t *testing.T) {
+	ctx := context.Background()
+	rdb := testredis.Client(t)
+	prefix := testredis.Prefix(t)
+	s, err := redisdedup.New(rdb, redisdedup.Config{Prefix: prefix, TTL: time.Hour})
+	require.NoError(t, err)
+	recordKey := prefix + "wx0001:SF1001:4200001"
+	for name, spoil := range map[string]func() error{
+		"not JSON":   func() error { return rdb.Set(ctx, recordKey, "{half", 0).Err() },
+		"wrong type": func() error { return rdb.HSet(ctx, recordKey, "waybill_token", "x").Err() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			require.NoError(t, rdb.Del(ctx, recordKey).Err())
+			require.NoError(t, spoil())
+			_, ok, err := s.Get(ctx, key)
+			assert.ErrorIs(t, err, waybill.ErrBadRecord)
+			assert.False(t, ok)
+			require.NoError(t, s.Put(ctx, key, waybill.TraceRecord{WaybillToken: "tok-1"}))
+			rec, ok, err := s.Get(ctx, key)
+			require.NoError(t, err)
+			assert.True(t, ok)
+			assert.Equal(t, "tok-1", rec.WaybillToken)
+		})
+	}
 }

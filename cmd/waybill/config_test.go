@@ -34,13 +34,23 @@ func TestParseConfigDefaults(t *testing.T) {
 	assert.Equal(t, "s.txt", c.SecretsFile)
 	assert.Empty(t, c.Redis)
 	assert.Equal(t, "waybill:", c.RedisPrefix)
-	assert.Nil(t, c.Parking, "parking is off unless asked for")
+	require.NotNil(t, c.Parking, "parking is on unless turned off: a mixed topic must not need a flag")
+	assert.Equal(t, []string{"order.shipped.delay.1m0s", "order.shipped.delay.10m0s", "order.shipped.delay.1h0m0s", "order.shipped.delay.window"}, c.Parking.Topics(c.InputTopic))
 	assert.Equal(t, ratelimit.Limits{AppDaily: 100_000, UserDaily: 100, Rate: 20}, c.Limits)
 	assert.Empty(t, c.AppLimits)
-	assert.Equal(t, 2*time.Minute, c.ClaimTTL)
+	assert.Equal(t, 15*time.Second, c.ClaimTTL)
 	assert.Equal(t, slog.LevelInfo, c.LogLevel)
 	assert.Equal(t, time.Minute, c.StatsInterval)
 	assert.Equal(t, 30*time.Second, c.ShutdownTimeout)
+}
+
+func TestParseConfigParkingOff(t *testing.T) {
+	c, err := parseConfig([]string{"-secrets-file", "s.txt", "-parking=false"}, env(nil), &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.Nil(t, c.Parking)
+	c, err = parseConfig([]string{"-secrets-file", "s.txt"}, env(map[string]string{"WAYBILL_PARKING": "false"}), &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.Nil(t, c.Parking)
 }
 
 func TestParseConfigEnvironmentAndFlags(t *testing.T) {

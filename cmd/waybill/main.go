@@ -3,7 +3,7 @@
 // waybill.traced or a dead letter. Run it next to your Kafka:
 //
 //	waybill -brokers kafka1:9092,kafka2:9092 -secrets-file /etc/waybill/secrets \
-//	    -redis redis://:password@redis:6379/0 -parking
+//	    -redis redis://:password@redis:6379/0
 //
 // Every flag -x-y falls back to the environment variable WAYBILL_X_Y when it
 // is not given on the command line, then to its default:
@@ -17,7 +17,7 @@
 //	-secrets-file       WAYBILL_SECRETS_FILE       file of appid=secret lines; required
 //	-redis              WAYBILL_REDIS              host:port or redis:// / rediss:// URL; empty: in memory
 //	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key (waybill:)
-//	-parking            WAYBILL_PARKING            park waiting events on delay topics (false)
+//	-parking            WAYBILL_PARKING            park waiting events on delay topics (true)
 //	-parking-tiers      WAYBILL_PARKING_TIERS      delays of the delay topics (1m,10m,1h)
 //	-parking-prefix     WAYBILL_PARKING_PREFIX     delay topic prefix (<input-topic>.delay.)
 //	-app-daily          WAYBILL_APP_DAILY          calls per appid a day (100000; negative: no limit)
@@ -25,7 +25,7 @@
 //	-rate               WAYBILL_RATE               calls per second per appid (20; negative: no limit)
 //	-burst              WAYBILL_BURST              calls at once after an idle spell (0: one second's worth)
 //	-app-limits         WAYBILL_APP_LIMITS         per-appid overrides, e.g. wx1:app_daily=5000:rate=2,wx2:rate=1
-//	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (2m)
+//	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (15s)
 //	-log-level          WAYBILL_LOG_LEVEL          debug, info, warn or error (info)
 //	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
 //	-shutdown-timeout   WAYBILL_SHUTDOWN_TIMEOUT   how long in-flight events may finish after a signal (30s)
@@ -41,16 +41,20 @@
 // waybill.traced without calling WeChat again, whichever process sees it.
 // Without it each process keeps its own: right for a single process only.
 // In an -app-limits entry a key left out (or 0) inherits the flag above it.
-// -claim-ttl should exceed the longest one trace can take (a 30 s HTTP
-// timeout plus retries): a shorter one lets a duplicate handled elsewhere at
-// the same moment make a second call; a longer one makes a restart after a
-// crash wait that long for the waybills that were in flight.
+// A live process renews its claims every third of -claim-ttl for as long as
+// its calls take, so -claim-ttl is only how long a crashed process's
+// waybills stay blocked; keep it under the 25 s a delivery may wait in
+// place, so that the events behind them resume within that.
 //
-// The topics must exist, or the brokers must create them. With -parking,
-// events that must wait (a spent quota, WeChat not knowing the waybill yet,
-// an appid's breaker open) move to the delay topics <prefix><tier> and
-// <prefix>window, which must exist too, and come back when due; without it
-// they wait in place, holding their partition.
+// The topics must exist, or the brokers must create them. Parking is on by
+// default, because a service provider's topic mixes merchants: events that
+// must wait (a spent quota, WeChat not knowing the waybill yet, an appid's
+// breaker open) move to the delay topics <prefix><tier> and <prefix>window,
+// which must exist too, and a delay runner in the same process (consumer
+// group <group>-delay) brings them back when due. With -parking=false they
+// wait in place, holding their partition: each delivery at most 25 s, then
+// the event is left for redelivery, which makes no WeChat call before the
+// event's time.
 //
 // SIGINT or SIGTERM stops it gracefully: no new events are taken, events in
 // flight may finish their WeChat call and publish for -shutdown-timeout, then

@@ -20,14 +20,43 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0`)
 
-// Acquire takes the lock at key for ttl. ok is false when another owner
-// holds it. release gives it back if this owner still holds it; calling it
-// twice, or after the ttl, is harmless.
+// acquireScript takes the lock when it is free, or renews it when this
+// owner holds it already; another owner's lock stays.
+var acquireScript = redis.NewScript(`
+local v = redis.call("GET", KEYS[1])
+if v == false then
+	redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2])
+	return 1
+end
+if v == ARGV[1] then
+	redis.call("PEXPIRE", KEYS[1], ARGV[2])
+	return 1
+end
+return 0`)
+
+// Acquire takes the lock at key for ttl under a fresh random owner. ok is
+// false when another owner holds it. release gives it back if this owner
+// still holds it; calling it twice, or after the ttl, is harmless.
 func Acquire(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration) (release func(context.Context) error, ok bool, err error) {
-	var id [16]byte
-	_, _ = rand.Read(id[:]) // never fails (crypto/rand)
-	owner := hex.EncodeToString(id[:])
-	if ok, err = rdb.SetNX(ctx, key, owner, ttl).Result(); err != nil || !ok {
+	return AcquireAs(ctx, rdb, key, "", ttl)
+}
+
+// AcquireAs is Acquire for a named owner: a lock that owner holds already is
+// taken again and its ttl restarted. "" means a fresh random owner. ttl is
+// rounded up to whole milliseconds.
+func AcquireAs(ctx context.Context, rdb redis.UniversalClient, key, owner string, ttl time.Duration) (release func(context.Context) error, ok bool, err error) {
+	if owner == "" {
+		var id [16]byte
+		_, _ = rand.Read(id[:]) // never fails (crypto/rand)
+		owner = hex.EncodeToString(id[:])
+		ok, err = rdb.SetNX(ctx, key, owner, ttl).Result()
+	} else {
+		ms := max(1, (ttl+time.Millisecond-1)/time.Millisecond)
+		var n int64
+		n, err = acquireScript.Run(ctx, rdb, []string{key}, owner, int64(ms)).Int64()
+		ok = n == 1
+	}
+	if err != nil || !ok {
 		return nil, false, err
 	}
 	return func(ctx context.Context) error {

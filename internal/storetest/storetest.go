@@ -142,7 +142,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 			_, _, err := s.Get(canceled, k)
 			assert.ErrorIs(t, err, context.Canceled)
 			assert.ErrorIs(t, s.Put(canceled, k, rec("tok-1")), context.Canceled)
-			_, _, err = s.Claim(canceled, k, long)
+			_, _, err = s.Claim(canceled, k, "", long)
 			assert.ErrorIs(t, err, context.Canceled)
 			_, ok, err := s.Get(ctx, k)
 			require.NoError(t, err)
@@ -151,42 +151,68 @@ func Run(t *testing.T, newEnv NewEnv) {
 		{"a claim needs a positive ttl", long, func(t *testing.T, env Env) {
 			s := env.Open()
 			for _, ttl := range []time.Duration{0, -time.Second} {
-				_, ok, err := s.Claim(ctx, k, ttl)
+				_, ok, err := s.Claim(ctx, k, "", ttl)
 				assert.Error(t, err, "ttl %v", ttl)
 				assert.False(t, ok, "ttl %v", ttl)
 			}
 		}},
 		{"a claim excludes others until released", long, func(t *testing.T, env Env) {
 			a, b := env.Open(), env.Open()
-			release, ok, err := a.Claim(ctx, k, long)
+			release, ok, err := a.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok)
 			for _, s := range []waybill.TraceStore{a, b} {
-				_, ok, err := s.Claim(ctx, k, long)
+				_, ok, err := s.Claim(ctx, k, "", long)
 				require.NoError(t, err)
 				assert.False(t, ok, "a second claim won while the first is held")
 			}
 			other := waybill.DedupKey{AppID: k.AppID, WaybillID: k.WaybillID, TransID: "4200002"}
-			releaseOther, ok, err := b.Claim(ctx, other, long)
+			releaseOther, ok, err := b.Claim(ctx, other, "", long)
 			require.NoError(t, err)
 			assert.True(t, ok, "a claim on another key was refused")
 			releaseOther()
 			release()
-			release2, ok, err := b.Claim(ctx, k, long)
+			release2, ok, err := b.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok, "no claim after release")
 			release2()
 		}},
+		{"an owner takes its own claim again and renews it; others cannot", long, func(t *testing.T, env Env) {
+			a, b := env.Open(), env.Open()
+			release, ok, err := a.Claim(ctx, k, "owner-1", short)
+			require.NoError(t, err)
+			require.True(t, ok)
+			_, ok, err = b.Claim(ctx, k, "owner-2", long)
+			require.NoError(t, err)
+			assert.False(t, ok, "another owner took a held claim")
+			_, ok, err = b.Claim(ctx, k, "", long)
+			require.NoError(t, err)
+			assert.False(t, ok, "a fresh owner took a held claim")
+			// The same owner, from another store value (a redelivery in a
+			// restarted handler), takes it again with a longer ttl.
+			release2, ok, err := b.Claim(ctx, k, "owner-1", long)
+			require.NoError(t, err)
+			require.True(t, ok, "the owner could not take back its own claim")
+			env.Advance(short + 50*time.Millisecond)
+			_, ok, err = a.Claim(ctx, k, "owner-2", long)
+			require.NoError(t, err)
+			assert.False(t, ok, "the renewed claim lapsed at its first ttl")
+			release()
+			_, ok, err = a.Claim(ctx, k, "owner-2", long)
+			require.NoError(t, err)
+			assert.True(t, ok, "the owner's release did not free its renewed claim")
+			release2()
+		}},
 		{"claims and records do not interfere", long, func(t *testing.T, env Env) {
 			s := env.Open()
-			release, ok, err := s.Claim(ctx, k, long)
+			release, ok, err := s.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok)
 			_, found, err := s.Get(ctx, k)
 			require.NoError(t, err)
 			assert.False(t, found, "a claim shows as a record")
 			require.NoError(t, s.Put(ctx, k, rec("tok-1")))
-			_, ok, err = s.Claim(ctx, k, long)
+			_, ok, err = s.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			assert.False(t, ok, "a put released the claim")
 			release()
@@ -197,32 +223,32 @@ func Run(t *testing.T, newEnv NewEnv) {
 		}},
 		{"a crashed holder's claim expires, and its late release spares the next holder", long, func(t *testing.T, env Env) {
 			crashed, next := env.Open(), env.Open()
-			staleRelease, ok, err := crashed.Claim(ctx, k, short)
+			staleRelease, ok, err := crashed.Claim(ctx, k, "", short)
 			require.NoError(t, err)
 			require.True(t, ok)
 			if env.ExactClock {
 				env.Advance(short - time.Millisecond)
-				_, ok, err := next.Claim(ctx, k, long)
+				_, ok, err := next.Claim(ctx, k, "", long)
 				require.NoError(t, err)
 				require.False(t, ok, "the claim expired before its ttl")
 			}
 			env.Advance(short + 50*time.Millisecond)
-			release, ok, err := next.Claim(ctx, k, long)
+			release, ok, err := next.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok, "an expired claim still blocks the key")
 
 			staleRelease() // the old holder wakes up and releases what it no longer holds
-			_, ok, err = crashed.Claim(ctx, k, long)
+			_, ok, err = crashed.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			assert.False(t, ok, "a stale release removed the new holder's claim")
 
 			release()
 			release() // twice is harmless
-			release3, ok, err := crashed.Claim(ctx, k, long)
+			release3, ok, err := crashed.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok)
 			release() // and so is a late one
-			_, ok, err = next.Claim(ctx, k, long)
+			_, ok, err = next.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			assert.False(t, ok, "a repeated release removed a later claim")
 			release3()
@@ -245,7 +271,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 				for _, s := range stores {
 					wg.Go(func() {
 						<-start
-						release, ok, err := s.Claim(ctx, k, ttl)
+						release, ok, err := s.Claim(ctx, k, "", ttl)
 						assert.NoError(t, err)
 						if ok {
 							mu.Lock()
@@ -267,7 +293,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 			w[0]()
 			// A holder that crashes: its short claim lapses, then everyone
 			// races again.
-			stale, ok, err := stores[0].Claim(ctx, k, short)
+			stale, ok, err := stores[0].Claim(ctx, k, "", short)
 			require.NoError(t, err)
 			require.True(t, ok)
 			env.Advance(short + 50*time.Millisecond)
@@ -320,7 +346,7 @@ func traceOnce(ctx context.Context, s waybill.TraceStore, key waybill.DedupKey, 
 		if rec, ok, err := s.Get(ctx, key); err != nil || ok {
 			return rec.WaybillToken, err
 		}
-		release, ok, err := s.Claim(ctx, key, long)
+		release, ok, err := s.Claim(ctx, key, "", long)
 		if err != nil {
 			return "", err
 		}

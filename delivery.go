@@ -1,0 +1,632 @@
+package waybill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// The WeChat endpoints a delivery calls: each has its own breaker and quota.
+const (
+	endpointTrace = "trace_waybill"
+	endpointGoods = "update_waybill_goods"
+)
+
+// longWait is the wait from which a delivery logs that it waits.
+const longWait = time.Second
+
+// errOverBudget is what a wait returns that would pass the delivery's
+// MaxWaitInPlace.
+var errOverBudget = errors.New("wait exceeds the delivery's MaxWaitInPlace budget")
+
+// source is where a message was consumed.
+type source struct {
+	topic     string
+	partition int32 // -1 when not from Kafka
+	offset    int64 // -1 when not from Kafka
+}
+
+// history is what an event's earlier calls left behind. It travels in the
+// headers of parked copies and, between redeliveries, in the Handler's memo.
+type history struct {
+	attempts     int // calls sent, all deliveries together
+	firstFailure time.Time
+	lastFailure  time.Time
+	notBefore    time.Time // the earliest next call
+	notYet       int       // 931023 answers, for RetryPolicy.NotYetAttempts
+}
+
+func (h *history) failed(now time.Time) {
+	if h.firstFailure.IsZero() {
+		h.firstFailure = now
+	}
+	h.lastFailure = now
+}
+
+// merge keeps the longer of two histories of one event.
+func (h *history) merge(o history) {
+	h.attempts = max(h.attempts, o.attempts)
+	h.notYet = max(h.notYet, o.notYet)
+	if h.firstFailure.IsZero() || (!o.firstFailure.IsZero() && o.firstFailure.Before(h.firstFailure)) {
+		h.firstFailure = o.firstFailure
+	}
+	if o.lastFailure.After(h.lastFailure) {
+		h.lastFailure = o.lastFailure
+	}
+	if o.notBefore.After(h.notBefore) {
+		h.notBefore = o.notBefore
+	}
+}
+
+// deadLetter describes the event's end for the dead-letter topic.
+func (h *history) deadLetter(src source, reason Reason, callErr error, errmsg string, now time.Time) *DeadLetter {
+	h.failed(now)
+	dl := &DeadLetter{
+		Reason: reason, Errmsg: errmsg, Attempts: h.attempts,
+		SourceTopic: src.topic, SourcePartition: src.partition, SourceOffset: src.offset,
+		FirstFailure: h.firstFailure, LastFailure: h.lastFailure,
+	}
+	var we *wechat.Error
+	if errors.As(callErr, &we) {
+		dl.HasErrcode, dl.Errcode, dl.Errmsg = true, we.Code, we.Msg
+	} else if callErr != nil {
+		dl.Errmsg = callErr.Error()
+	}
+	return dl
+}
+
+// delivery is one message on its way through the Handler: the event, its
+// history, and the budget of time it may hold its partition. Its methods are
+// the steps, in the order a message meets them.
+type delivery struct {
+	h   *Handler
+	msg *message.Message
+	ctx context.Context
+	src source
+	ev  *OrderShipped
+
+	hist history
+	// failures counts this delivery's failed calls by class; not_yet
+	// answers count across deliveries (hist.notYet).
+	failures map[wechat.Class]int
+	deadline time.Time // MaxWaitInPlace after the delivery began, by time.Now
+	owner    string    // this delivery's name for trace-store claims
+	memoKey  string
+	out      *outcome // decided by an earlier delivery, not yet published
+	fields   watermill.LogFields
+}
+
+func (h *Handler) newDelivery(msg *message.Message) *delivery {
+	d := &delivery{
+		h: h, msg: msg, ctx: msg.Context(),
+		src:      source{topic: h.cfg.InputTopic, partition: -1, offset: -1},
+		failures: map[wechat.Class]int{},
+		deadline: time.Now().Add(h.cfg.MaxWaitInPlace),
+	}
+	if p, ok := kafka.MessagePartitionFromCtx(d.ctx); ok {
+		d.src.partition = p
+	}
+	if o, ok := kafka.MessagePartitionOffsetFromCtx(d.ctx); ok {
+		d.src.offset = o
+	}
+	// A redelivery of the same record is the same owner, so it can take
+	// back a claim that its earlier delivery failed to release.
+	switch {
+	case d.src.offset >= 0:
+		d.owner = fmt.Sprintf("%s/%s/%d/%d", h.instance, d.src.topic, d.src.partition, d.src.offset)
+	case msg.UUID != "":
+		d.owner = h.instance + "/" + msg.UUID
+	}
+	md := msg.Metadata
+	if n, err := strconv.Atoi(md.Get(HeaderAttempts)); err == nil && n > 0 {
+		d.hist.attempts = n
+	}
+	if n, err := strconv.Atoi(md.Get(HeaderNotYet)); err == nil && n > 0 {
+		d.hist.notYet = n
+	}
+	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderFirstFailure)); err == nil {
+		d.hist.firstFailure = t
+	}
+	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderNotBefore)); err == nil {
+		d.hist.notBefore = t
+	}
+	return d
+}
+
+// decode turns the message into a valid event, or says why it is not one.
+func (d *delivery) decode() error {
+	if n, limit := len(d.msg.Payload), d.h.cfg.MaxEventBytes; n > limit {
+		return fmt.Errorf("event is %d bytes, more than MaxEventBytes %d", n, limit)
+	}
+	ev, err := d.h.cfg.Decode(d.msg)
+	if err == nil && ev == nil {
+		err = errors.New("decode returned no event")
+	}
+	if ev != nil {
+		d.ev = ev // even when invalid: its order id keys the dead letter
+	}
+	if err != nil {
+		return err
+	}
+	if err := ev.Validate(); err != nil {
+		return err
+	}
+	d.memoKey = d.key().String() + ":" + keyEscaper.Replace(ev.OrderID)
+	d.fields = watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
+	return nil
+}
+
+func (d *delivery) key() DedupKey {
+	return DedupKey{AppID: d.ev.AppID, WaybillID: d.ev.WaybillID, TransID: d.ev.TransID}
+}
+
+// restore takes what an earlier delivery of the event left in the memo.
+func (d *delivery) restore() {
+	if e, ok := d.h.memo.get(d.memoKey); ok {
+		d.hist.merge(e.hist)
+		d.out = e.out
+	}
+}
+
+// remember keeps the event's history, and an outcome not yet published, for
+// its redelivery.
+func (d *delivery) remember(out *outcome) {
+	if d.memoKey != "" {
+		d.h.memo.put(d.memoKey, memoEntry{hist: d.hist, out: out}, d.h.cfg.Now())
+	}
+}
+
+// forget drops the memo once the event has left the handler.
+func (d *delivery) forget() {
+	if d.memoKey != "" {
+		d.h.memo.forget(d.memoKey)
+	}
+}
+
+// callFloor is the least budget a call may start with: one cut short by the
+// deadline may still count at WeChat, for nothing.
+func (d *delivery) callFloor() time.Duration {
+	return min(5*time.Second, d.h.cfg.MaxWaitInPlace/5)
+}
+
+// wait sleeps for dur, or returns errOverBudget at once when dur does not
+// fit in what is left of the budget.
+func (d *delivery) wait(what string, dur time.Duration) error {
+	if dur <= 0 {
+		return d.ctx.Err()
+	}
+	if dur > time.Until(d.deadline) {
+		return errOverBudget
+	}
+	if dur >= longWait {
+		d.h.cfg.Logger.Info("waiting in place", d.fields.Add(watermill.LogFields{"for": what, "wait": dur.Round(time.Millisecond)}))
+	}
+	if err := sleepFor(d.ctx, dur); err != nil {
+		return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
+	}
+	return nil
+}
+
+// waitUntil waits until t by the configured clock. When t lies past the
+// budget it holds the partition for the rest of the budget (redelivering
+// at once would only spin) and returns errOverBudget.
+func (d *delivery) waitUntil(what string, t time.Time) error {
+	for {
+		dur := t.Sub(d.h.cfg.Now())
+		if dur <= 0 {
+			return nil
+		}
+		left := time.Until(d.deadline)
+		if dur <= left {
+			if err := d.wait(what, dur); err != nil {
+				return err
+			}
+			continue // the clock may have been stepped meanwhile
+		}
+		d.h.cfg.Logger.Info("waiting in place until the budget ends", d.fields.Add(watermill.LogFields{"for": what, "until": t, "wait": left.Round(time.Millisecond)}))
+		if err := sleepFor(d.ctx, left); err != nil {
+			return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
+		}
+		return errOverBudget
+	}
+}
+
+// leaveErr turns a failed wait into the event's exit: over budget, it
+// leaves until next; any other error (shutdown) is returned as it is.
+func (d *delivery) leaveErr(err error, next time.Time) error {
+	if errors.Is(err, errOverBudget) {
+		return d.leave(next, false, nil, d.fields)
+	}
+	return err
+}
+
+// leave ends a delivery that used up its budget: it parks the event until
+// until, or without parking records until as the event's not-before time and
+// returns ErrWaitLimit for redelivery.
+func (d *delivery) leave(until time.Time, window bool, callErr error, fields watermill.LogFields) error {
+	now := d.h.cfg.Now()
+	if d.h.cfg.Parking != nil {
+		return d.parkOrDeadLetter(Decision{Action: ActionPark, Until: until, Window: window}, callErr, now, fields.Add(watermill.LogFields{"action": ActionPark.String()}))
+	}
+	if until.After(d.hist.notBefore) {
+		d.hist.notBefore = until
+	}
+	d.remember(nil)
+	held := d.h.cfg.MaxWaitInPlace - time.Until(d.deadline)
+	d.h.cfg.Logger.Info("leaving event for redelivery", fields.Add(watermill.LogFields{"action": "redeliver", "held": held.Round(time.Millisecond), "not_before": d.hist.notBefore}))
+	return fmt.Errorf("order %s: %w (held %s; next call not before %s)", d.ev.OrderID, ErrWaitLimit,
+		held.Round(time.Millisecond), d.hist.notBefore.UTC().Format(time.RFC3339))
+}
+
+// process traces a valid event, reusing a stored token when Config.Traces
+// has one.
+func (d *delivery) process() error {
+	h := d.h
+	store := h.cfg.Traces
+	if store == nil {
+		token, done, err := d.trace()
+		if done {
+			return err
+		}
+		return d.publishTraced(token, h.cfg.Now())
+	}
+	key, goods := d.key(), GoodsFingerprint(d.ev.Goods)
+	var waitingSince time.Time
+	for {
+		rec, ok, err := d.get(key)
+		if err != nil {
+			// Not knowing whether it was traced, calling WeChat could waste
+			// the buyer's quota: leave the event for redelivery.
+			return err
+		}
+		if ok && rec.GoodsHash == goods {
+			h.stats.deduped.Add(1)
+			return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+		}
+		release, won, err := store.Claim(d.ctx, key, d.owner, h.cfg.ClaimTTL)
+		if err != nil {
+			return fmt.Errorf("trace store claim %s: %w", key, err)
+		}
+		if won {
+			return d.underClaim(key, goods, release)
+		}
+		// Another handler is tracing this waybill right now: wait for its
+		// record instead of making a second call, within the budget.
+		if waitingSince.IsZero() {
+			waitingSince = time.Now()
+		} else if held := time.Since(waitingSince); held >= longWait && held < longWait+h.cfg.ClaimPoll {
+			h.cfg.Logger.Info("waiting for another handler's claim", d.fields.Add(watermill.LogFields{"key": key.String(), "claim_ttl": h.cfg.ClaimTTL}))
+		}
+		if err := d.wait("claim", h.cfg.ClaimPoll); err != nil {
+			return d.leaveErr(err, h.cfg.Now())
+		}
+	}
+}
+
+// underClaim traces, or updates the goods of, a waybill whose claim this
+// delivery holds, renewing the claim until it is done.
+func (d *delivery) underClaim(key DedupKey, goods string, release func()) error {
+	stop := d.holdClaim(key)
+	defer release()
+	defer stop()
+	h := d.h
+	// Someone may have finished between our Get and our Claim.
+	rec, ok, err := d.get(key)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ok && rec.GoodsHash == goods:
+		h.stats.deduped.Add(1)
+		return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+	case ok:
+		if done, err := d.updateGoods(key, rec, goods); done {
+			return err
+		}
+		h.stats.deduped.Add(1)
+		return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+	}
+	token, done, err := d.trace()
+	if done {
+		return err
+	}
+	rec = TraceRecord{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
+	if err := h.cfg.Traces.Put(d.ctx, key, rec); err != nil {
+		// WeChat has traced it; the output must not be lost for a store
+		// fault. A redelivery finds the outcome in the memo; another
+		// process would trace again, which WeChat answers with the token.
+		h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
+	}
+	return d.publishTraced(token, rec.TracedAt)
+}
+
+// get reads key's record. An unreadable record counts as none: tracing
+// again gets the same token from WeChat, and the Put overwrites it.
+func (d *delivery) get(key DedupKey) (TraceRecord, bool, error) {
+	rec, ok, err := d.h.cfg.Traces.Get(d.ctx, key)
+	if errors.Is(err, ErrBadRecord) {
+		d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
+		return TraceRecord{}, false, nil
+	}
+	if err != nil {
+		return rec, false, fmt.Errorf("trace store get %s: %w", key, err)
+	}
+	return rec, ok, nil
+}
+
+// holdClaim renews this delivery's claim on key every ClaimTTL/3 until stop
+// is called, so the claim outlives every call made under it.
+func (d *delivery) holdClaim(key DedupKey) (stop func()) {
+	h := d.h
+	if d.owner == "" {
+		return func() {} // no name to renew it by: the TTL alone bounds it
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(d.ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(h.cfg.ClaimTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_, ok, err := h.cfg.Traces.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
+				if err != nil && ctx.Err() == nil {
+					h.cfg.Logger.Error("trace store: renewing claim", err, watermill.LogFields{"key": key.String()})
+				} else if err == nil && !ok {
+					h.cfg.Logger.Info("trace store: claim lost while held", watermill.LogFields{"key": key.String()})
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// trace calls trace_waybill; done reports that the event left the handler
+// instead (see call).
+func (d *delivery) trace() (token string, done bool, err error) {
+	ev := d.ev
+	req := ev.TraceRequest()
+	resp, done, err := d.call(endpointTrace, func(ctx context.Context) (*wechat.TraceWaybillResponse, error) {
+		resp, err := d.h.cfg.Client.TraceWaybill(ctx, ev.AppID, req)
+		if err == nil && (resp == nil || resp.WaybillToken == "") {
+			// A Tracer other than *wechat.Client may answer so: the same
+			// transient failure, retried, never published.
+			err = fmt.Errorf("trace_waybill %s: %w", ev.AppID, wechat.ErrNoWaybillToken)
+		}
+		return resp, err
+	})
+	if done {
+		return "", true, err
+	}
+	return resp.WaybillToken, false, nil
+}
+
+// updateGoods calls update_waybill_goods for a waybill traced with other
+// goods (WeChat ignores goods on a repeated trace_waybill) and records them.
+func (d *delivery) updateGoods(key DedupKey, rec TraceRecord, goods string) (bool, error) {
+	ev := d.ev
+	req := &wechat.UpdateWaybillGoodsRequest{WaybillToken: rec.WaybillToken, OpenID: ev.OpenID, GoodsInfo: ev.TraceRequest().GoodsInfo}
+	_, done, err := d.call(endpointGoods, func(ctx context.Context) (*wechat.TraceWaybillResponse, error) {
+		return &wechat.TraceWaybillResponse{WaybillToken: rec.WaybillToken}, d.h.cfg.Client.UpdateWaybillGoods(ctx, ev.AppID, req)
+	})
+	if done {
+		return true, err
+	}
+	d.h.stats.goodsUpdates.Add(1)
+	rec.GoodsHash = goods
+	if err := d.h.cfg.Traces.Put(d.ctx, key, rec); err != nil {
+		d.h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
+	}
+	return false, nil
+}
+
+// call makes one WeChat call to endpoint behind its limiter and breaker,
+// retrying, waiting or parking as the decision table says, within the
+// delivery's budget; the call's own deadline is what is left of it. It
+// returns the response, or done=true when the event was dead-lettered or
+// parked (err nil: acknowledge) or must be redelivered (err non-nil).
+func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.TraceWaybillResponse, error)) (*wechat.TraceWaybillResponse, bool, error) {
+	h, ev := d.h, d.ev
+	lim := h.cfg.Limiter
+	if endpoint == endpointGoods {
+		lim = h.cfg.GoodsLimiter
+	}
+	fields := d.fields.Add(watermill.LogFields{"endpoint": endpoint})
+	for {
+		if time.Until(d.deadline) < d.callFloor() {
+			return nil, true, d.leave(h.cfg.Now(), false, nil, fields.Add(watermill.LogFields{"reason": "budget left is too short for a call"}))
+		}
+		admitted, admittedAt, err := d.admit(lim)
+		if err != nil {
+			return nil, true, err
+		}
+		if !admitted.Allowed && admitted.Reason == ratelimit.ReasonRate {
+			// Its turn at the smooth rate comes after this delivery's budget.
+			return nil, true, d.leave(admitted.RetryAt, false, nil, fields.Add(watermill.LogFields{"limit": admitted.Reason.String()}))
+		}
+		if !admitted.Allowed {
+			// A daily quota is spent: come back in the next window.
+			start, _ := lim.Window(admittedAt)
+			dec := Decision{Action: ActionPark, Until: h.cfg.Retry.windowDue(admittedAt, start, admitted.RetryAt), Window: true}
+			if done, err := d.apply(dec, nil, fields.Add(watermill.LogFields{"limit": admitted.Reason.String()})); done {
+				return nil, true, err
+			}
+			continue
+		}
+		if wait := admitted.At.Sub(admittedAt); wait > 0 {
+			// The reservation's turn, within the budget by construction.
+			if err := d.wait("smooth rate", wait); err != nil {
+				d.refund(lim, admitted)
+				return nil, true, err
+			}
+		}
+		callCtx, cancel := context.WithDeadline(d.ctx, d.deadline)
+		resp, callErr := h.breakers.execute(ev.AppID, endpoint, func() (*wechat.TraceWaybillResponse, error) { return fn(callCtx) })
+		cancel()
+		if callErr == nil || !(errors.Is(callErr, ErrBreakerOpen) || errors.Is(callErr, wechat.ErrNotSent)) {
+			d.hist.attempts++ // calls sent, not calls held back or never sent
+		}
+		if callErr == nil {
+			return resp, false, nil
+		}
+		now := h.cfg.Now()
+		class := h.cfg.Classify(callErr)
+		d.settleQuota(endpoint, lim, admitted, admittedAt, callErr, class)
+		if d.ctx.Err() != nil {
+			// Shutting down: leave the message unacknowledged for redelivery.
+			return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, d.ctx.Err())
+		}
+		d.hist.failed(now)
+		n := d.count(class)
+		dec := h.cfg.Decide(callErr, class, n, now)
+		logFields := fields.Add(watermill.LogFields{"attempt": d.hist.attempts, "class": class.String(), "err": callErr.Error()})
+		if done, err := d.apply(dec, callErr, logFields); done {
+			return nil, true, err
+		}
+	}
+}
+
+// count records one more failure of class and returns how many there are.
+func (d *delivery) count(class wechat.Class) int {
+	if class == wechat.ClassNotYet {
+		d.hist.notYet++
+		return d.hist.notYet
+	}
+	d.failures[class]++
+	return d.failures[class]
+}
+
+// apply carries out a decision. done reports that the event left the
+// handler: dead-lettered or parked (err nil), or to be redelivered.
+func (d *delivery) apply(dec Decision, callErr error, logFields watermill.LogFields) (done bool, err error) {
+	h := d.h
+	now := h.cfg.Now()
+	var wait time.Duration
+	switch dec.Action {
+	case ActionDeadLetter:
+		h.cfg.Logger.Info("dead-lettering event", logFields.Add(watermill.LogFields{"action": dec.Action.String()}))
+		return true, d.deadLetter(d.hist.deadLetter(d.src, dec.Reason, callErr, "", now))
+	case ActionPark:
+		if h.cfg.Parking != nil {
+			return true, d.parkOrDeadLetter(dec, callErr, now, logFields.Add(watermill.LogFields{"action": dec.Action.String()}))
+		}
+		wait = dec.Until.Sub(now)
+	default:
+		wait = h.cfg.Backoff(max(1, d.failures[wechat.ClassTransient]+d.failures[wechat.ClassToken]))
+	}
+	if wait+d.callFloor() > time.Until(d.deadline) {
+		// Waiting here would hold the partition past the budget, through a
+		// rebalance: park it, or leave it for redelivery.
+		return true, d.leave(now.Add(max(wait, 0)), dec.Window, callErr, logFields)
+	}
+	logFields = logFields.Add(watermill.LogFields{"action": dec.Action.String()})
+	if dec.Action == ActionPark {
+		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": dec.Until}))
+		h.stats.waits.Add(1)
+	} else {
+		h.cfg.Logger.Debug("retrying after transient fault", logFields)
+		h.stats.retries.Add(1)
+	}
+	if err := sleepFor(d.ctx, wait); err != nil {
+		return true, fmt.Errorf("order %s: %w", d.ev.OrderID, err)
+	}
+	return false, nil
+}
+
+// admit reserves one call with lim, within what the budget leaves for the
+// wait. Without a limiter every call is allowed at once.
+func (d *delivery) admit(lim *ratelimit.Limiter) (ratelimit.Decision, time.Time, error) {
+	now := d.h.cfg.Now()
+	if lim == nil {
+		return ratelimit.Decision{Allowed: true, At: now}, now, nil
+	}
+	maxWait := max(0, time.Until(d.deadline)-d.callFloor())
+	dec, err := lim.Reserve(d.ctx, d.ev.AppID, d.ev.OpenID, now, maxWait)
+	if err != nil {
+		// The limiter's store failed: calling anyway could overspend the
+		// quota, so leave the event for redelivery.
+		return dec, now, fmt.Errorf("rate limiter for %s: %w", d.ev.AppID, err)
+	}
+	return dec, now, nil
+}
+
+// settleTimeout bounds the limiter and quota calls that settle a failed
+// call, which run even when the delivery's context has ended.
+const settleTimeout = 5 * time.Second
+
+// settleQuota squares the local count with WeChat's answer: a call the
+// breaker held back or that never reached WeChat was not counted there, nor
+// one that failed at WeChat's HTTP layer (5xx, no errcode), nor one WeChat
+// refused for token or quota reasons. A 45009 marks the appid's day spent,
+// for the window in which the call was admitted, only when WeChat's quota
+// report confirms it (the same errcode is what a buyer past their own daily
+// calls may get, and one busy buyer must not close the merchant until
+// midnight), and never in the first minutes after a reset (RetryPolicy.QuotaGrace),
+// when WeChat's own reset may lag.
+func (d *delivery) settleQuota(endpoint string, lim *ratelimit.Limiter, admitted ratelimit.Decision, admittedAt time.Time, callErr error, class wechat.Class) {
+	if lim == nil || !admitted.Allowed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
+	defer cancel()
+	var err error
+	switch {
+	case errors.Is(callErr, ErrBreakerOpen), errors.Is(callErr, wechat.ErrNotSent), httpFailure(callErr),
+		class == wechat.ClassToken, class == wechat.ClassMinuteRate:
+		err = lim.Refund(ctx, admitted)
+	case class == wechat.ClassDailyQuota:
+		err = lim.Refund(ctx, admitted)
+		if !d.h.cfg.Retry.inResetGrace(admittedAt) && d.h.appQuotaSpent(ctx, d.ev.AppID, endpoint) {
+			err = errors.Join(err, lim.ExhaustApp(ctx, d.ev.AppID, admittedAt))
+		}
+	}
+	if err != nil {
+		d.h.cfg.Logger.Error("rate limiter: settle quota", err, watermill.LogFields{"appid": d.ev.AppID})
+	}
+}
+
+// refund gives back a reservation that was not used.
+func (d *delivery) refund(lim *ratelimit.Limiter, admitted ratelimit.Decision) {
+	if lim == nil || !admitted.Allowed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
+	defer cancel()
+	if err := lim.Refund(ctx, admitted); err != nil {
+		d.h.cfg.Logger.Error("rate limiter: refund", err, watermill.LogFields{"appid": d.ev.AppID})
+	}
+}
+
+// quotaGetter is the optional part of a Tracer that reads an API's
+// remaining daily quota; *wechat.Client has it.
+type quotaGetter interface {
+	GetQuota(ctx context.Context, appid string, req *wechat.QuotaRequest) (*wechat.QuotaResponse, error)
+}
+
+// appQuotaSpent asks WeChat whether appid's quota for endpoint is spent for
+// the day. Without an answer it says no: each event then meets its own
+// 45009 and is parked alone.
+func (h *Handler) appQuotaSpent(ctx context.Context, appid, endpoint string) bool {
+	qg, ok := h.cfg.Client.(quotaGetter)
+	if !ok {
+		return false
+	}
+	q, err := qg.GetQuota(ctx, appid, &wechat.QuotaRequest{CGIPath: wechat.OpenMsgPath(endpoint)})
+	if err != nil {
+		h.cfg.Logger.Info("quota check after 45009 failed", watermill.LogFields{"appid": appid, "err": err.Error()})
+		return false
+	}
+	return q.Quota.Remain <= 0
+}

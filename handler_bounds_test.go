@@ -1,0 +1,618 @@
+package waybill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// These tests keep the production wait budget (25 s) and, unless a row says
+// otherwise, the production retry timing; synctest makes the hours pass at
+// once.
+
+func repeatErr(err error, n int) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
+}
+
+// redeliver hands msg to h the way watermill-kafka does: after a nack, the
+// same record again after NackResendSleep (1 s), until Handle acknowledges
+// or max deliveries were made.
+func redeliver(h *Handler, msg *message.Message, max int) (int, error) {
+	var err error
+	for i := 1; i <= max; i++ {
+		if err = h.Handle(msg.Copy()); err == nil {
+			return i, nil
+		}
+		time.Sleep(time.Second)
+	}
+	return max, err
+}
+
+// TestWaitingAnswersWithoutParkingSpaceTheirCalls: without parking, an event
+// that must wait longer than the budget is left for redelivery, and its
+// redeliveries make no call before its time. Before, each redelivery called
+// WeChat again about once a second.
+func TestWaitingAnswersWithoutParkingSpaceTheirCalls(t *testing.T) {
+	t.Run("931023: NotYetAttempts calls, NotYetDelay apart, then a dead letter", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub := newScriptedTracer(), &recorder{}
+			tr.on("SF100", repeatErr(wechatErr(931023), 1000)...)
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} }) // 1 h, 24 attempts
+			n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10_000)
+			require.NoError(t, err, "after %d deliveries", n)
+			times := tr.timesOf("SF100")
+			require.Len(t, times, 24, "calls")
+			for i := 1; i < len(times); i++ {
+				assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), time.Hour, "call %d", i+1)
+			}
+			dead := pub.on(DefaultDeadLetterTopic)
+			require.Len(t, dead, 1)
+			dl, err := ParseDeadLetter(dead[0])
+			require.NoError(t, err)
+			assert.Equal(t, ReasonNotYetExhausted, dl.Reason)
+			assert.Equal(t, 24, dl.Attempts)
+			assert.Zero(t, h.memo.len(), "the memo forgets an event that left")
+		})
+	})
+	t.Run("45011: one call per minute", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub := newScriptedTracer(), &recorder{}
+			tr.on("SF100", repeatErr(wechatErr(45011), 3)...)
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
+			time.Sleep(50 * time.Second) // late in a minute: the wait passes the budget's end
+			_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 1000)
+			require.NoError(t, err)
+			times := tr.timesOf("SF100")
+			require.Len(t, times, 4)
+			for i := 1; i < len(times); i++ {
+				assert.True(t, times[i].Truncate(time.Minute).After(times[i-1]), "call %d in the same minute as the one before", i+1)
+			}
+			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+		})
+	})
+	t.Run("45009: no call before the reset", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub := newScriptedTracer(), &recorder{}
+			tr.on("SF100", wechatErr(45009))
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
+			_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10_000)
+			require.NoError(t, err)
+			times := tr.timesOf("SF100")
+			require.Len(t, times, 2)
+			assert.False(t, times[1].Before(NextShanghaiMidnight(times[0])), "second call at %s", times[1])
+			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+		})
+	})
+	t.Run("a transient fault past the budget: no call before the backoff", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub := newScriptedTracer(), &recorder{}
+			tr.on("SF100", busy(2)...)
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = func(int) time.Duration { return time.Minute } })
+			n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 1000)
+			require.NoError(t, err)
+			times := tr.timesOf("SF100")
+			require.Len(t, times, 3)
+			assert.GreaterOrEqual(t, times[1].Sub(times[0]), time.Minute)
+			assert.Greater(t, n, 2)
+		})
+	})
+}
+
+// manualClock is a settable clock for the handler's decisions.
+type manualClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *manualClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *manualClock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
+
+// TestDailyQuotaAtMidnight: a 45009 marks spent only the day in which its
+// call was admitted, and in the first minutes after a reset it means "try
+// again shortly".
+func TestDailyQuotaAtMidnight(t *testing.T) {
+	midnight := time.Date(2026, 12, 1, 0, 0, 0, 0, shanghai)
+	ctx := context.Background()
+	run := func(t *testing.T, admitted, answered time.Time) (*ratelimit.Limiter, error) {
+		clock := &manualClock{t: admitted}
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", wechatErr(45009))
+		tr.remain["wxapp1"] = 0 // quota/get still reports the old day
+		tr.during = func(context.Context, string, int) error { clock.Set(answered); return nil }
+		lim, err := ratelimit.New(ratelimit.Config{})
+		require.NoError(t, err)
+		h := newTestHandler(t, tr, pub, func(c *Config) {
+			c.Retry = RetryPolicy{}
+			c.Limiter = lim
+			c.Now = clock.Now
+		})
+		err = h.Handle(msgOf(t, validEvent("order-1", "SF100")))
+		assert.Equal(t, 1, tr.callsFor("SF100"))
+		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+		return lim, err
+	}
+	t.Run("admitted before midnight, answered after", func(t *testing.T) {
+		lim, err := run(t, midnight.Add(-100*time.Millisecond), midnight.Add(100*time.Millisecond))
+		require.ErrorIs(t, err, ErrWaitLimit)
+		assert.Contains(t, err.Error(), "not before "+midnight.Add(100*time.Millisecond+QuotaGraceRetry).UTC().Format(time.RFC3339))
+		d, err := lim.Allow(ctx, "wxapp1", "o-other", midnight.Add(time.Second))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed, "the new day was marked spent")
+	})
+	t.Run("WeChat's reset lags ours", func(t *testing.T) {
+		lim, err := run(t, midnight.Add(30*time.Second), midnight.Add(30*time.Second))
+		require.ErrorIs(t, err, ErrWaitLimit)
+		assert.Contains(t, err.Error(), "not before "+midnight.Add(30*time.Second+QuotaGraceRetry).UTC().Format(time.RFC3339))
+		d, err := lim.Allow(ctx, "wxapp1", "o-other", midnight.Add(31*time.Second))
+		require.NoError(t, err)
+		assert.True(t, d.Allowed, "a 45009 just after the reset closed the merchant for the day")
+	})
+	t.Run("mid-day, confirmed by quota/get: the day is spent", func(t *testing.T) {
+		noon := midnight.Add(12 * time.Hour)
+		lim, err := run(t, noon, noon)
+		require.ErrorIs(t, err, ErrWaitLimit)
+		d, err := lim.Allow(ctx, "wxapp1", "o-other", noon.Add(time.Second))
+		require.NoError(t, err)
+		assert.False(t, d.Allowed)
+		assert.Equal(t, ratelimit.ReasonAppDaily, d.Reason)
+	})
+}
+
+// outageStore wraps a TraceStore: it can fail the Get after a won claim
+// (a store outage mid-delivery) and lose the releases made meanwhile.
+type outageStore struct {
+	TraceStore
+	mu          sync.Mutex
+	failGets    int // the next Gets that fail
+	lostRelease bool
+	bad         map[DedupKey]bool // keys whose record cannot be read
+}
+
+func (s *outageStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
+	s.mu.Lock()
+	fail, bad := s.failGets > 0, s.bad[key]
+	if fail {
+		s.failGets--
+	}
+	s.mu.Unlock()
+	if fail {
+		return TraceRecord{}, false, errors.New("store unreachable")
+	}
+	if bad {
+		return TraceRecord{}, false, fmt.Errorf("decode %s: %w", key, ErrBadRecord)
+	}
+	return s.TraceStore.Get(ctx, key)
+}
+
+func (s *outageStore) Put(ctx context.Context, key DedupKey, rec TraceRecord) error {
+	s.mu.Lock()
+	delete(s.bad, key)
+	s.mu.Unlock()
+	return s.TraceStore.Put(ctx, key, rec)
+}
+
+func (s *outageStore) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
+	release, ok, err := s.TraceStore.Claim(ctx, key, owner, ttl)
+	if !ok {
+		return release, ok, err
+	}
+	return func() {
+		s.mu.Lock()
+		lost := s.lostRelease
+		s.mu.Unlock()
+		if !lost {
+			release()
+		}
+	}, true, nil
+}
+
+// TestClaimWaitsAreBounded: waiting for another handler's claim ends with
+// the budget, and an event never waits on the claim its own earlier
+// delivery left behind.
+func TestClaimWaitsAreBounded(t *testing.T) {
+	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+	t.Run("a crashed process's claim", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
+			_, ok, err := store.Claim(context.Background(), key, "crashed-process", 2*time.Minute)
+			require.NoError(t, err)
+			require.True(t, ok)
+			tr, pub := newScriptedTracer(), &recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+			msg := msgOf(t, validEvent("order-1", "SF100"))
+			start := time.Now()
+			err = h.Handle(msg.Copy())
+			require.ErrorIs(t, err, ErrWaitLimit)
+			assert.LessOrEqual(t, time.Since(start), 25*time.Second, "held its partition past MaxWaitInPlace")
+			assert.Zero(t, tr.callsFor("SF100"))
+			_, err = redeliver(h, msg, 100)
+			require.NoError(t, err)
+			assert.Equal(t, 1, tr.callsFor("SF100"), "traced once the claim lapsed")
+			assert.GreaterOrEqual(t, time.Since(start), 2*time.Minute)
+		})
+	})
+	t.Run("its own earlier delivery's claim", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			// The first delivery wins the claim, then the store fails, and
+			// the release is lost with it.
+			store := &outageStore{TraceStore: NewMemoryTraceStore(MemoryTraceStoreConfig{}), lostRelease: true}
+			tr, pub := newScriptedTracer(), &recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = &onceAfterClaim{outageStore: store}; c.ClaimTTL = 2 * time.Minute })
+			msg := msgOf(t, validEvent("order-1", "SF100"))
+			require.Error(t, h.Handle(msg.Copy()))
+			store.mu.Lock()
+			store.lostRelease = false
+			store.mu.Unlock()
+			start := time.Now()
+			require.NoError(t, h.Handle(msg.Copy()), "the redelivery")
+			assert.Less(t, time.Since(start), time.Second, "waited on its own claim")
+			assert.Equal(t, 1, tr.callsFor("SF100"))
+		})
+	})
+}
+
+// onceAfterClaim fails the first Get that follows a won claim.
+type onceAfterClaim struct {
+	*outageStore
+	claimed, failed bool
+}
+
+func (s *onceAfterClaim) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
+	release, ok, err := s.outageStore.Claim(ctx, key, owner, ttl)
+	if ok && !s.failed {
+		s.claimed = true
+	}
+	return release, ok, err
+}
+
+func (s *onceAfterClaim) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
+	if s.claimed && !s.failed {
+		s.failed = true
+		return TraceRecord{}, false, errors.New("store unreachable")
+	}
+	return s.outageStore.Get(ctx, key)
+}
+
+// TestClaimIsRenewedDuringALongCall: a call longer than ClaimTTL keeps its
+// claim, so a duplicate on another handler waits for the token instead of
+// calling too.
+func TestClaimIsRenewedDuringALongCall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.during = func(ctx context.Context, _ string, n int) error {
+			if n == 0 {
+				return sleepFor(ctx, 20*time.Second) // past the 15 s ClaimTTL
+			}
+			return nil
+		}
+		a := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+		b := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+		var wg sync.WaitGroup
+		wg.Go(func() { assert.NoError(t, a.Handle(msgOf(t, validEvent("order-1", "SF100")))) })
+		time.Sleep(time.Second)
+		wg.Go(func() { assert.NoError(t, b.Handle(msgOf(t, validEvent("order-1", "SF100")))) })
+		wg.Wait()
+		assert.Equal(t, 1, tr.callsFor("SF100"), "the duplicate called while the first call ran")
+		assert.Len(t, pub.on(DefaultTracedTopic), 2)
+		assert.Equal(t, int64(1), b.Stats().Deduplicated)
+	})
+}
+
+// TestSuccessNeedsAToken: an answer without a waybill_token is a transient
+// failure, never a published trace; a Tracer answering (nil, nil) neither
+// panics nor leaves its claim held.
+func TestSuccessNeedsAToken(t *testing.T) {
+	for name, empty := range map[string]*wechat.TraceWaybillResponse{"empty token": {}, "nil response": nil} {
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
+				tr, pub := newScriptedTracer(), &recorder{}
+				var answers int
+				tr.answer = func(appid, waybill string) *wechat.TraceWaybillResponse {
+					answers++
+					if answers <= 2 {
+						return empty
+					}
+					return &wechat.TraceWaybillResponse{WaybillToken: "tok-late"}
+				}
+				h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+				require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+				assert.Equal(t, 3, tr.callsFor("SF100"))
+				traced := pub.on(DefaultTracedTopic)
+				require.Len(t, traced, 1)
+				assert.Contains(t, string(traced[0].Payload), `"waybill_token":"tok-late"`)
+				key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+				release, ok, err := store.Claim(context.Background(), key, "another", time.Minute)
+				require.NoError(t, err)
+				assert.True(t, ok, "the claim was left held")
+				release()
+			})
+		})
+	}
+}
+
+// TestUnreadableRecordIsOverwritten: a record the store cannot read is
+// traced again and overwritten, not a partition stalled for ever.
+func TestUnreadableRecordIsOverwritten(t *testing.T) {
+	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+	store := &outageStore{TraceStore: NewMemoryTraceStore(MemoryTraceStoreConfig{}), bad: map[DedupKey]bool{key: true}}
+	tr, pub := newScriptedTracer(), &recorder{}
+	h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))), "a duplicate")
+	assert.Equal(t, 1, tr.callsFor("SF100"), "the second reads the overwritten record")
+	assert.Len(t, pub.on(DefaultTracedTopic), 2)
+}
+
+// TestCallsWeChatNeverSawAreRefunded: a call that never reached WeChat
+// (refused connection, failed token fetch) is given back to the quotas and
+// is not an attempt.
+func TestCallsWeChatNeverSawAreRefunded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		notSent := fmt.Errorf("dial tcp: connection refused: %w", wechat.ErrNotSent)
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", repeatErr(notSent, 5)...)
+		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{UserDaily: 10, Rate: -1}})
+		require.NoError(t, err)
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
+		require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+		assert.Equal(t, 6, tr.callsFor("SF100"))
+		d, err := lim.Allow(context.Background(), "wxapp1", "o-buyer-1", time.Now())
+		require.NoError(t, err)
+		assert.Equal(t, int64(10-1-1), d.UserRemaining, "the buyer was charged for calls WeChat never saw")
+
+		tr.on("SF200", fmt.Errorf("token for wxapp1: %w", errors.Join(wechat.ErrNotSent, wechat.ErrNotRefreshable)))
+		require.NoError(t, h.Handle(msgOf(t, validEvent("order-2", "SF200"))))
+		dead := pub.on(DefaultDeadLetterTopic)
+		require.Len(t, dead, 1)
+		dl, err := ParseDeadLetter(dead[0])
+		require.NoError(t, err)
+		assert.Equal(t, ReasonConfiguration, dl.Reason)
+		assert.Equal(t, 0, dl.Attempts, "no trace_waybill reached WeChat")
+	})
+}
+
+// TestParkedCopiesAreKeyedByOrder: events from producers that set no
+// message UUID spread over the delay topic's partitions by order id.
+func TestParkedCopiesAreKeyedByOrder(t *testing.T) {
+	tr, pub := newScriptedTracer(), &recorder{}
+	tr.on("SF100", wechatErr(931023))
+	h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{}; c.Retry.NotYetDelay = time.Hour })
+	in := msgOf(t, validEvent("order-7", "SF100"))
+	in.UUID = ""
+	require.NoError(t, h.Handle(in))
+	parked := pub.on("order.shipped.delay.1h0m0s")
+	require.Len(t, parked, 1)
+	key, err := PartitionKey("order.shipped.delay.1h0m0s", parked[0])
+	require.NoError(t, err)
+	assert.Equal(t, "order-7", key)
+}
+
+// goodsTracer checks that update_waybill_goods runs under the waybill's
+// claim.
+type goodsTracer struct {
+	*scriptedTracer
+	store   TraceStore
+	key     DedupKey
+	claimed bool
+}
+
+func (g *goodsTracer) UpdateWaybillGoods(ctx context.Context, appid string, req *wechat.UpdateWaybillGoodsRequest) error {
+	_, ok, err := g.store.Claim(ctx, g.key, "a duplicate elsewhere", time.Minute)
+	g.claimed = err == nil && !ok
+	return g.scriptedTracer.UpdateWaybillGoods(ctx, appid, req)
+}
+
+// TestGoodsUpdatesHaveTheirOwnPath: update_waybill_goods holds the claim,
+// is counted by GoodsLimiter rather than trace_waybill's Limiter, and has a
+// breaker of its own.
+func TestGoodsUpdatesHaveTheirOwnPath(t *testing.T) {
+	ctx := context.Background()
+	store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
+	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+	tr := &goodsTracer{scriptedTracer: newScriptedTracer(), store: store, key: key}
+	pub := &recorder{}
+	traceLim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
+	require.NoError(t, err)
+	goodsLim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
+	require.NoError(t, err)
+	h := newTestHandler(t, tr, pub, func(c *Config) {
+		c.Traces, c.Limiter, c.GoodsLimiter = store, traceLim, goodsLim
+		c.Breaker = BreakerConfig{ConsecutiveFailures: 1}
+	})
+	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+	changed := validEvent("order-1", "SF100")
+	changed.Goods[0].Name = "新茶"
+	require.NoError(t, h.Handle(msgOf(t, changed)))
+	assert.True(t, tr.claimed, "update_waybill_goods ran without the claim")
+	assert.Equal(t, int64(1), h.Stats().GoodsUpdates)
+	remaining := func(lim *ratelimit.Limiter) int64 {
+		d, err := lim.Allow(ctx, "wxapp1", "o-buyer-1", time.Now())
+		require.NoError(t, err)
+		return d.UserRemaining
+	}
+	assert.Equal(t, int64(100-1-1), remaining(traceLim), "trace_waybill's quota: one trace")
+	assert.Equal(t, int64(100-1-1), remaining(goodsLim), "update_waybill_goods' quota: one update")
+	assert.Equal(t, h.breakers.get("wxapp1", endpointGoods).Name(), "wxapp1 update_waybill_goods")
+}
+
+// capSizePublisher refuses messages above max bytes, as a Kafka producer
+// does above its MaxMessageBytes.
+type capSizePublisher struct {
+	recorder
+	max int
+}
+
+func (p *capSizePublisher) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if n := messageSize(m.Payload, m.Metadata); n > p.max {
+			return fmt.Errorf("kafka: message of %d bytes is larger than %d", n, p.max)
+		}
+	}
+	return p.recorder.Publish(topic, msgs...)
+}
+
+// TestPoisonEventsNeverStall: an event too large, or not UTF-8, is
+// dead-lettered before any call; a dead letter too large for the topic is
+// published reduced; an outcome that cannot be published is published again
+// without a second call.
+func TestPoisonEventsNeverStall(t *testing.T) {
+	t.Run("too large", func(t *testing.T) {
+		tr := newScriptedTracer()
+		pub := &capSizePublisher{max: 1_000_000}
+		h := newTestHandler(t, tr, pub, nil)
+		ev := validEvent("order-1", "SF100")
+		ev.OrderDetailPath = "pages/o?x=" + strings.Repeat("a", 2<<20)
+		in := msgOf(t, ev)
+		in.Metadata.Set("trace_id", "abc")
+		require.NoError(t, h.Handle(in))
+		assert.Zero(t, tr.callsFor("SF100"))
+		dead := pub.on(DefaultDeadLetterTopic)
+		require.Len(t, dead, 1)
+		dl, err := ParseDeadLetter(dead[0])
+		require.NoError(t, err)
+		assert.Equal(t, ReasonInvalidEvent, dl.Reason)
+		assert.Contains(t, dl.Errmsg, "more than MaxEventBytes")
+		assert.Contains(t, dl.Dropped, fmt.Sprintf("payload (%d bytes)", len(in.Payload)))
+		assert.Empty(t, dead[0].Payload)
+		assert.Equal(t, "abc", dead[0].Metadata.Get("trace_id"), "small headers stay")
+	})
+	t.Run("allowed in, refused by WeChat, too large to dead-letter whole", func(t *testing.T) {
+		tr := newScriptedTracer()
+		tr.on("SF100", wechatErr(47001))
+		pub := &capSizePublisher{max: 1_000_000}
+		// A topic whose max.message.bytes is 100 kB, an event of 500 kB.
+		pub.max = 100_000
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.MaxEventBytes = 1 << 20; c.MaxDeadLetterBytes = 100_000 })
+		ev := validEvent("order-1", "SF100")
+		ev.Goods = nil
+		for range MaxGoodsItems {
+			ev.Goods = append(ev.Goods, Goods{Name: strings.Repeat("茶", MaxTextRunes), ImageURL: "https://x/" + strings.Repeat("y", 2000)})
+		}
+		in := msgOf(t, ev)
+		require.Greater(t, len(in.Payload), 500_000)
+		require.NoError(t, ev.Validate())
+		require.NoError(t, h.Handle(in))
+		assert.Equal(t, 1, tr.callsFor("SF100"))
+		dead := pub.on(DefaultDeadLetterTopic)
+		require.Len(t, dead, 1)
+		assert.Equal(t, "order-1", dead[0].Metadata.Get(HeaderDeadKey))
+		assert.NotEmpty(t, dead[0].Metadata.Get(HeaderDeadDropped))
+	})
+	t.Run("invalid UTF-8", func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{}
+		h := newTestHandler(t, tr, pub, nil)
+		payload := []byte(strings.Replace(string(mustJSON(t, func(*OrderShipped) {})), "十年陈香", "十年\xff陈香", 1))
+		require.NoError(t, h.Handle(message.NewMessage("in-1", payload)))
+		assert.Zero(t, tr.callsFor("SF100"))
+		dead := pub.on(DefaultDeadLetterTopic)
+		require.Len(t, dead, 1)
+		assert.Contains(t, dead[0].Metadata.Get(HeaderDeadErrmsg), "not valid UTF-8")
+
+		custom := validEvent("order-2", "SF200")
+		custom.Goods[0].Name = "茶\xff"
+		assert.ErrorContains(t, custom.Validate(), "goods[0].name: not valid UTF-8")
+	})
+	t.Run("an outcome that cannot be published is not traced again", func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{fail: errors.New("broker down")}
+		h := newTestHandler(t, tr, pub, nil)
+		msg := msgOf(t, validEvent("order-1", "SF100"))
+		require.Error(t, h.Handle(msg.Copy()))
+		require.Error(t, h.Handle(msg.Copy()))
+		pub.mu.Lock()
+		pub.fail = nil
+		pub.mu.Unlock()
+		require.NoError(t, h.Handle(msg.Copy()))
+		assert.Equal(t, 1, tr.callsFor("SF100"))
+		assert.Len(t, pub.on(DefaultTracedTopic), 1)
+	})
+}
+
+// logRecorder keeps Info lines' messages and fields.
+type logRecorder struct {
+	watermill.NopLogger
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logRecorder) Info(msg string, fields watermill.LogFields) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf("%s %v", msg, fields))
+}
+
+func (l *logRecorder) With(watermill.LogFields) watermill.LoggerAdapter { return l }
+
+func (l *logRecorder) has(sub ...string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		ok := true
+		for _, s := range sub {
+			ok = ok && strings.Contains(line, s)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSlowCallIsBoundedByTheBudget: a call WeChat holds is cut at the end
+// of the budget, and the log says what happens next.
+func TestSlowCallIsBoundedByTheBudget(t *testing.T) {
+	hold := func(ctx context.Context, _ string, n int) error {
+		if n == 0 {
+			<-ctx.Done() // WeChat holds the first call
+			return ctx.Err()
+		}
+		return nil
+	}
+	t.Run("without parking", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub, log := newScriptedTracer(), &recorder{}, &logRecorder{}
+			tr.during = hold
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Logger = log })
+			msg := msgOf(t, validEvent("order-1", "SF100"))
+			start := time.Now()
+			err := h.Handle(msg.Copy())
+			require.ErrorIs(t, err, ErrWaitLimit)
+			assert.Equal(t, 25*time.Second, time.Since(start))
+			assert.True(t, log.has("leaving event for redelivery", "action:redeliver"), "%v", log.lines)
+			_, err = redeliver(h, msg, 10)
+			require.NoError(t, err)
+			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+		})
+	})
+	t.Run("with parking", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			tr, pub, log := newScriptedTracer(), &recorder{}, &logRecorder{}
+			tr.during = hold
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Logger = log; c.Parking = &ParkingConfig{} })
+			start := time.Now()
+			require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+			assert.Equal(t, 25*time.Second, time.Since(start))
+			assert.Len(t, pub.on("order.shipped.delay.1m0s"), 1)
+			assert.True(t, log.has("parked event", "action:park"), "%v", log.lines)
+			assert.False(t, log.has("action:retry"), "%v", log.lines)
+		})
+	})
+}

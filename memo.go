@@ -1,0 +1,98 @@
+package waybill
+
+import (
+	"container/list"
+	"sync"
+	"time"
+)
+
+// defaultMemoEntries bounds the memo. An entry lives from a delivery that
+// could not finish until its redelivery does: at most one per partition
+// consumed, plus events whose partition moved to another process, which
+// age out first.
+const defaultMemoEntries = 10_000
+
+// memoTTL is how long an entry outlives its not-before time (or its last
+// update): a redelivery comes within seconds of it, so an entry this old is
+// of an event that went elsewhere.
+const memoTTL = time.Hour
+
+// outcome is a decided end of an event whose publish failed.
+type outcome struct {
+	token    string // waybill.traced with this token …
+	tracedAt time.Time
+	dead     *DeadLetter // … or this dead letter
+}
+
+type memoEntry struct {
+	hist history
+	out  *outcome
+}
+
+// memo remembers, between deliveries of one event in this process, what the
+// broker's redelivery cannot carry: the event's history and an outcome that
+// could not be published. Without it, a redelivered event would call WeChat
+// again at once. It is bounded (least recently stored goes first) and safe
+// for concurrent use.
+type memo struct {
+	mu      sync.Mutex
+	max     int
+	entries map[string]*list.Element // of *memoItem
+	order   list.List                // least recently stored first
+}
+
+type memoItem struct {
+	key     string
+	entry   memoEntry
+	expires time.Time
+}
+
+func newMemo(max int) *memo {
+	return &memo{max: max, entries: make(map[string]*list.Element)}
+}
+
+func (m *memo) get(key string) (memoEntry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	el, ok := m.entries[key]
+	if !ok {
+		return memoEntry{}, false
+	}
+	return el.Value.(*memoItem).entry, true
+}
+
+// put stores e under key at now, replacing what was there.
+func (m *memo) put(key string, e memoEntry, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	expires := now.Add(memoTTL)
+	if e.hist.notBefore.After(now) {
+		expires = e.hist.notBefore.Add(memoTTL)
+	}
+	if el, ok := m.entries[key]; ok {
+		it := el.Value.(*memoItem)
+		it.entry, it.expires = e, expires
+		m.order.MoveToBack(el)
+	} else {
+		m.entries[key] = m.order.PushBack(&memoItem{key: key, entry: e, expires: expires})
+	}
+	for el := m.order.Front(); el != nil && (m.order.Len() > m.max || !now.Before(el.Value.(*memoItem).expires)); el = m.order.Front() {
+		m.order.Remove(el)
+		delete(m.entries, el.Value.(*memoItem).key)
+	}
+}
+
+func (m *memo) forget(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.entries[key]; ok {
+		m.order.Remove(el)
+		delete(m.entries, key)
+	}
+}
+
+func (m *memo) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.entries)
+}
