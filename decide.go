@@ -51,7 +51,9 @@ type Decision struct {
 
 // DecideFunc maps a failed call to a Decision. attempts counts the failed
 // calls of this class for the event, this one included: in this delivery,
-// and for not_yet across all deliveries.
+// and for not_yet across all deliveries. now is when the answer came, but for
+// a daily-quota answer when the call was admitted, so that a 45009 is judged
+// in the window its call was counted in.
 type DecideFunc func(err error, class wechat.Class, attempts int, now time.Time) Decision
 
 // RetryPolicy holds the timing the default decision table needs. The zero
@@ -76,9 +78,12 @@ type RetryPolicy struct {
 	BreakerWait time.Duration
 	// QuotaReset returns the start of the next daily quota window after now.
 	// Nil means the next 00:00 in Asia/Shanghai, WeChat's working assumption.
-	// Windows are taken to last a day: the current one began at
-	// QuotaReset(now - 24h).
 	QuotaReset func(now time.Time) time.Time
+	// QuotaWindowStart returns the start of the quota window that holds now.
+	// Nil means QuotaReset(now - 24h), exact for days of 24 hours; the
+	// Handler sets it from its Limiter, whose zone may have 23- and 25-hour
+	// days.
+	QuotaWindowStart func(now time.Time) time.Time
 	// QuotaGrace is how long after a reset WeChat's own reset may lag: a
 	// 45009 on a call admitted then parks the event for a minute
 	// (QuotaGraceRetry) instead of until the next window, and does not mark
@@ -112,6 +117,10 @@ func (p *RetryPolicy) setDefaults() {
 	if p.QuotaReset == nil {
 		p.QuotaReset = NextShanghaiMidnight
 	}
+	if p.QuotaWindowStart == nil {
+		reset := p.QuotaReset
+		p.QuotaWindowStart = func(now time.Time) time.Time { return reset(now.Add(-24 * time.Hour)) }
+	}
 	if p.QuotaGrace == 0 {
 		p.QuotaGrace = 10 * time.Minute
 	}
@@ -122,7 +131,8 @@ func (p *RetryPolicy) setDefaults() {
 
 // windowStart is the start of the daily window that holds now.
 func (p RetryPolicy) windowStart(now time.Time) time.Time {
-	return p.QuotaReset(now.Add(-24 * time.Hour))
+	p.setDefaults()
+	return p.QuotaWindowStart(now)
 }
 
 // inResetGrace reports whether t lies in the first QuotaGrace of its window.
@@ -137,7 +147,10 @@ func (p RetryPolicy) inResetGrace(t time.Time) bool {
 // return later.
 func (p RetryPolicy) windowDue(now, start, reset time.Time) time.Time {
 	p.setDefaults()
-	f := float64(now.Sub(start)) / float64(24*time.Hour)
+	f := 0.0
+	if length := reset.Sub(start); length > 0 {
+		f = float64(now.Sub(start)) / float64(length)
+	}
 	f = min(max(f, 0), 1)
 	return reset.Add(time.Duration(f * float64(p.QuotaSpread)))
 }

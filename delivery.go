@@ -43,6 +43,10 @@ type history struct {
 	lastFailure  time.Time
 	notBefore    time.Time // the earliest next call
 	notYet       int       // 931023 answers, for RetryPolicy.NotYetAttempts
+	// retries counts transient and token failures, so that the backoff
+	// keeps growing across deliveries instead of starting again at its
+	// shortest on each.
+	retries int
 }
 
 func (h *history) failed(now time.Time) {
@@ -56,6 +60,7 @@ func (h *history) failed(now time.Time) {
 func (h *history) merge(o history) {
 	h.attempts = max(h.attempts, o.attempts)
 	h.notYet = max(h.notYet, o.notYet)
+	h.retries = max(h.retries, o.retries)
 	if h.firstFailure.IsZero() || (!o.firstFailure.IsZero() && o.firstFailure.Before(h.firstFailure)) {
 		h.firstFailure = o.firstFailure
 	}
@@ -99,6 +104,7 @@ type delivery struct {
 	// answers count across deliveries (hist.notYet).
 	failures map[wechat.Class]int
 	deadline time.Time // MaxWaitInPlace after the delivery began, by time.Now
+	id       string    // the record's identity: topic/partition/offset, or the UUID
 	owner    string    // this delivery's name for trace-store claims
 	memoKey  string
 	out      *outcome // decided by an earlier delivery, not yet published
@@ -122,9 +128,19 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	// back a claim that its earlier delivery failed to release.
 	switch {
 	case d.src.offset >= 0:
-		d.owner = fmt.Sprintf("%s/%s/%d/%d", h.instance, d.src.topic, d.src.partition, d.src.offset)
+		d.id = fmt.Sprintf("%s/%d/%d", d.src.topic, d.src.partition, d.src.offset)
 	case msg.UUID != "":
-		d.owner = h.instance + "/" + msg.UUID
+		d.id = msg.UUID
+	}
+	if d.id != "" {
+		d.owner = h.instance + "/" + d.id
+		if _, busy := h.active.LoadOrStore(d.owner, struct{}{}); busy {
+			// The same record in two live deliveries (a partition handed
+			// back during a rebalance): the second must not share the
+			// first's claim.
+			d.owner = fmt.Sprintf("%s#%d", d.owner, h.seq.Add(1))
+			h.active.Store(d.owner, struct{}{})
+		}
 	}
 	md := msg.Metadata
 	if n, err := strconv.Atoi(md.Get(HeaderAttempts)); err == nil && n > 0 {
@@ -132,6 +148,9 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	}
 	if n, err := strconv.Atoi(md.Get(HeaderNotYet)); err == nil && n > 0 {
 		d.hist.notYet = n
+	}
+	if n, err := strconv.Atoi(md.Get(HeaderRetries)); err == nil && n > 0 {
+		d.hist.retries = n
 	}
 	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderFirstFailure)); err == nil {
 		d.hist.firstFailure = t
@@ -169,19 +188,44 @@ func (d *delivery) key() DedupKey {
 	return DedupKey{AppID: d.ev.AppID, WaybillID: d.ev.WaybillID, TransID: d.ev.TransID}
 }
 
-// restore takes what an earlier delivery of the event left in the memo.
+// restore takes what an earlier delivery of the event left in the memo: its
+// history, and an outcome only if it was decided for this very message (a
+// corrected event for the same waybill must be judged afresh).
 func (d *delivery) restore() {
-	if e, ok := d.h.memo.get(d.memoKey); ok {
+	now := d.h.cfg.Now()
+	if e, ok := d.h.memo.get(d.memoKey, now); ok {
 		d.hist.merge(e.hist)
+	}
+	if d.id == "" {
+		return
+	}
+	if e, ok := d.h.memo.get(d.outcomeKey(), now); ok && e.out != nil && e.out.msgID == d.id {
 		d.out = e.out
 	}
 }
 
+// outcomeKey is where the memo keeps this message's undelivered outcome,
+// apart from the event's history, which other messages of the event share.
+func (d *delivery) outcomeKey() string { return d.memoKey + "\x00" + d.id }
+
 // remember keeps the event's history, and an outcome not yet published, for
 // its redelivery.
 func (d *delivery) remember(out *outcome) {
-	if d.memoKey != "" {
-		d.h.memo.put(d.memoKey, memoEntry{hist: d.hist, out: out}, d.h.cfg.Now())
+	if d.memoKey == "" {
+		return
+	}
+	now := d.h.cfg.Now()
+	d.h.memo.put(d.memoKey, memoEntry{hist: d.hist}, now)
+	if out != nil && d.id != "" {
+		out.msgID = d.id
+		d.h.memo.put(d.outcomeKey(), memoEntry{out: out}, now)
+	}
+}
+
+// end releases what the delivery holds in the Handler.
+func (d *delivery) end() {
+	if d.owner != "" {
+		d.h.active.Delete(d.owner)
 	}
 }
 
@@ -189,6 +233,9 @@ func (d *delivery) remember(out *outcome) {
 func (d *delivery) forget() {
 	if d.memoKey != "" {
 		d.h.memo.forget(d.memoKey)
+		if d.id != "" {
+			d.h.memo.forget(d.outcomeKey())
+		}
 	}
 }
 
@@ -226,12 +273,13 @@ func (d *delivery) waitUntil(what string, t time.Time) error {
 			return nil
 		}
 		left := time.Until(d.deadline)
-		if dur <= left {
+		if dur+d.callFloor() <= left {
 			if err := d.wait(what, dur); err != nil {
 				return err
 			}
 			continue // the clock may have been stepped meanwhile
 		}
+		// Too far off for a call in this delivery.
 		d.h.cfg.Logger.Info("waiting in place until the budget ends", d.fields.Add(watermill.LogFields{"for": what, "until": t, "wait": left.Round(time.Millisecond)}))
 		if err := sleepFor(d.ctx, left); err != nil {
 			return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
@@ -255,7 +303,9 @@ func (d *delivery) leaveErr(err error, next time.Time) error {
 func (d *delivery) leave(until time.Time, window bool, callErr error, fields watermill.LogFields) error {
 	now := d.h.cfg.Now()
 	if d.h.cfg.Parking != nil {
-		return d.parkOrDeadLetter(Decision{Action: ActionPark, Until: until, Window: window}, callErr, now, fields.Add(watermill.LogFields{"action": ActionPark.String()}))
+		// A park for the budget's sake is no step towards MaxParks: the
+		// event is waiting out a transient state, never dead-lettered for it.
+		return d.parkOrDeadLetter(Decision{Action: ActionPark, Until: until, Window: window}, callErr, now, fields.Add(watermill.LogFields{"action": ActionPark.String()}), window)
 	}
 	if until.After(d.hist.notBefore) {
 		d.hist.notBefore = until
@@ -370,27 +420,30 @@ func (d *delivery) holdClaim(key DedupKey) (stop func()) {
 	if d.owner == "" {
 		return func() {} // no name to renew it by: the TTL alone bounds it
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(d.ctx))
-	done := make(chan struct{})
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		t := time.NewTicker(h.cfg.ClaimTTL / 3)
 		defer t.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-quit:
 				return
 			case <-t.C:
+				// Never cut short: a renewal still on its way when the claim
+				// is released could take the claim again afterwards.
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), h.cfg.ClaimTTL/3)
 				_, ok, err := h.cfg.Traces.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
-				if err != nil && ctx.Err() == nil {
+				cancel()
+				if err != nil {
 					h.cfg.Logger.Error("trace store: renewing claim", err, watermill.LogFields{"key": key.String()})
-				} else if err == nil && !ok {
+				} else if !ok {
 					h.cfg.Logger.Info("trace store: claim lost while held", watermill.LogFields{"key": key.String()})
 				}
 			}
 		}
 	}()
-	return func() { cancel(); <-done }
+	return func() { close(quit); <-done }
 }
 
 // trace calls trace_waybill; done reports that the event left the handler
@@ -465,17 +518,19 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 			}
 			continue
 		}
-		if wait := admitted.At.Sub(admittedAt); wait > 0 {
-			// The reservation's turn, within the budget by construction.
+		if wait := admitted.At.Sub(h.cfg.Now()); wait > 0 {
+			// The reservation's turn, within the budget unless the limiter's
+			// own round trip ate into it.
 			if err := d.wait("smooth rate", wait); err != nil {
 				d.refund(lim, admitted)
-				return nil, true, err
+				return nil, true, d.leaveErr(err, admitted.At)
 			}
 		}
 		callCtx, cancel := context.WithDeadline(d.ctx, d.deadline)
 		resp, callErr := h.breakers.execute(ev.AppID, endpoint, func() (*wechat.TraceWaybillResponse, error) { return fn(callCtx) })
 		cancel()
-		if callErr == nil || !(errors.Is(callErr, ErrBreakerOpen) || errors.Is(callErr, wechat.ErrNotSent)) {
+		held := errors.Is(callErr, ErrBreakerOpen)
+		if callErr == nil || !(held || errors.Is(callErr, wechat.ErrNotSent)) {
 			d.hist.attempts++ // calls sent, not calls held back or never sent
 		}
 		if callErr == nil {
@@ -489,8 +544,12 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 			return nil, true, fmt.Errorf("order %s: %w", ev.OrderID, d.ctx.Err())
 		}
 		d.hist.failed(now)
-		n := d.count(class)
-		dec := h.cfg.Decide(callErr, class, n, now)
+		n := d.count(class, held)
+		judged := now
+		if class == wechat.ClassDailyQuota {
+			judged = admittedAt // the window the call was counted in
+		}
+		dec := h.cfg.Decide(callErr, class, n, judged)
 		logFields := fields.Add(watermill.LogFields{"attempt": d.hist.attempts, "class": class.String(), "err": callErr.Error()})
 		if done, err := d.apply(dec, callErr, logFields); done {
 			return nil, true, err
@@ -499,10 +558,14 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 }
 
 // count records one more failure of class and returns how many there are.
-func (d *delivery) count(class wechat.Class) int {
+// held marks a call the breaker held back: no call, no step of the backoff.
+func (d *delivery) count(class wechat.Class, held bool) int {
 	if class == wechat.ClassNotYet {
 		d.hist.notYet++
 		return d.hist.notYet
+	}
+	if !held && (class == wechat.ClassTransient || class == wechat.ClassToken) {
+		d.hist.retries++
 	}
 	d.failures[class]++
 	return d.failures[class]
@@ -520,11 +583,14 @@ func (d *delivery) apply(dec Decision, callErr error, logFields watermill.LogFie
 		return true, d.deadLetter(d.hist.deadLetter(d.src, dec.Reason, callErr, "", now))
 	case ActionPark:
 		if h.cfg.Parking != nil {
-			return true, d.parkOrDeadLetter(dec, callErr, now, logFields.Add(watermill.LogFields{"action": dec.Action.String()}))
+			// Parks for quota answers count towards MaxParks; an open
+			// breaker is a transient state and never ends an event.
+			counts := !errors.Is(callErr, ErrBreakerOpen)
+			return true, d.parkOrDeadLetter(dec, callErr, now, logFields.Add(watermill.LogFields{"action": dec.Action.String()}), counts)
 		}
 		wait = dec.Until.Sub(now)
 	default:
-		wait = h.cfg.Backoff(max(1, d.failures[wechat.ClassTransient]+d.failures[wechat.ClassToken]))
+		wait = h.cfg.Backoff(max(1, d.hist.retries))
 	}
 	if wait+d.callFloor() > time.Until(d.deadline) {
 		// Waiting here would hold the partition past the budget, through a
@@ -629,4 +695,19 @@ func (h *Handler) appQuotaSpent(ctx context.Context, appid, endpoint string) boo
 		return false
 	}
 	return q.Quota.Remain <= 0
+}
+
+// tracedElsewhere publishes the stored trace of a waybill whose record has
+// the event's goods, so that a duplicate does not wait out a not-before time
+// for nothing. done is false when there is no such record (or no store).
+func (d *delivery) tracedElsewhere() (done bool, err error) {
+	if d.h.cfg.Traces == nil {
+		return false, nil
+	}
+	rec, ok, err := d.get(d.key())
+	if err != nil || !ok || rec.GoodsHash != GoodsFingerprint(d.ev.Goods) {
+		return false, nil // the normal path will meet the store's error, if any
+	}
+	d.h.stats.deduped.Add(1)
+	return true, d.publishTraced(rec.WaybillToken, rec.TracedAt)
 }

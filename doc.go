@@ -41,10 +41,12 @@
 //   - An event that could succeed later is never dead-lettered for a
 //     transient fault: network errors, HTTP 5xx and errcode -1 are retried
 //     with backoff; quota answers (45009, 45011), a waybill WeChat does not
-//     know yet (931023, bounded) and an open breaker wait or park. The only
-//     bounds are counts an operator sets: NotYetAttempts for 931023 and,
-//     with parking, MaxParks; such events are dead-lettered with their
-//     history and can be replayed.
+//     know yet (931023, bounded) and an open breaker wait or park. The
+//     backoff keeps growing across deliveries and parks. The only bounds
+//     are counts an operator sets: NotYetAttempts for 931023 and, with
+//     parking, MaxParks for parks on quota answers (transient parks do not
+//     count); such events are dead-lettered with their history and can be
+//     replayed.
 //   - Dead letters keep the original payload and headers untouched and add
 //     the HeaderDead* headers (ParseDeadLetter); Replay brings them back.
 //   - One merchant does not stall another: each appid has its own circuit

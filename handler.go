@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -176,6 +177,9 @@ func (c *Config) setDefaults() {
 		// relies on it.
 		lim := c.Limiter
 		c.Retry.QuotaReset = func(t time.Time) time.Time { _, end := lim.Window(t); return end }
+		if c.Retry.QuotaWindowStart == nil {
+			c.Retry.QuotaWindowStart = func(t time.Time) time.Time { start, _ := lim.Window(t); return start }
+		}
 	}
 	c.Retry.setDefaults()
 	if c.Parking != nil {
@@ -267,7 +271,9 @@ type Handler struct {
 	results  results
 	breakers *breakers
 	memo     *memo
-	instance string // tells this handler's claims from other processes'
+	instance string   // tells this handler's claims from other processes'
+	active   sync.Map // claim owners of the deliveries in progress
+	seq      atomic.Uint64
 	stats    counters
 }
 
@@ -325,6 +331,7 @@ var ErrWaitLimit = errors.New("waited in place as long as allowed")
 // Handle processes one message. See Handler for the guarantee.
 func (h *Handler) Handle(msg *message.Message) error {
 	d := h.newDelivery(msg)
+	defer d.end()
 	if err := d.decode(); err != nil {
 		h.cfg.Logger.Info("dead-lettering invalid event", watermill.LogFields{"uuid": msg.UUID, "reason": err.Error()})
 		return d.deadLetter(d.hist.deadLetter(d.src, ReasonInvalidEvent, nil, err.Error(), h.cfg.Now()))
@@ -336,6 +343,10 @@ func (h *Handler) Handle(msg *message.Message) error {
 		return d.republish()
 	}
 	if now := h.cfg.Now(); d.hist.notBefore.After(now) {
+		if done, err := d.tracedElsewhere(); done {
+			// A duplicate of a waybill traced meanwhile need not wait.
+			return err
+		}
 		if h.cfg.Parking != nil {
 			// Back from the longest tier before its time: round again,
 			// without spending a call.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/sony/gobreaker/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -151,7 +152,9 @@ func TestDailyQuotaAtMidnight(t *testing.T) {
 	t.Run("admitted before midnight, answered after", func(t *testing.T) {
 		lim, err := run(t, midnight.Add(-100*time.Millisecond), midnight.Add(100*time.Millisecond))
 		require.ErrorIs(t, err, ErrWaitLimit)
-		assert.Contains(t, err.Error(), "not before "+midnight.Add(100*time.Millisecond+QuotaGraceRetry).UTC().Format(time.RFC3339))
+		// Judged in the old day, whose quota is spent: back in the new
+		// window's first minutes (QuotaSpread), not a day later.
+		assert.Contains(t, err.Error(), "not before "+midnight.UTC().Format("2006-01-02T15:0"))
 		d, err := lim.Allow(ctx, "wxapp1", "o-other", midnight.Add(time.Second))
 		require.NoError(t, err)
 		assert.True(t, d.Allowed, "the new day was marked spent")
@@ -271,20 +274,26 @@ func TestClaimWaitsAreBounded(t *testing.T) {
 // onceAfterClaim fails the first Get that follows a won claim.
 type onceAfterClaim struct {
 	*outageStore
+	mu              sync.Mutex
 	claimed, failed bool
 }
 
 func (s *onceAfterClaim) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
 	release, ok, err := s.outageStore.Claim(ctx, key, owner, ttl)
+	s.mu.Lock()
 	if ok && !s.failed {
 		s.claimed = true
 	}
+	s.mu.Unlock()
 	return release, ok, err
 }
 
 func (s *onceAfterClaim) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
-	if s.claimed && !s.failed {
-		s.failed = true
+	s.mu.Lock()
+	fail := s.claimed && !s.failed
+	s.failed = s.failed || fail
+	s.mu.Unlock()
+	if fail {
 		return TraceRecord{}, false, errors.New("store unreachable")
 	}
 	return s.outageStore.Get(ctx, key)
@@ -436,9 +445,15 @@ func TestGoodsUpdatesHaveTheirOwnPath(t *testing.T) {
 	require.NoError(t, err)
 	h := newTestHandler(t, tr, pub, func(c *Config) {
 		c.Traces, c.Limiter, c.GoodsLimiter = store, traceLim, goodsLim
-		c.Breaker = BreakerConfig{ConsecutiveFailures: 1}
+		c.Breaker = BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}
+		c.Parking = &ParkingConfig{}
 	})
 	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+	// trace_waybill's breaker opens on another waybill's fault; the goods
+	// update must still go through.
+	tr.on("SF999", wechatErr(-1))
+	require.NoError(t, h.Handle(msgOf(t, validEvent("order-9", "SF999"))))
+	require.Equal(t, gobreaker.StateOpen, h.BreakerState("wxapp1"))
 	changed := validEvent("order-1", "SF100")
 	changed.Goods[0].Name = "新茶"
 	require.NoError(t, h.Handle(msgOf(t, changed)))
@@ -449,9 +464,9 @@ func TestGoodsUpdatesHaveTheirOwnPath(t *testing.T) {
 		require.NoError(t, err)
 		return d.UserRemaining
 	}
-	assert.Equal(t, int64(100-1-1), remaining(traceLim), "trace_waybill's quota: one trace")
+	assert.Equal(t, int64(100-2-1), remaining(traceLim), "trace_waybill's quota: two traces")
 	assert.Equal(t, int64(100-1-1), remaining(goodsLim), "update_waybill_goods' quota: one update")
-	assert.Equal(t, h.breakers.get("wxapp1", endpointGoods).Name(), "wxapp1 update_waybill_goods")
+	assert.Equal(t, gobreaker.StateClosed, h.breakers.state("wxapp1", endpointGoods))
 }
 
 // capSizePublisher refuses messages above max bytes, as a Kafka producer
@@ -615,4 +630,70 @@ func TestSlowCallIsBoundedByTheBudget(t *testing.T) {
 			assert.False(t, log.has("action:retry"), "%v", log.lines)
 		})
 	})
+}
+
+// TestBackoffGrowsAcrossDeliveries: an event that keeps meeting transient
+// faults does not start its backoff again at 200 ms on every redelivery.
+func TestBackoffGrowsAcrossDeliveries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", busy(10_000)...)
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = nil }) // DefaultBackoff: 200 ms doubling to 30 s
+		msg := msgOf(t, validEvent("order-1", "SF100"))
+		for start := time.Now(); time.Since(start) < time.Hour; {
+			require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
+			time.Sleep(time.Second)
+		}
+		// In place: about 8 calls until the backoff reaches the budget, then
+		// one per 30 s (jittered by up to 20 %): at most 8 + 3600/24.
+		calls := tr.callsFor("SF100")
+		assert.LessOrEqual(t, calls, 8+150, "calls in an hour")
+		times := tr.timesOf("SF100")
+		for i := 10; i < len(times); i++ {
+			assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), 24*time.Second, "calls %d and %d", i, i+1)
+		}
+		assert.Empty(t, pub.on(DefaultDeadLetterTopic), "never dead-lettered for a transient fault")
+	})
+}
+
+// TestMemoReusesAnOutcomeOnlyForItsMessage: an outcome whose publish failed
+// is republished for that message's redelivery only; a corrected event for
+// the same order and waybill is judged afresh.
+func TestMemoReusesAnOutcomeOnlyForItsMessage(t *testing.T) {
+	tr, pub := newScriptedTracer(), &recorder{fail: errors.New("broker down")}
+	tr.on("SF100", wechatErr(47001))
+	h := newTestHandler(t, tr, pub, nil)
+	bad := msgOf(t, validEvent("order-1", "SF100"))
+	require.Error(t, h.Handle(bad.Copy()))
+	pub.mu.Lock()
+	pub.fail = nil
+	pub.mu.Unlock()
+	fixed := msgOf(t, validEvent("order-1", "SF100"))
+	require.NoError(t, h.Handle(fixed))
+	assert.Equal(t, 2, tr.callsFor("SF100"), "the corrected event was not traced")
+	assert.Len(t, pub.on(DefaultTracedTopic), 1)
+	require.NoError(t, h.Handle(bad.Copy()))
+	assert.Equal(t, 2, tr.callsFor("SF100"), "the redelivered bad event called again")
+	dead := pub.on(DefaultDeadLetterTopic)
+	require.Len(t, dead, 1)
+	assert.Equal(t, bad.UUID, dead[0].UUID)
+}
+
+// TestQuotaWindowsOfOtherLengths: in a zone with daylight saving time the
+// grace and the spread follow the limiter's own windows, not 24 h days.
+func TestQuotaWindowsOfOtherLengths(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatalf("time zone database: %v (install tzdata)", err)
+	}
+	lim, err := ratelimit.New(ratelimit.Config{Location: ny})
+	require.NoError(t, err)
+	h := newTestHandler(t, newScriptedTracer(), &recorder{}, func(c *Config) { c.Retry = RetryPolicy{}; c.Limiter = lim })
+	p := h.cfg.Retry
+	long := time.Date(2026, 11, 1, 23, 30, 0, 0, ny) // the 25-hour day
+	assert.False(t, p.inResetGrace(long), "23:30 on the long day is not just after a reset")
+	assert.True(t, p.inResetGrace(time.Date(2026, 3, 9, 0, 5, 0, 0, ny)), "00:05 after the short day")
+	d := p.Decide(wechatErr(45009), wechat.ClassDailyQuota, 1, long)
+	next := time.Date(2026, 11, 2, 0, 0, 0, 0, ny)
+	assert.True(t, !d.Until.Before(next) && d.Until.Before(next.Add(5*time.Minute)), "%s", d.Until)
 }

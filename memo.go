@@ -19,6 +19,7 @@ const memoTTL = time.Hour
 
 // outcome is a decided end of an event whose publish failed.
 type outcome struct {
+	msgID    string // the message it was decided for (delivery.id)
 	token    string // waybill.traced with this token …
 	tracedAt time.Time
 	dead     *DeadLetter // … or this dead letter
@@ -51,14 +52,20 @@ func newMemo(max int) *memo {
 	return &memo{max: max, entries: make(map[string]*list.Element)}
 }
 
-func (m *memo) get(key string) (memoEntry, bool) {
+func (m *memo) get(key string, now time.Time) (memoEntry, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	el, ok := m.entries[key]
 	if !ok {
 		return memoEntry{}, false
 	}
-	return el.Value.(*memoItem).entry, true
+	it := el.Value.(*memoItem)
+	if !now.Before(it.expires) {
+		m.order.Remove(el)
+		delete(m.entries, key)
+		return memoEntry{}, false
+	}
+	return it.entry, true
 }
 
 // put stores e under key at now, replacing what was there.

@@ -38,9 +38,11 @@ type ParkingConfig struct {
 	// "order.shipped.delay.10m0s") and prefix + "window". "" means the input
 	// topic + ".delay.".
 	TopicPrefix string
-	// MaxParks bounds how often one event is parked; then it is
-	// dead-lettered with ReasonTooManyAttempts and its history. Zero means
-	// 200 (days of hourly 931023 retries).
+	// MaxParks bounds how often one event is parked for a quota answer
+	// (45009, 45011) or 931023; then it is dead-lettered with
+	// ReasonTooManyAttempts and its history. Parks that wait out a
+	// transient state (a fault's backoff, an open breaker, the wait budget)
+	// do not count: such an event is never dead-lettered. Zero means 200.
 	MaxParks int
 }
 
@@ -57,6 +59,9 @@ const (
 	// HeaderNotYet counts WeChat's 931023 answers for the event, for the
 	// bound RetryPolicy.NotYetAttempts.
 	HeaderNotYet = "waybill_not_yet"
+	// HeaderRetries counts the event's transient and token failures, so its
+	// backoff keeps growing across parks.
+	HeaderRetries = "waybill_retries"
 )
 
 func (c *ParkingConfig) setDefaults(input string) {
@@ -124,11 +129,18 @@ func (c *ParkingConfig) route(now, until time.Time, window bool) (topic string, 
 // headers travel untouched; the history headers are updated, and the copy
 // is keyed by its order id (HeaderParkedKey), so that parked events spread
 // over the delay topic's partitions whatever their producer set.
-func (d *delivery) park(until time.Time, window bool, now time.Time) (parked bool, err error) {
+//
+// counts says whether this park is a step towards MaxParks: parks for
+// quota answers are; parks that wait out a transient state (a fault's
+// backoff, an open breaker, the wait budget, a copy back early) are not.
+func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (parked bool, err error) {
 	p, msg := d.h.cfg.Parking, d.msg
 	parks, _ := strconv.Atoi(msg.Metadata.Get(HeaderParks))
-	if parks >= p.MaxParks {
+	if counts && parks >= p.MaxParks {
 		return false, nil
+	}
+	if counts {
+		parks++
 	}
 	topic, due := p.route(now, until, window)
 	out := message.NewMessage(msg.UUID, msg.Payload)
@@ -141,9 +153,12 @@ func (d *delivery) park(until time.Time, window bool, now time.Time) (parked boo
 	out.Metadata.Set(HeaderFirstFailure, d.hist.firstFailure.UTC().Format(time.RFC3339Nano))
 	out.Metadata.Set(HeaderDueAt, due.UTC().Format(time.RFC3339Nano))
 	out.Metadata.Set(HeaderParkedFrom, d.h.cfg.InputTopic)
-	out.Metadata.Set(HeaderParks, strconv.Itoa(parks+1))
+	out.Metadata.Set(HeaderParks, strconv.Itoa(parks))
 	if n := d.hist.notYet; n > 0 {
 		out.Metadata.Set(HeaderNotYet, strconv.Itoa(n))
+	}
+	if n := d.hist.retries; n > 0 {
+		out.Metadata.Set(HeaderRetries, strconv.Itoa(n))
 	}
 	if until.After(due) {
 		out.Metadata.Set(HeaderNotBefore, until.UTC().Format(time.RFC3339Nano))
@@ -164,7 +179,7 @@ func (d *delivery) park(until time.Time, window bool, now time.Time) (parked boo
 
 // repark parks an event that came back before its not-before time.
 func (d *delivery) repark(now time.Time) error {
-	parked, err := d.park(d.hist.notBefore, false, now)
+	parked, err := d.park(d.hist.notBefore, false, false, now)
 	if err != nil {
 		return err
 	}
@@ -177,9 +192,9 @@ func (d *delivery) repark(now time.Time) error {
 
 // parkOrDeadLetter parks the event until dec.Until, or dead-letters it with
 // its history when it was parked MaxParks times already.
-func (d *delivery) parkOrDeadLetter(dec Decision, callErr error, now time.Time, logFields watermill.LogFields) error {
+func (d *delivery) parkOrDeadLetter(dec Decision, callErr error, now time.Time, logFields watermill.LogFields, counts bool) error {
 	d.hist.failed(now)
-	parked, err := d.park(dec.Until, dec.Window, now)
+	parked, err := d.park(dec.Until, dec.Window, counts, now)
 	if err != nil {
 		return err
 	}

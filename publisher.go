@@ -89,18 +89,21 @@ func reduce(payload []byte, md message.Metadata, limit int) ([]byte, message.Met
 			delete(md, k)
 		}
 		dropped += fmt.Sprintf(", %d headers: %s", len(names), strings.Join(names, ","))
-		if len(dropped) > 1024 {
-			dropped = dropped[:1024] + "…"
-		}
-		md.Set(HeaderDeadDropped, dropped)
+		md.Set(HeaderDeadDropped, truncate(dropped, maxReducedHeader))
 		if messageSize(nil, md) > limit {
-			// Only waybill's own headers are left; an errmsg is all that
-			// can be that long.
-			md.Set(HeaderDeadErrmsg, truncate(md.Get(HeaderDeadErrmsg), 1024))
+			// Only waybill's own headers are left, some of them from the
+			// producer or the event (an order id as the key): cut each.
+			for k, v := range md {
+				md[k] = truncate(v, maxReducedHeader)
+			}
 		}
 	}
 	return []byte{}, md
 }
+
+// maxReducedHeader bounds each header of a reduced dead letter that is
+// still too large without its payload.
+const maxReducedHeader = 1024
 
 // truncate cuts s to at most n bytes at a rune boundary.
 func truncate(s string, n int) string {

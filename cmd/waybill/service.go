@@ -64,6 +64,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	var (
 		tokenStore wechat.TokenStore
 		limitStore ratelimit.Store
+		goodsStore ratelimit.Store    // update_waybill_goods: counted apart from trace_waybill
 		traces     waybill.TraceStore = waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{})
 		redisAddr  string
 	)
@@ -75,6 +76,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		redisAddr = rdb.Options().Addr
 		tokenStore = redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix + "wechat:"})
 		limitStore = ratelimit.NewRedisStore(rdb, cfg.RedisPrefix+"ratelimit:")
+		goodsStore = ratelimit.NewRedisStore(rdb, cfg.RedisPrefix+"ratelimit:goods:")
 		if traces, err = redisdedup.New(rdb, redisdedup.Config{Prefix: cfg.RedisPrefix + "trace:"}); err != nil {
 			return nil, err
 		}
@@ -93,6 +95,10 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	if err != nil {
 		return nil, err
 	}
+	goodsLimiter, err := ratelimit.New(cfg.limiterConfig(goodsStore))
+	if err != nil {
+		return nil, err
+	}
 
 	wlog := watermill.NewSlogLogger(log)
 	pub, err := waybill.NewKafkaPublisher(cfg.Kafka, wlog)
@@ -103,7 +109,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	s.handler, err = waybill.NewHandler(waybill.Config{
 		Client: client, Publisher: pub,
 		InputTopic: cfg.InputTopic, TracedTopic: cfg.TracedTopic, DeadLetterTopic: cfg.DeadLetterTopic,
-		Limiter: limiter, Parking: cfg.Parking, Traces: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
+		Limiter: limiter, GoodsLimiter: goodsLimiter, Parking: cfg.Parking, Traces: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
 	})
 	if err != nil {
 		return nil, err
@@ -123,7 +129,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		s.delays = cfg.Parking.Topics(cfg.InputTopic)
 		dk := cfg.Kafka
 		dk.ConsumerGroup += "-delay"
-		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, DeadLetterTopic: cfg.DeadLetterTopic, Logger: wlog})
+		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, InputTopic: cfg.InputTopic, DeadLetterTopic: cfg.DeadLetterTopic, Logger: wlog})
 		if err != nil {
 			return nil, err
 		}
