@@ -106,8 +106,8 @@ type delivery struct {
 	deadline time.Time // MaxWaitInPlace after the delivery began, by time.Now
 	id       string    // the record's identity: topic/partition/offset, or the UUID
 	owner    string    // this delivery's name for trace-store claims
-	memoKey  string
-	out      *outcome // decided by an earlier delivery, not yet published
+	memoKey  string    // see key; built when first needed, like fields
+	out      *outcome  // decided by an earlier delivery, not yet published
 	fields   watermill.LogFields
 }
 
@@ -115,7 +115,6 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	d := &delivery{
 		h: h, msg: msg, ctx: msg.Context(),
 		src:      source{topic: h.cfg.InputTopic, partition: -1, offset: -1},
-		failures: map[wechat.Class]int{},
 		deadline: time.Now().Add(h.cfg.MaxWaitInPlace),
 	}
 	if p, ok := kafka.MessagePartitionFromCtx(d.ctx); ok {
@@ -132,7 +131,7 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	case msg.UUID != "":
 		d.id = msg.UUID
 	}
-	if d.id != "" {
+	if d.id != "" && h.cfg.Traces != nil {
 		d.owner = h.instance + "/" + d.id
 		if _, busy := h.active.LoadOrStore(d.owner, struct{}{}); busy {
 			// The same record in two live deliveries (a partition handed
@@ -179,8 +178,6 @@ func (d *delivery) decode() error {
 	if err := ev.Validate(); err != nil {
 		return err
 	}
-	d.memoKey = d.key().String() + ":" + keyEscaper.Replace(ev.OrderID)
-	d.fields = watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
 	return nil
 }
 
@@ -192,8 +189,11 @@ func (d *delivery) key() DedupKey {
 // history, and an outcome only if it was decided for this very message (a
 // corrected event for the same waybill must be judged afresh).
 func (d *delivery) restore() {
+	if d.h.memo.len() == 0 {
+		return // the usual case: nothing pending anywhere
+	}
 	now := d.h.cfg.Now()
-	if e, ok := d.h.memo.get(d.memoKey, now); ok {
+	if e, ok := d.h.memo.get(d.memo(), now); ok {
 		d.hist.merge(e.hist)
 	}
 	if d.id == "" {
@@ -206,16 +206,33 @@ func (d *delivery) restore() {
 
 // outcomeKey is where the memo keeps this message's undelivered outcome,
 // apart from the event's history, which other messages of the event share.
-func (d *delivery) outcomeKey() string { return d.memoKey + "\x00" + d.id }
+func (d *delivery) outcomeKey() string { return d.memo() + "\x00" + d.id }
+
+// memo is the event's key in the Handler's memo: its waybill and order.
+func (d *delivery) memo() string {
+	if d.memoKey == "" && d.ev != nil {
+		d.memoKey = d.key().String() + ":" + keyEscaper.Replace(d.ev.OrderID)
+	}
+	return d.memoKey
+}
+
+// log is the fields every log line about the event carries.
+func (d *delivery) log() watermill.LogFields {
+	if d.fields == nil {
+		ev := d.ev
+		d.fields = watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
+	}
+	return d.fields
+}
 
 // remember keeps the event's history, and an outcome not yet published, for
 // its redelivery.
 func (d *delivery) remember(out *outcome) {
-	if d.memoKey == "" {
-		return
+	if d.memo() == "" {
+		return // not a valid event: nothing to remember it by
 	}
 	now := d.h.cfg.Now()
-	d.h.memo.put(d.memoKey, memoEntry{hist: d.hist}, now)
+	d.h.memo.put(d.memo(), memoEntry{hist: d.hist}, now)
 	if out != nil && d.id != "" {
 		out.msgID = d.id
 		d.h.memo.put(d.outcomeKey(), memoEntry{out: out}, now)
@@ -231,8 +248,8 @@ func (d *delivery) end() {
 
 // forget drops the memo once the event has left the handler.
 func (d *delivery) forget() {
-	if d.memoKey != "" {
-		d.h.memo.forget(d.memoKey)
+	if d.h.memo.len() > 0 && d.memo() != "" {
+		d.h.memo.forget(d.memo())
 		if d.id != "" {
 			d.h.memo.forget(d.outcomeKey())
 		}
@@ -255,7 +272,7 @@ func (d *delivery) wait(what string, dur time.Duration) error {
 		return errOverBudget
 	}
 	if dur >= longWait {
-		d.h.cfg.Logger.Info("waiting in place", d.fields.Add(watermill.LogFields{"for": what, "wait": dur.Round(time.Millisecond)}))
+		d.h.cfg.Logger.Info("waiting in place", d.log().Add(watermill.LogFields{"for": what, "wait": dur.Round(time.Millisecond)}))
 	}
 	if err := sleepFor(d.ctx, dur); err != nil {
 		return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
@@ -280,7 +297,7 @@ func (d *delivery) waitUntil(what string, t time.Time) error {
 			continue // the clock may have been stepped meanwhile
 		}
 		// Too far off for a call in this delivery.
-		d.h.cfg.Logger.Info("waiting in place until the budget ends", d.fields.Add(watermill.LogFields{"for": what, "until": t, "wait": left.Round(time.Millisecond)}))
+		d.h.cfg.Logger.Info("waiting in place until the budget ends", d.log().Add(watermill.LogFields{"for": what, "until": t, "wait": left.Round(time.Millisecond)}))
 		if err := sleepFor(d.ctx, left); err != nil {
 			return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
 		}
@@ -292,7 +309,7 @@ func (d *delivery) waitUntil(what string, t time.Time) error {
 // leaves until next; any other error (shutdown) is returned as it is.
 func (d *delivery) leaveErr(err error, next time.Time) error {
 	if errors.Is(err, errOverBudget) {
-		return d.leave(next, false, nil, d.fields)
+		return d.leave(next, false, nil, d.log())
 	}
 	return err
 }
@@ -354,7 +371,7 @@ func (d *delivery) process() error {
 		if waitingSince.IsZero() {
 			waitingSince = time.Now()
 		} else if held := time.Since(waitingSince); held >= longWait && held < longWait+h.cfg.ClaimPoll {
-			h.cfg.Logger.Info("waiting for another handler's claim", d.fields.Add(watermill.LogFields{"key": key.String(), "claim_ttl": h.cfg.ClaimTTL}))
+			h.cfg.Logger.Info("waiting for another handler's claim", d.log().Add(watermill.LogFields{"key": key.String(), "claim_ttl": h.cfg.ClaimTTL}))
 		}
 		if err := d.wait("claim", h.cfg.ClaimPoll); err != nil {
 			return d.leaveErr(err, h.cfg.Now())
@@ -496,10 +513,11 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 	if endpoint == endpointGoods {
 		lim = h.cfg.GoodsLimiter
 	}
-	fields := d.fields.Add(watermill.LogFields{"endpoint": endpoint})
+	// Built only when a line is logged: the happy path logs nothing.
+	fields := func() watermill.LogFields { return d.log().Add(watermill.LogFields{"endpoint": endpoint}) }
 	for {
 		if time.Until(d.deadline) < d.callFloor() {
-			return nil, true, d.leave(h.cfg.Now(), false, nil, fields.Add(watermill.LogFields{"reason": "budget left is too short for a call"}))
+			return nil, true, d.leave(h.cfg.Now(), false, nil, fields().Add(watermill.LogFields{"reason": "budget left is too short for a call"}))
 		}
 		admitted, admittedAt, err := d.admit(lim)
 		if err != nil {
@@ -507,13 +525,13 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		}
 		if !admitted.Allowed && admitted.Reason == ratelimit.ReasonRate {
 			// Its turn at the smooth rate comes after this delivery's budget.
-			return nil, true, d.leave(admitted.RetryAt, false, nil, fields.Add(watermill.LogFields{"limit": admitted.Reason.String()}))
+			return nil, true, d.leave(admitted.RetryAt, false, nil, fields().Add(watermill.LogFields{"limit": admitted.Reason.String()}))
 		}
 		if !admitted.Allowed {
 			// A daily quota is spent: come back in the next window.
 			start, _ := lim.Window(admittedAt)
 			dec := Decision{Action: ActionPark, Until: h.cfg.Retry.windowDue(admittedAt, start, admitted.RetryAt), Window: true}
-			if done, err := d.apply(dec, nil, fields.Add(watermill.LogFields{"limit": admitted.Reason.String()})); done {
+			if done, err := d.apply(dec, nil, fields().Add(watermill.LogFields{"limit": admitted.Reason.String()})); done {
 				return nil, true, err
 			}
 			continue
@@ -550,7 +568,7 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 			judged = admittedAt // the window the call was counted in
 		}
 		dec := h.cfg.Decide(callErr, class, n, judged)
-		logFields := fields.Add(watermill.LogFields{"attempt": d.hist.attempts, "class": class.String(), "err": callErr.Error()})
+		logFields := fields().Add(watermill.LogFields{"attempt": d.hist.attempts, "class": class.String(), "err": callErr.Error()})
 		if done, err := d.apply(dec, callErr, logFields); done {
 			return nil, true, err
 		}
@@ -566,6 +584,9 @@ func (d *delivery) count(class wechat.Class, held bool) int {
 	}
 	if !held && (class == wechat.ClassTransient || class == wechat.ClassToken) {
 		d.hist.retries++
+	}
+	if d.failures == nil {
+		d.failures = make(map[wechat.Class]int, 2)
 	}
 	d.failures[class]++
 	return d.failures[class]

@@ -3,6 +3,7 @@ package waybill
 import (
 	"container/list"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,6 +37,7 @@ type memoEntry struct {
 // again at once. It is bounded (least recently stored goes first) and safe
 // for concurrent use.
 type memo struct {
+	size    atomic.Int64 // len(entries), read without the lock
 	mu      sync.Mutex
 	max     int
 	entries map[string]*list.Element // of *memoItem
@@ -63,6 +65,7 @@ func (m *memo) get(key string, now time.Time) (memoEntry, bool) {
 	if !now.Before(it.expires) {
 		m.order.Remove(el)
 		delete(m.entries, key)
+		m.sync()
 		return memoEntry{}, false
 	}
 	return it.entry, true
@@ -87,6 +90,7 @@ func (m *memo) put(key string, e memoEntry, now time.Time) {
 		m.order.Remove(el)
 		delete(m.entries, el.Value.(*memoItem).key)
 	}
+	m.sync()
 }
 
 func (m *memo) forget(key string) {
@@ -95,11 +99,13 @@ func (m *memo) forget(key string) {
 	if el, ok := m.entries[key]; ok {
 		m.order.Remove(el)
 		delete(m.entries, key)
+		m.sync()
 	}
 }
 
-func (m *memo) len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.entries)
-}
+// len is the number of entries; the hot path reads it to skip the memo
+// when nothing is pending.
+func (m *memo) len() int { return int(m.size.Load()) }
+
+// sync records the size after a change; called under the lock.
+func (m *memo) sync() { m.size.Store(int64(len(m.entries))) }
