@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -696,4 +697,53 @@ func TestQuotaWindowsOfOtherLengths(t *testing.T) {
 	d := p.Decide(wechatErr(45009), wechat.ClassDailyQuota, 1, long)
 	next := time.Date(2026, 11, 2, 0, 0, 0, 0, ny)
 	assert.True(t, !d.Until.Before(next) && d.Until.Before(next.Add(5*time.Minute)), "%s", d.Until)
+}
+
+// TestSmoothRateWaitsWithinTheBudget: the smooth rate reserves each call's
+// turn, so waiters go one interval apart instead of waking together, and a
+// turn beyond the budget ends the delivery at once rather than holding the
+// partition for it.
+func TestSmoothRateWaitsWithinTheBudget(t *testing.T) {
+	t.Run("concurrent waiters get spaced turns", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: 0.5, Burst: 1}}) // one call per 2 s
+			require.NoError(t, err)
+			tr, pub := newScriptedTracer(), &recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
+			var wg sync.WaitGroup
+			for i := range 5 {
+				wg.Go(func() {
+					assert.NoError(t, h.Handle(msgOf(t, validEvent(fmt.Sprint("order-", i), fmt.Sprint("SF", i)))))
+				})
+			}
+			wg.Wait()
+			var times []time.Time
+			for i := range 5 {
+				times = append(times, tr.timesOf(fmt.Sprint("SF", i))...)
+			}
+			require.Len(t, times, 5, "one call each: no waiter lost its turn and asked again")
+			slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+			for i := 1; i < len(times); i++ {
+				assert.Equal(t, 2*time.Second, times[i].Sub(times[i-1]), "turn %d", i+1)
+			}
+		})
+	})
+	t.Run("a turn past the budget ends the delivery at once", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: 1.0 / 60, Burst: 1}}) // one call a minute
+			require.NoError(t, err)
+			tr, pub := newScriptedTracer(), &recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
+			require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF1"))))
+			start := time.Now()
+			second := msgOf(t, validEvent("order-2", "SF2"))
+			require.ErrorIs(t, h.Handle(second.Copy()), ErrWaitLimit)
+			assert.Zero(t, time.Since(start), "held its partition for a turn it could not have")
+			_, err = redeliver(h, second, 100)
+			require.NoError(t, err)
+			calls := tr.timesOf("SF2")
+			require.Len(t, calls, 1)
+			assert.GreaterOrEqual(t, calls[0].Sub(tr.timesOf("SF1")[0]), time.Minute)
+		})
+	})
 }
