@@ -165,7 +165,7 @@ var deadHeaders = []string{
 // historyHeaders are waybill's record of earlier attempts. A replay starts
 // the history afresh: the cause was fixed, and an event that died of
 // too_many_attempts or not_yet_exhausted must not die again of its old count.
-var historyHeaders = []string{HeaderAttempts, HeaderFirstFailure, HeaderParks, HeaderNotYet, HeaderRetries, HeaderNotBefore, HeaderDueAt, HeaderParkedFrom, HeaderParkedKey}
+var historyHeaders = []string{HeaderAttempts, HeaderFirstFailure, HeaderParks, HeaderNotYet, HeaderRetries, HeaderTokenFailures, HeaderNotBefore, HeaderDueAt, HeaderParkedFrom, HeaderParkedKey}
 
 // ReplayMetadata returns the headers a replay republishes msg with: the
 // original ones, without waybill's attempt history (which restarts) and

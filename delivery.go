@@ -47,6 +47,9 @@ type history struct {
 	// keeps growing across deliveries instead of starting again at its
 	// shortest on each.
 	retries int
+	// tokens counts token failures, for RetryPolicy.TokenAttempts across
+	// deliveries: each one refetched the access token.
+	tokens int
 }
 
 func (h *history) failed(now time.Time) {
@@ -61,6 +64,7 @@ func (h *history) merge(o history) {
 	h.attempts = max(h.attempts, o.attempts)
 	h.notYet = max(h.notYet, o.notYet)
 	h.retries = max(h.retries, o.retries)
+	h.tokens = max(h.tokens, o.tokens)
 	if h.firstFailure.IsZero() || (!o.firstFailure.IsZero() && o.firstFailure.Before(h.firstFailure)) {
 		h.firstFailure = o.firstFailure
 	}
@@ -106,7 +110,8 @@ type delivery struct {
 	deadline time.Time // MaxWaitInPlace after the delivery began, by time.Now
 	id       string    // the record's identity: topic/partition/offset, or the UUID
 	owner    string    // this delivery's name for trace-store claims
-	memoKey  string    // see key; built when first needed, like fields
+	valid    bool      // decoded and validated: only then has it a memo key
+	memoKey  string    // see memo; built when first needed, like fields
 	out      *outcome  // decided by an earlier delivery, not yet published
 	fields   watermill.LogFields
 }
@@ -151,6 +156,9 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	if n, err := strconv.Atoi(md.Get(HeaderRetries)); err == nil && n > 0 {
 		d.hist.retries = n
 	}
+	if n, err := strconv.Atoi(md.Get(HeaderTokenFailures)); err == nil && n > 0 {
+		d.hist.tokens = n
+	}
 	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderFirstFailure)); err == nil {
 		d.hist.firstFailure = t
 	}
@@ -178,6 +186,7 @@ func (d *delivery) decode() error {
 	if err := ev.Validate(); err != nil {
 		return err
 	}
+	d.valid = true
 	return nil
 }
 
@@ -210,7 +219,7 @@ func (d *delivery) outcomeKey() string { return d.memo() + "\x00" + d.id }
 
 // memo is the event's key in the Handler's memo: its waybill and order.
 func (d *delivery) memo() string {
-	if d.memoKey == "" && d.ev != nil {
+	if d.memoKey == "" && d.valid {
 		d.memoKey = d.key().String() + ":" + keyEscaper.Replace(d.ev.OrderID)
 	}
 	return d.memoKey
@@ -254,6 +263,14 @@ func (d *delivery) forget() {
 			d.h.memo.forget(d.outcomeKey())
 		}
 	}
+}
+
+// budgeted is the delivery's context bounded by its budget, for the store
+// and limiter calls made before a WeChat call: a slow store must not hold
+// the partition either. (Recording the outcome afterwards is bounded by
+// settleTimeout instead: losing it for the budget's sake would cost a call.)
+func (d *delivery) budgeted() (context.Context, context.CancelFunc) {
+	return context.WithDeadline(d.ctx, d.deadline)
 }
 
 // callFloor is the least budget a call may start with: one cut short by the
@@ -353,13 +370,19 @@ func (d *delivery) process() error {
 		if err != nil {
 			// Not knowing whether it was traced, calling WeChat could waste
 			// the buyer's quota: leave the event for redelivery.
-			return err
+			return d.leaveErr(err, h.cfg.Now())
 		}
 		if ok && rec.GoodsHash == goods {
 			h.stats.deduped.Add(1)
 			return d.publishTraced(rec.WaybillToken, rec.TracedAt)
 		}
-		release, won, err := store.Claim(d.ctx, key, d.owner, h.cfg.ClaimTTL)
+		ctx, cancel := d.budgeted()
+		release, won, err := store.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
+		budgetGone := ctx.Err() != nil && d.ctx.Err() == nil
+		cancel()
+		if err != nil && budgetGone {
+			return d.leaveErr(errOverBudget, h.cfg.Now())
+		}
 		if err != nil {
 			return fmt.Errorf("trace store claim %s: %w", key, err)
 		}
@@ -389,7 +412,7 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 	// Someone may have finished between our Get and our Claim.
 	rec, ok, err := d.get(key)
 	if err != nil {
-		return err
+		return d.leaveErr(err, h.cfg.Now())
 	}
 	switch {
 	case ok && rec.GoodsHash == goods:
@@ -407,7 +430,9 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 		return err
 	}
 	rec = TraceRecord{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
-	if err := h.cfg.Traces.Put(d.ctx, key, rec); err != nil {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
+	defer cancel()
+	if err := h.cfg.Traces.Put(pctx, key, rec); err != nil {
 		// WeChat has traced it; the output must not be lost for a store
 		// fault. A redelivery finds the outcome in the memo; another
 		// process would trace again, which WeChat answers with the token.
@@ -419,7 +444,12 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 // get reads key's record. An unreadable record counts as none: tracing
 // again gets the same token from WeChat, and the Put overwrites it.
 func (d *delivery) get(key DedupKey) (TraceRecord, bool, error) {
-	rec, ok, err := d.h.cfg.Traces.Get(d.ctx, key)
+	ctx, cancel := d.budgeted()
+	defer cancel()
+	rec, ok, err := d.h.cfg.Traces.Get(ctx, key)
+	if err != nil && ctx.Err() != nil && d.ctx.Err() == nil {
+		return rec, false, errOverBudget // the budget ran out in the store
+	}
 	if errors.Is(err, ErrBadRecord) {
 		d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
 		return TraceRecord{}, false, nil
@@ -496,7 +526,9 @@ func (d *delivery) updateGoods(key DedupKey, rec TraceRecord, goods string) (boo
 	}
 	d.h.stats.goodsUpdates.Add(1)
 	rec.GoodsHash = goods
-	if err := d.h.cfg.Traces.Put(d.ctx, key, rec); err != nil {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
+	defer cancel()
+	if err := d.h.cfg.Traces.Put(pctx, key, rec); err != nil {
 		d.h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
 	}
 	return false, nil
@@ -521,7 +553,7 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		}
 		admitted, admittedAt, err := d.admit(lim)
 		if err != nil {
-			return nil, true, err
+			return nil, true, d.leaveErr(err, admittedAt)
 		}
 		if !admitted.Allowed && admitted.Reason == ratelimit.ReasonRate {
 			// Its turn at the smooth rate comes after this delivery's budget.
@@ -542,6 +574,11 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 			if err := d.wait("smooth rate", wait); err != nil {
 				d.refund(lim, admitted)
 				return nil, true, d.leaveErr(err, admitted.At)
+			}
+			if time.Until(d.deadline) < d.callFloor() {
+				// The limiter's round trips ate the call's share.
+				d.refund(lim, admitted)
+				return nil, true, d.leave(h.cfg.Now(), false, nil, fields())
 			}
 		}
 		callCtx, cancel := context.WithDeadline(d.ctx, d.deadline)
@@ -584,6 +621,10 @@ func (d *delivery) count(class wechat.Class, held bool) int {
 	}
 	if !held && (class == wechat.ClassTransient || class == wechat.ClassToken) {
 		d.hist.retries++
+	}
+	if class == wechat.ClassToken {
+		d.hist.tokens++
+		return d.hist.tokens
 	}
 	if d.failures == nil {
 		d.failures = make(map[wechat.Class]int, 2)
@@ -640,7 +681,12 @@ func (d *delivery) admit(lim *ratelimit.Limiter) (ratelimit.Decision, time.Time,
 		return ratelimit.Decision{Allowed: true, At: now}, now, nil
 	}
 	maxWait := max(0, time.Until(d.deadline)-d.callFloor())
-	dec, err := lim.Reserve(d.ctx, d.ev.AppID, d.ev.OpenID, now, maxWait)
+	ctx, cancel := d.budgeted()
+	defer cancel()
+	dec, err := lim.Reserve(ctx, d.ev.AppID, d.ev.OpenID, now, maxWait)
+	if err != nil && ctx.Err() != nil && d.ctx.Err() == nil {
+		return dec, now, errOverBudget
+	}
 	if err != nil {
 		// The limiter's store failed: calling anyway could overspend the
 		// quota, so leave the event for redelivery.

@@ -347,9 +347,10 @@ func (h *Handler) Handle(msg *message.Message) error {
 			// A duplicate of a waybill traced meanwhile need not wait.
 			return err
 		}
-		if h.cfg.Parking != nil {
+		if h.cfg.Parking != nil && d.hist.notBefore.Sub(now)+d.callFloor() > time.Until(d.deadline) {
 			// Back from the longest tier before its time: round again,
-			// without spending a call.
+			// without spending a call. (Back a moment early, by a clock
+			// that runs ahead, it waits the moment out below.)
 			return d.repark(now)
 		}
 		if err := d.waitUntil("not-before time", d.hist.notBefore); err != nil {

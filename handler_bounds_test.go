@@ -747,3 +747,40 @@ func TestSmoothRateWaitsWithinTheBudget(t *testing.T) {
 		})
 	})
 }
+
+// TestTokenAttemptsCountAcrossDeliveries: a token WeChat keeps rejecting
+// ends as a configuration dead letter even when each delivery runs out of
+// budget before TokenAttempts.
+func TestTokenAttemptsCountAcrossDeliveries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", repeatErr(wechatErr(40001), 1000)...)
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = func(int) time.Duration { return 30 * time.Second } })
+		_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 100)
+		require.NoError(t, err)
+		assert.Equal(t, 3, tr.callsFor("SF100"))
+		dead := pub.on(DefaultDeadLetterTopic)
+		require.Len(t, dead, 1)
+		dl, err := ParseDeadLetter(dead[0])
+		require.NoError(t, err)
+		assert.Equal(t, ReasonConfiguration, dl.Reason)
+	})
+}
+
+// TestInvalidSiblingKeepsTheHistory: dead-lettering an invalid event for the
+// same order and waybill does not erase a valid event's not-before time.
+func TestInvalidSiblingKeepsTheHistory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr, pub := newScriptedTracer(), &recorder{}
+		tr.on("SF100", wechatErr(931023))
+		h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
+		msg := msgOf(t, validEvent("order-1", "SF100"))
+		require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
+		invalid := validEvent("order-1", "SF100")
+		invalid.OpenID = ""
+		require.NoError(t, h.Handle(msgOf(t, invalid)))
+		require.Len(t, pub.on(DefaultDeadLetterTopic), 1)
+		require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
+		assert.Equal(t, 1, tr.callsFor("SF100"), "called before its not-before time")
+	})
+}

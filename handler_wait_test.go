@@ -190,12 +190,14 @@ func TestConfigRejectsNegatives(t *testing.T) {
 func TestReplayRestartsHistory(t *testing.T) {
 	tr, pub := newScriptedTracer(), &recorder{}
 	tr.on("SF100", wechatErr(45011), wechatErr(45011), wechatErr(45011))
-	h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{MaxParks: 1} })
+	clock := &manualClock{t: time.Date(2026, 11, 26, 3, 0, 10, 0, time.UTC)}
+	h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{MaxParks: 1}; c.Now = clock.Now })
 	in := msgOf(t, validEvent("order-1", "SF100"))
 	in.Metadata.Set("trace_id", "abc")
 	require.NoError(t, h.Handle(in))
 	parked := pub.on("order.shipped.delay.1m0s")
 	require.Len(t, parked, 1)
+	clock.Set(clock.Now().Add(time.Minute)) // the DelayRunner returns it when due
 	require.NoError(t, h.Handle(parked[0].Copy()))
 	dead := pub.on(DefaultDeadLetterTopic)
 	require.Len(t, dead, 1, "parked once, allowed once")

@@ -62,6 +62,9 @@ const (
 	// HeaderRetries counts the event's transient and token failures, so its
 	// backoff keeps growing across parks.
 	HeaderRetries = "waybill_retries"
+	// HeaderTokenFailures counts its token failures, for
+	// RetryPolicy.TokenAttempts across parks.
+	HeaderTokenFailures = "waybill_token_failures"
 )
 
 func (c *ParkingConfig) setDefaults(input string) {
@@ -160,11 +163,12 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 	if n := d.hist.retries; n > 0 {
 		out.Metadata.Set(HeaderRetries, strconv.Itoa(n))
 	}
-	if until.After(due) {
-		out.Metadata.Set(HeaderNotBefore, until.UTC().Format(time.RFC3339Nano))
-	} else {
-		delete(out.Metadata, HeaderNotBefore)
+	if n := d.hist.tokens; n > 0 {
+		out.Metadata.Set(HeaderTokenFailures, strconv.Itoa(n))
 	}
+	// Always: a DelayRunner whose clock runs ahead must not make the call
+	// early; the handler checks its own clock.
+	out.Metadata.Set(HeaderNotBefore, until.UTC().Format(time.RFC3339Nano))
 	if err := d.h.cfg.Publisher.Publish(topic, out); err != nil {
 		// The redelivery must not call before until either.
 		if until.After(d.hist.notBefore) {
