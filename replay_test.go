@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -60,7 +61,7 @@ func writeDeadLetters(t *testing.T, brokers []string, specs ...deadSpec) map[str
 	pub, err := NewKafkaPublisher(KafkaConfig{Brokers: brokers}, watermill.NopLogger{})
 	require.NoError(t, err)
 	defer pub.Close()
-	res := results{pub: pub, deadTopic: rtDead}
+	res := results{pub: pub, deadTopic: rtDead, maxDead: 8000}
 	ids := map[string]string{}
 	for i, s := range specs {
 		payload := s.payload
@@ -734,4 +735,21 @@ func TestReplayStopsWhenARepublishFailsAndResumes(t *testing.T) {
 	for order, id := range ids {
 		assert.Equal(t, 1, copies[id], "order %s", order)
 	}
+}
+
+// TestReplaySkipsReducedDeadLetters: a dead letter published without its
+// payload (too large for the dead-letter topic) is not replayed as an empty
+// event.
+func TestReplaySkipsReducedDeadLetters(t *testing.T) {
+	_, brokers := replayCluster(t, "to.reduced")
+	writeDeadLetters(t, brokers,
+		deadSpec{order: "O1", appid: "wxA", reason: ReasonConfiguration, errcode: 48001, last: rtDay},
+		deadSpec{order: "O2", reason: ReasonInvalidEvent, last: rtDay, payload: []byte(`{"order_id":"` + strings.Repeat("x", 10_000) + `"}`)},
+	)
+	cfg := rtConfig(brokers)
+	cfg.To = "to.reduced"
+	rep, err := Replay(replayCtx(t), cfg)
+	require.NoError(t, err)
+	assert.Equal(t, ReplayCounts{Scanned: 2, Replayed: 1, SkippedInvalid: 1}, rep.ReplayCounts)
+	assert.Equal(t, []string{"O1"}, ordersOf(readTopic(t, brokers, cfg.To)))
 }
