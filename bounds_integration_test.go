@@ -31,6 +31,7 @@ type boundsRig struct {
 	deadReasons         map[string]waybill.Reason
 	longestHold         time.Duration
 	deliveries, nacks   int
+	errs                []string // the first few reasons a delivery was left for redelivery
 	partitions          int32
 	parking             *waybill.ParkingConfig
 	handlerCfg          waybill.Config
@@ -84,6 +85,9 @@ func (r *boundsRig) run(ctx context.Context, t *testing.T, mod func(*waybill.Con
 		r.deliveries++
 		if err != nil {
 			r.nacks++
+			if r.nacks <= 12 {
+				r.errs = append(r.errs, fmt.Sprintf("%s after %s", err, held.Round(time.Millisecond)))
+			}
 		}
 		r.longestHold = max(r.longestHold, held)
 		r.mu.Unlock()
@@ -284,7 +288,14 @@ func TestIntegrationSlowWeChatNeverHoldsAPartition(t *testing.T) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t.Logf("%d deliveries, %d left for redelivery, longest hold %s", r.deliveries, r.nacks, r.longestHold.Round(time.Millisecond))
+	t.Logf("%d deliveries, %d left for redelivery, longest hold %s; first reasons:\n%s", r.deliveries, r.nacks, r.longestHold.Round(time.Millisecond), strings.Join(r.errs, "\n"))
+	slow := 0
+	for _, c := range r.sandbox.CallsTo("trace_waybill") {
+		if c.Fault {
+			slow++
+		}
+	}
+	t.Logf("WeChat held %d of %d trace_waybill calls", slow, len(r.sandbox.CallsTo("trace_waybill")))
 	assert.Empty(t, r.deadReasons)
 	assert.Positive(t, r.nacks, "no call was slow: the test tested nothing")
 	assert.LessOrEqual(t, r.longestHold, budget+2*time.Second, "a delivery held its partition past MaxWaitInPlace (plus publishing)")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+	_ "time/tzdata" // America/New_York on any machine
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -684,9 +685,7 @@ func TestMemoReusesAnOutcomeOnlyForItsMessage(t *testing.T) {
 // grace and the spread follow the limiter's own windows, not 24 h days.
 func TestQuotaWindowsOfOtherLengths(t *testing.T) {
 	ny, err := time.LoadLocation("America/New_York")
-	if err != nil {
-		t.Fatalf("time zone database: %v (install tzdata)", err)
-	}
+	require.NoError(t, err)
 	lim, err := ratelimit.New(ratelimit.Config{Location: ny})
 	require.NoError(t, err)
 	h := newTestHandler(t, newScriptedTracer(), &recorder{}, func(c *Config) { c.Retry = RetryPolicy{}; c.Limiter = lim })
