@@ -50,6 +50,9 @@ type history struct {
 	// tokens counts token failures, for RetryPolicy.TokenAttempts across
 	// deliveries: each one refetched the access token.
 	tokens int
+	// A park whose publish failed, for its redelivery to make again the
+	// same way: into the window tier, and counted towards MaxParks.
+	parkWindow, parkCounts bool
 }
 
 func (h *history) failed(now time.Time) {
@@ -65,6 +68,8 @@ func (h *history) merge(o history) {
 	h.notYet = max(h.notYet, o.notYet)
 	h.retries = max(h.retries, o.retries)
 	h.tokens = max(h.tokens, o.tokens)
+	h.parkWindow = h.parkWindow || o.parkWindow
+	h.parkCounts = h.parkCounts || o.parkCounts
 	if h.firstFailure.IsZero() || (!o.firstFailure.IsZero() && o.firstFailure.Before(h.firstFailure)) {
 		h.firstFailure = o.firstFailure
 	}

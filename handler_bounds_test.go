@@ -783,3 +783,43 @@ func TestInvalidSiblingKeepsTheHistory(t *testing.T) {
 		assert.Equal(t, 1, tr.callsFor("SF100"), "called before its not-before time")
 	})
 }
+
+// failOnce is a Publisher that fails the first publish to one topic.
+type failOnce struct {
+	recorder
+	topic  string
+	failed bool
+}
+
+func (p *failOnce) Publish(topic string, msgs ...*message.Message) error {
+	p.mu.Lock()
+	fail := topic == p.topic && !p.failed
+	p.failed = p.failed || fail
+	p.mu.Unlock()
+	if fail {
+		return errors.New("broker down")
+	}
+	return p.recorder.Publish(topic, msgs...)
+}
+
+// TestFailedParkIsMadeAgainAsMeant: a park whose publish failed is made
+// again on redelivery without a call, to the same tier, and still counts.
+func TestFailedParkIsMadeAgainAsMeant(t *testing.T) {
+	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	tr := newScriptedTracer()
+	tr.on("SF100", wechatErr(45009))
+	tr.remain["wxapp1"] = 1 // one buyer's 45009: the day is not spent
+	pub := &failOnce{topic: "order.shipped.delay.window"}
+	h := newTestHandler(t, tr, pub, func(c *Config) {
+		c.Parking = &ParkingConfig{}
+		c.Now = func() time.Time { return now }
+		c.Retry.QuotaReset = nil
+	})
+	msg := msgOf(t, validEvent("order-1", "SF100"))
+	require.Error(t, h.Handle(msg.Copy()))
+	require.NoError(t, h.Handle(msg.Copy()))
+	assert.Equal(t, 1, tr.callsFor("SF100"), "the redelivery called again")
+	parked := pub.on("order.shipped.delay.window")
+	require.Len(t, parked, 1, "parked in another tier than the failed park meant")
+	assert.Equal(t, "1", parked[0].Metadata.Get(HeaderParks))
+}

@@ -170,10 +170,12 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 	// early; the handler checks its own clock.
 	out.Metadata.Set(HeaderNotBefore, until.UTC().Format(time.RFC3339Nano))
 	if err := d.h.cfg.Publisher.Publish(topic, out); err != nil {
-		// The redelivery must not call before until either.
+		// The redelivery must not call before until either, and parks it
+		// the way this park meant to.
 		if until.After(d.hist.notBefore) {
 			d.hist.notBefore = until
 		}
+		d.hist.parkWindow, d.hist.parkCounts = window, counts
 		d.remember(nil)
 		return false, fmt.Errorf("park %s on %s: %w", msg.UUID, topic, err)
 	}
@@ -183,7 +185,7 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 
 // repark parks an event that came back before its not-before time.
 func (d *delivery) repark(now time.Time) error {
-	parked, err := d.park(d.hist.notBefore, false, false, now)
+	parked, err := d.park(d.hist.notBefore, d.hist.parkWindow, d.hist.parkCounts, now)
 	if err != nil {
 		return err
 	}
