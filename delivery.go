@@ -213,7 +213,7 @@ func (d *delivery) restore() {
 	if d.id == "" {
 		return
 	}
-	if e, ok := d.h.memo.get(d.outcomeKey(), now); ok && e.out != nil && e.out.msgID == d.id {
+	if e, ok := d.h.memo.get(d.outcomeKey(), now); ok && e.out != nil {
 		d.out = e.out
 	}
 }
@@ -248,7 +248,6 @@ func (d *delivery) remember(out *outcome) {
 	now := d.h.cfg.Now()
 	d.h.memo.put(d.memo(), memoEntry{hist: d.hist}, now)
 	if out != nil && d.id != "" {
-		out.msgID = d.id
 		d.h.memo.put(d.outcomeKey(), memoEntry{out: out}, now)
 	}
 }
@@ -270,12 +269,19 @@ func (d *delivery) forget() {
 	}
 }
 
-// budgeted is the delivery's context bounded by its budget, for the store
-// and limiter calls made before a WeChat call: a slow store must not hold
-// the partition either. (Recording the outcome afterwards is bounded by
-// settleTimeout instead: losing it for the budget's sake would cost a call.)
-func (d *delivery) budgeted() (context.Context, context.CancelFunc) {
-	return context.WithDeadline(d.ctx, d.deadline)
+// withBudget runs a store or limiter call made before a WeChat call under
+// the delivery's deadline, so a slow store does not hold the partition
+// either, and reports the budget running out as errOverBudget. (Recording
+// the outcome afterwards is bounded by settleTimeout instead: losing it for
+// the budget's sake would cost a call.)
+func (d *delivery) withBudget(call func(ctx context.Context) error) error {
+	ctx, cancel := context.WithDeadline(d.ctx, d.deadline)
+	defer cancel()
+	err := call(ctx)
+	if err != nil && ctx.Err() != nil && d.ctx.Err() == nil {
+		return errOverBudget
+	}
+	return err
 }
 
 // callFloor is the least budget a call may start with: one cut short by the
@@ -370,6 +376,7 @@ func (d *delivery) process() error {
 	}
 	key, goods := d.key(), GoodsFingerprint(d.ev.Goods)
 	var waitingSince time.Time
+	logged := false
 	for {
 		rec, ok, err := d.get(key)
 		if err != nil {
@@ -381,12 +388,14 @@ func (d *delivery) process() error {
 			h.stats.deduped.Add(1)
 			return d.publishTraced(rec.WaybillToken, rec.TracedAt)
 		}
-		ctx, cancel := d.budgeted()
-		release, won, err := store.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
-		budgetGone := ctx.Err() != nil && d.ctx.Err() == nil
-		cancel()
-		if err != nil && budgetGone {
-			return d.leaveErr(errOverBudget, h.cfg.Now())
+		var release func()
+		var won bool
+		err = d.withBudget(func(ctx context.Context) (err error) {
+			release, won, err = store.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
+			return err
+		})
+		if errors.Is(err, errOverBudget) {
+			return d.leaveErr(err, h.cfg.Now())
 		}
 		if err != nil {
 			return fmt.Errorf("trace store claim %s: %w", key, err)
@@ -398,7 +407,8 @@ func (d *delivery) process() error {
 		// record instead of making a second call, within the budget.
 		if waitingSince.IsZero() {
 			waitingSince = time.Now()
-		} else if held := time.Since(waitingSince); held >= longWait && held < longWait+h.cfg.ClaimPoll {
+		} else if !logged && time.Since(waitingSince) >= longWait {
+			logged = true
 			h.cfg.Logger.Info("waiting for another handler's claim", d.log().Add(watermill.LogFields{"key": key.String(), "claim_ttl": h.cfg.ClaimTTL}))
 		}
 		if err := d.wait("claim", h.cfg.ClaimPoll); err != nil {
@@ -449,11 +459,14 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 // get reads key's record. An unreadable record counts as none: tracing
 // again gets the same token from WeChat, and the Put overwrites it.
 func (d *delivery) get(key DedupKey) (TraceRecord, bool, error) {
-	ctx, cancel := d.budgeted()
-	defer cancel()
-	rec, ok, err := d.h.cfg.Traces.Get(ctx, key)
-	if err != nil && ctx.Err() != nil && d.ctx.Err() == nil {
-		return rec, false, errOverBudget // the budget ran out in the store
+	var rec TraceRecord
+	var ok bool
+	err := d.withBudget(func(ctx context.Context) (err error) {
+		rec, ok, err = d.h.cfg.Traces.Get(ctx, key)
+		return err
+	})
+	if errors.Is(err, errOverBudget) {
+		return rec, false, err
 	}
 	if errors.Is(err, ErrBadRecord) {
 		d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
@@ -686,11 +699,13 @@ func (d *delivery) admit(lim *ratelimit.Limiter) (ratelimit.Decision, time.Time,
 		return ratelimit.Decision{Allowed: true, At: now}, now, nil
 	}
 	maxWait := max(0, time.Until(d.deadline)-d.callFloor())
-	ctx, cancel := d.budgeted()
-	defer cancel()
-	dec, err := lim.Reserve(ctx, d.ev.AppID, d.ev.OpenID, now, maxWait)
-	if err != nil && ctx.Err() != nil && d.ctx.Err() == nil {
-		return dec, now, errOverBudget
+	var dec ratelimit.Decision
+	err := d.withBudget(func(ctx context.Context) (err error) {
+		dec, err = lim.Reserve(ctx, d.ev.AppID, d.ev.OpenID, now, maxWait)
+		return err
+	})
+	if errors.Is(err, errOverBudget) {
+		return dec, now, err
 	}
 	if err != nil {
 		// The limiter's store failed: calling anyway could overspend the

@@ -65,10 +65,7 @@ func TestWaitingAnswersWithoutParkingSpaceTheirCalls(t *testing.T) {
 			for i := 1; i < len(times); i++ {
 				assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), time.Hour, "call %d", i+1)
 			}
-			dead := pub.on(DefaultDeadLetterTopic)
-			require.Len(t, dead, 1)
-			dl, err := ParseDeadLetter(dead[0])
-			require.NoError(t, err)
+			dl := onlyDeadLetter(t, pub)
 			assert.Equal(t, ReasonNotYetExhausted, dl.Reason)
 			assert.Equal(t, 24, dl.Attempts)
 			assert.Zero(t, h.memo.len(), "the memo forgets an event that left")
@@ -259,7 +256,7 @@ func TestClaimWaitsAreBounded(t *testing.T) {
 			// the release is lost with it.
 			store := &outageStore{TraceStore: NewMemoryTraceStore(MemoryTraceStoreConfig{}), lostRelease: true}
 			tr, pub := newScriptedTracer(), &recorder{}
-			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = &onceAfterClaim{outageStore: store}; c.ClaimTTL = 2 * time.Minute })
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = &onceAfterClaim{outageStore: store} }) // the default 15 s ClaimTTL
 			msg := msgOf(t, validEvent("order-1", "SF100"))
 			require.Error(t, h.Handle(msg.Copy()))
 			store.mu.Lock()
@@ -392,10 +389,7 @@ func TestCallsWeChatNeverSawAreRefunded(t *testing.T) {
 
 		tr.on("SF200", fmt.Errorf("token for wxapp1: %w", errors.Join(wechat.ErrNotSent, wechat.ErrNotRefreshable)))
 		require.NoError(t, h.Handle(msgOf(t, validEvent("order-2", "SF200"))))
-		dead := pub.on(DefaultDeadLetterTopic)
-		require.Len(t, dead, 1)
-		dl, err := ParseDeadLetter(dead[0])
-		require.NoError(t, err)
+		dl := onlyDeadLetter(t, pub)
 		assert.Equal(t, ReasonConfiguration, dl.Reason)
 		assert.Equal(t, 0, dl.Attempts, "no trace_waybill reached WeChat")
 	})
@@ -758,10 +752,7 @@ func TestTokenAttemptsCountAcrossDeliveries(t *testing.T) {
 		_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 100)
 		require.NoError(t, err)
 		assert.Equal(t, 3, tr.callsFor("SF100"))
-		dead := pub.on(DefaultDeadLetterTopic)
-		require.Len(t, dead, 1)
-		dl, err := ParseDeadLetter(dead[0])
-		require.NoError(t, err)
+		dl := onlyDeadLetter(t, pub)
 		assert.Equal(t, ReasonConfiguration, dl.Reason)
 	})
 }

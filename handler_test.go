@@ -136,6 +136,19 @@ func (r *recorder) on(topic string) []*message.Message {
 	return append([]*message.Message(nil), r.msgs[topic]...)
 }
 
+// onlyDeadLetter requires exactly one dead letter on pub and returns it
+// parsed.
+func onlyDeadLetter(t *testing.T, pub interface {
+	on(topic string) []*message.Message
+}) *DeadLetter {
+	t.Helper()
+	dead := pub.on(DefaultDeadLetterTopic)
+	require.Len(t, dead, 1)
+	dl, err := ParseDeadLetter(dead[0])
+	require.NoError(t, err)
+	return dl
+}
+
 func validEvent(orderID, waybill string) *OrderShipped {
 	return &OrderShipped{
 		Version: 1, OrderID: orderID, AppID: "wxapp1", OpenID: "o-buyer-1",

@@ -68,10 +68,7 @@ func TestTokenRejectedAgainIsBounded(t *testing.T) {
 	h := newTestHandler(t, tr, pub, nil)
 	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
 	assert.Equal(t, 3, tr.callsFor("SF100"))
-	dead := pub.on(DefaultDeadLetterTopic)
-	require.Len(t, dead, 1)
-	dl, err := ParseDeadLetter(dead[0])
-	require.NoError(t, err)
+	dl := onlyDeadLetter(t, pub)
 	assert.Equal(t, ReasonConfiguration, dl.Reason)
 	assert.Equal(t, 40001, dl.Errcode)
 }
@@ -127,10 +124,7 @@ func TestBreakerRefusalsAreNotAttempts(t *testing.T) {
 		c.Retry.BreakerWait = time.Millisecond
 	})
 	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
-	dead := pub.on(DefaultDeadLetterTopic)
-	require.Len(t, dead, 1)
-	dl, err := ParseDeadLetter(dead[0])
-	require.NoError(t, err)
+	dl := onlyDeadLetter(t, pub)
 	assert.Equal(t, 2, dl.Attempts, "two calls were sent, however often the breaker refused")
 }
 

@@ -18,9 +18,10 @@ const defaultMemoEntries = 10_000
 // of an event that went elsewhere.
 const memoTTL = time.Hour
 
-// outcome is a decided end of an event whose publish failed.
+// outcome is a decided end of an event whose publish failed. It is kept
+// under its message's identity (delivery.outcomeKey), never shared with
+// another message of the same event.
 type outcome struct {
-	msgID    string // the message it was decided for (delivery.id)
 	token    string // waybill.traced with this token …
 	tracedAt time.Time
 	dead     *DeadLetter // … or this dead letter
