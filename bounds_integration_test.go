@@ -1,4 +1,4 @@
-package waybill_test
+package waybill
 
 import (
 	"context"
@@ -13,8 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testkafka"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
@@ -28,21 +30,21 @@ type boundsRig struct {
 	client              *wechat.Client
 	mu                  sync.Mutex
 	tracedAt            map[string]time.Time // order id → first waybill.traced seen
-	deadReasons         map[string]waybill.Reason
+	deadReasons         map[string]deadletter.Reason
 	longestHold         time.Duration
 	deliveries, nacks   int
 	errs                []string // the first few reasons a delivery was left for redelivery
 	partitions          int32
-	parking             *waybill.ParkingConfig
-	handlerCfg          waybill.Config
+	parking             *ParkingConfig
+	handlerCfg          Config
 	routerDone, runDone chan struct{}
 }
 
-func newBoundsRig(t *testing.T, partitions int32, parking *waybill.ParkingConfig) *boundsRig {
+func newBoundsRig(t *testing.T, partitions int32, parking *ParkingConfig) *boundsRig {
 	r := &boundsRig{
 		brokers: testkafka.Brokers(t), partitions: partitions, parking: parking,
 		in: testkafka.Topic(t, "shipped"), traced: testkafka.Topic(t, "traced"), dead: testkafka.Topic(t, "dead"),
-		tracedAt: map[string]time.Time{}, deadReasons: map[string]waybill.Reason{},
+		tracedAt: map[string]time.Time{}, deadReasons: map[string]deadletter.Reason{},
 	}
 	topics := []string{r.in, r.traced, r.dead}
 	if parking != nil {
@@ -62,18 +64,18 @@ func newBoundsRig(t *testing.T, partitions int32, parking *waybill.ParkingConfig
 }
 
 // run starts the handler (and with parking a DelayRunner) until ctx ends.
-func (r *boundsRig) run(ctx context.Context, t *testing.T, mod func(*waybill.Config)) {
-	kc := waybill.KafkaConfig{Brokers: r.brokers, ConsumerGroup: r.in + "-group"}
-	pub, err := waybill.NewKafkaPublisher(kc, nil)
+func (r *boundsRig) run(ctx context.Context, t *testing.T, mod func(*Config)) {
+	kc := kafka.Config{Brokers: r.brokers, ConsumerGroup: r.in + "-group"}
+	pub, err := kafka.NewPublisher(kc, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = pub.Close() })
-	sub, err := waybill.NewKafkaSubscriber(kc, nil)
+	sub, err := kafka.NewSubscriber(kc, nil)
 	require.NoError(t, err)
-	cfg := waybill.Config{Client: r.client, Publisher: pub, InputTopic: r.in, TracedTopic: r.traced, DeadLetterTopic: r.dead, Parking: r.parking}
+	cfg := Config{Client: r.client, Publisher: pub, Position: kafka.Position, InputTopic: r.in, TracedTopic: r.traced, DeadLetterTopic: r.dead, Parking: r.parking}
 	if mod != nil {
 		mod(&cfg)
 	}
-	h, err := waybill.NewHandler(cfg)
+	h, err := NewHandler(cfg)
 	require.NoError(t, err)
 	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 	require.NoError(t, err)
@@ -96,8 +98,8 @@ func (r *boundsRig) run(ctx context.Context, t *testing.T, mod func(*waybill.Con
 	r.routerDone = make(chan struct{})
 	go func() { defer close(r.routerDone); _ = router.Run(ctx) }()
 	if r.parking != nil {
-		runner, err := waybill.NewDelayRunner(waybill.DelayRunnerConfig{
-			Kafka: waybill.KafkaConfig{Brokers: r.brokers, ConsumerGroup: r.in + "-delay"}, Topics: r.parking.Topics(r.in),
+		runner, err := kafka.NewDelayRunner(kafka.DelayRunnerConfig{
+			Kafka: kafka.Config{Brokers: r.brokers, ConsumerGroup: r.in + "-delay"}, Topics: r.parking.Topics(r.in),
 			Publisher: pub, InputTopic: r.in, DeadLetterTopic: r.dead, Recheck: time.Second,
 		})
 		require.NoError(t, err)
@@ -109,7 +111,7 @@ func (r *boundsRig) run(ctx context.Context, t *testing.T, mod func(*waybill.Con
 }
 
 func (r *boundsRig) observe(ctx context.Context, t *testing.T) {
-	sub, err := waybill.NewKafkaSubscriber(waybill.KafkaConfig{Brokers: r.brokers, ConsumerGroup: r.in + "-observer"}, nil)
+	sub, err := kafka.NewSubscriber(kafka.Config{Brokers: r.brokers, ConsumerGroup: r.in + "-observer"}, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Close() })
 	tracedCh, err := sub.Subscribe(ctx, r.traced)
@@ -123,7 +125,7 @@ func (r *boundsRig) observe(ctx context.Context, t *testing.T) {
 				if !ok {
 					return
 				}
-				id := m.Metadata.Get(waybill.HeaderKey)
+				id := m.Metadata.Get(deadletter.HeaderKey)
 				r.mu.Lock()
 				if _, seen := r.tracedAt[id]; !seen {
 					r.tracedAt[id] = time.Now()
@@ -134,10 +136,10 @@ func (r *boundsRig) observe(ctx context.Context, t *testing.T) {
 				if !ok {
 					return
 				}
-				dl, err := waybill.ParseDeadLetter(m)
+				dl, err := deadletter.Parse(m)
 				r.mu.Lock()
 				if err == nil {
-					r.deadReasons[m.Metadata.Get(waybill.HeaderDeadKey)] = dl.Reason
+					r.deadReasons[m.Metadata.Get(deadletter.HeaderDeadKey)] = dl.Reason
 				}
 				r.mu.Unlock()
 				m.Ack()
@@ -165,7 +167,7 @@ func (r *boundsRig) waitFor(ctx context.Context, t *testing.T, what string, cond
 	}
 }
 
-func boundsEvents(prefix string, normal, unknown int) (events []waybill.OrderShipped, order []int) {
+func boundsEvents(prefix string, normal, unknown int) (events []event.OrderShipped, order []int) {
 	every := normal + 1
 	if unknown > 0 {
 		every = (normal + unknown) / unknown
@@ -177,9 +179,9 @@ func boundsEvents(prefix string, normal, unknown int) (events []waybill.OrderShi
 			waybillID = "UNKNOWN-" + id
 			unknown--
 		}
-		events = append(events, waybill.OrderShipped{
+		events = append(events, event.OrderShipped{
 			Version: 1, OrderID: id, AppID: "wx5555555555555555", OpenID: fmt.Sprintf("o-buyer-%d", i%40), WaybillID: waybillID, DeliveryID: "SF",
-			ReceiverPhone: "13800138000", Goods: []waybill.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
+			ReceiverPhone: "13800138000", Goods: []event.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
 		})
 		order = append(order, i)
 	}
@@ -205,9 +207,9 @@ func TestIntegrationNotYetIsBounded(t *testing.T) {
 	)
 	for _, tc := range []struct {
 		name    string
-		parking *waybill.ParkingConfig
+		parking *ParkingConfig
 	}{
-		{"parking (the service's default)", &waybill.ParkingConfig{Tiers: []time.Duration{time.Second, 3 * time.Second}}},
+		{"parking (the service's default)", &ParkingConfig{Tiers: []time.Duration{time.Second, 3 * time.Second}}},
 		{"no parking (the library's default)", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -219,7 +221,7 @@ func TestIntegrationNotYetIsBounded(t *testing.T) {
 			events, order := boundsEvents("ny", normal, unknown)
 			start := time.Now()
 			publishEvents(t, r.brokers, r.in, events, order)
-			r.run(ctx, t, func(c *waybill.Config) {
+			r.run(ctx, t, func(c *Config) {
 				c.Retry.NotYetDelay, c.Retry.NotYetAttempts = notYetDelay, attempts
 				c.MaxWaitInPlace = budget
 			})
@@ -239,7 +241,7 @@ func TestIntegrationNotYetIsBounded(t *testing.T) {
 					}
 					continue
 				}
-				assert.Equal(t, waybill.ReasonNotYetExhausted, r.deadReasons[ev.OrderID], "order %s", ev.OrderID)
+				assert.Equal(t, deadletter.ReasonNotYetExhausted, r.deadReasons[ev.OrderID], "order %s", ev.OrderID)
 				assert.LessOrEqual(t, len(times), attempts, "calls for %s", ev.WaybillID)
 				for i := 1; i < len(times); i++ {
 					assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), notYetDelay, "calls %d and %d for %s", i, i+1, ev.WaybillID)
@@ -283,7 +285,7 @@ func TestIntegrationSlowWeChatNeverHoldsAPartition(t *testing.T) {
 	defer cancel()
 	events, order := boundsEvents("slow", n, 0)
 	publishEvents(t, r.brokers, r.in, events, order)
-	r.run(ctx, t, func(c *waybill.Config) { c.MaxWaitInPlace = budget })
+	r.run(ctx, t, func(c *Config) { c.MaxWaitInPlace = budget })
 	r.waitFor(ctx, t, "every event traced", func() bool { return len(r.tracedAt) == n })
 
 	r.mu.Lock()

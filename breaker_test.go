@@ -13,6 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/testevent"
+	"github.com/waybillkit/waybill/internal/testpub"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -96,8 +100,8 @@ func TestBreakerHalfOpenProbeCloses(t *testing.T) {
 // traced once WeChat recovers.
 func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", wechatErr(-1), wechatErr(-1), wechatErr(-1), wechatErr(-1))
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", wechatErr(-1), wechatErr(-1), wechatErr(-1), wechatErr(-1))
 		logs := watermill.NewCaptureLogger()
 		h := newTestHandler(t, tr, pub, func(c *Config) {
 			c.Logger = logs
@@ -106,11 +110,11 @@ func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 			c.Backoff = func(int) time.Duration { return 100 * time.Millisecond }
 		})
 		// 30 s of open breaker pass the 25 s budget: redelivered once.
-		n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10)
+		n, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 10)
 		require.NoError(t, err)
 		assert.Equal(t, 2, n, "deliveries")
-		assert.Len(t, pub.on(DefaultTracedTopic), 1)
-		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+		assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
+		assert.Empty(t, pub.On(deadletter.DefaultTopic))
 		// Calls were made only while closed or half-open: 2 to trip, then one
 		// probe per half-open period until the script runs out.
 		assert.Equal(t, 5, tr.callsFor("SF100"))

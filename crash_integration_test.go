@@ -1,14 +1,10 @@
-package waybill_test
+package waybill
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -17,15 +13,14 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testredis"
-	"github.com/waybillkit/waybill/redisdedup"
+	"github.com/waybillkit/waybill/tracestore"
+	traceredis "github.com/waybillkit/waybill/tracestore/redis"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -93,17 +88,17 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 
 	// The events: order i, and after order j+7 a copy of every even order j
 	// (the last copies at the end).
-	events := make([]waybill.OrderShipped, distinct)
+	events := make([]event.OrderShipped, distinct)
 	for i := range events {
 		appid := appA
 		if i%2 == 1 {
 			appid = appB
 		}
-		events[i] = waybill.OrderShipped{
-			Version: waybill.SchemaVersion, OrderID: fmt.Sprintf("crash-%02d", i), AppID: appid,
+		events[i] = event.OrderShipped{
+			Version: event.SchemaVersion, OrderID: fmt.Sprintf("crash-%02d", i), AppID: appid,
 			OpenID: fmt.Sprintf("o-buyer-%d", i%5), TransID: fmt.Sprintf("4200001234202611%08d", i),
 			WaybillID: fmt.Sprintf("SF%010d", 7100000000+i), DeliveryID: "SF", ReceiverPhone: "13800138000",
-			Goods:     []waybill.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
+			Goods:     []event.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
 			ShippedAt: time.Date(2026, 11, 26, 9, 30, 0, 0, time.UTC),
 		}
 	}
@@ -156,13 +151,13 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 	committed := waitCommitted(ctx, t, brokers, group, in, partitions, "", func([]int64) bool { return true })
 
 	// K: the first process's calls whose answer it never stored.
-	store, err := redisdedup.New(rdb, redisdedup.Config{Prefix: prefix + "trace:"})
+	store, err := traceredis.New(rdb, traceredis.Config{Prefix: prefix + "trace:"})
 	require.NoError(t, err)
 	beforeKill := sandbox.CallsTo("trace_waybill")
 	unstored := map[string]int{} // waybill → calls of the first process without a record
 	k := 0
 	for _, c := range beforeKill {
-		key := waybill.DedupKey{AppID: c.AppID, WaybillID: c.Field("waybill_id"), TransID: c.Field("trans_id")}
+		key := tracestore.Key{AppID: c.AppID, WaybillID: c.Field("waybill_id"), TransID: c.Field("trans_id")}
 		_, ok, err := store.Get(ctx, key)
 		require.NoError(t, err)
 		if !ok {
@@ -202,7 +197,7 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 		if !assert.NotEmpty(t, toks, "order %s has no waybill.traced", ev.OrderID) {
 			continue
 		}
-		rec, ok, err := store.Get(ctx, waybill.DedupKey{AppID: ev.AppID, WaybillID: ev.WaybillID, TransID: ev.TransID})
+		rec, ok, err := store.Get(ctx, tracestore.Key{AppID: ev.AppID, WaybillID: ev.WaybillID, TransID: ev.TransID})
 		require.NoError(t, err)
 		require.True(t, ok, "no trace record for order %s", ev.OrderID)
 		for _, tok := range toks {
@@ -261,181 +256,6 @@ func (h *holdPoint) match(c *wechattest.Call) bool {
 }
 
 func (h *holdPoint) release() { h.relOnce.Do(func() { close(h.released) }) }
-
-// buildService builds cmd/waybill into a temporary directory, with the race
-// detector when this test binary has it.
-func buildService(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "waybill")
-	args := []string{"build", "-o", bin}
-	if info, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range info.Settings {
-			if s.Key == "-race" && s.Value == "true" {
-				args = append(args, "-race")
-			}
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", append(args, "./cmd/waybill")...).CombinedOutput()
-	require.NoError(t, err, "go build ./cmd/waybill:\n%s", out)
-	return bin
-}
-
-// serviceProc is a running cmd/waybill.
-type serviceProc struct {
-	cmd  *exec.Cmd
-	log  string // path of its stderr
-	done chan struct{}
-	err  error // from Wait, once done is closed
-}
-
-// startService starts bin with args, logging to a file that the test prints
-// if it fails. The process is killed when the test ends, if still running.
-func startService(t *testing.T, bin, name string, args []string) *serviceProc {
-	t.Helper()
-	p := &serviceProc{log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.log)
-	require.NoError(t, err)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	// Only the flags configure it: no WAYBILL_* variable of this machine.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "WAYBILL_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	require.NoError(t, p.cmd.Start())
-	go func() {
-		p.err = p.cmd.Wait()
-		_ = f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("%s process log:\n%s", name, p.logText(t))
-		}
-	})
-	return p
-}
-
-func (p *serviceProc) logText(t *testing.T) string {
-	b, err := os.ReadFile(p.log)
-	if err != nil {
-		t.Errorf("reading %s: %v", p.log, err)
-	}
-	return string(b)
-}
-
-// publishEvents publishes events[i] for each i of order, keyed by order id,
-// each with a message UUID of its own.
-func publishEvents(t *testing.T, brokers []string, topic string, events []waybill.OrderShipped, order []int) {
-	t.Helper()
-	pub, err := waybill.NewKafkaPublisher(waybill.KafkaConfig{Brokers: brokers}, nil)
-	require.NoError(t, err)
-	defer pub.Close()
-	for _, i := range order {
-		b, err := json.Marshal(events[i])
-		require.NoError(t, err)
-		msg := message.NewMessage(watermill.NewUUID(), b)
-		msg.Metadata.Set(waybill.HeaderKey, events[i].OrderID)
-		require.NoError(t, pub.Publish(topic, msg))
-	}
-}
-
-// seen is what an observer read from the output topics: the waybill tokens
-// of each order's waybill.traced copies, and the number of dead letters.
-type seen struct {
-	tokens map[string][]string
-	dead   int
-}
-
-// outputs is seen as it grows.
-type outputs struct {
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every message
-	seen    seen
-	err     error
-}
-
-// observe reads the traced and dead-letter topics in its own consumer group
-// until ctx ends.
-func observe(ctx context.Context, t *testing.T, brokers []string, group, traced, dead string) *outputs {
-	t.Helper()
-	sub, err := waybill.NewKafkaSubscriber(waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: group}, nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = sub.Close() })
-	tracedCh, err := sub.Subscribe(ctx, traced)
-	require.NoError(t, err)
-	deadCh, err := sub.Subscribe(ctx, dead)
-	require.NoError(t, err)
-	o := &outputs{changed: make(chan struct{}), seen: seen{tokens: map[string][]string{}}}
-	go func() {
-		for {
-			select {
-			case m, ok := <-tracedCh:
-				if !ok {
-					return
-				}
-				var ev waybill.WaybillTraced
-				err := json.Unmarshal(m.Payload, &ev)
-				o.update(func() {
-					o.err = errors.Join(o.err, err)
-					o.seen.tokens[ev.OrderID] = append(o.seen.tokens[ev.OrderID], ev.WaybillToken)
-				})
-				m.Ack()
-			case m, ok := <-deadCh:
-				if !ok {
-					return
-				}
-				o.update(func() { o.seen.dead++ })
-				m.Ack()
-			}
-		}
-	}()
-	return o
-}
-
-func (o *outputs) update(f func()) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	f()
-	close(o.changed)
-	o.changed = make(chan struct{})
-}
-
-// wait blocks until cond, called under the lock, holds or ctx ends.
-func (o *outputs) wait(ctx context.Context, cond func(seen) bool) error {
-	for {
-		o.mu.Lock()
-		ok, changed, err := cond(o.seen), o.changed, o.err
-		o.mu.Unlock()
-		switch {
-		case err != nil:
-			return err
-		case ok:
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// snapshot copies what was seen.
-func (o *outputs) snapshot() seen {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	s := seen{tokens: map[string][]string{}, dead: o.seen.dead}
-	for k, v := range o.seen.tokens {
-		s.tokens[k] = append([]string(nil), v...)
-	}
-	return s
-}
 
 // waitCommitted polls the offsets group has committed on topic (0 for a
 // partition without a commit) until cond holds, and returns them.

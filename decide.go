@@ -2,9 +2,10 @@ package waybill
 
 import (
 	"errors"
-	"math/rand/v2"
 	"time"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/internal/wait"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -37,8 +38,8 @@ func (a Action) String() string {
 	return "unknown"
 }
 
-// Decision is the handler's verdict on one failed call.
-type Decision struct {
+// Verdict is the handler's verdict on one failed call.
+type Verdict struct {
 	Action Action
 	// Until is when a parked event may run again (ActionPark only).
 	Until time.Time
@@ -46,15 +47,15 @@ type Decision struct {
 	// parking files the event in the window tier.
 	Window bool
 	// Reason is set for ActionDeadLetter.
-	Reason Reason
+	Reason deadletter.Reason
 }
 
-// DecideFunc maps a failed call to a Decision. attempts counts the failed
+// DecideFunc maps a failed call to a Verdict. attempts counts the failed
 // calls of this class for the event, this one included: in this delivery,
 // and for not_yet across all deliveries. now is when the answer came, but for
 // a daily-quota answer when the call was admitted, so that a 45009 is judged
 // in the window its call was counted in.
-type DecideFunc func(err error, class wechat.Class, attempts int, now time.Time) Decision
+type DecideFunc func(err error, class wechat.Class, attempts int, now time.Time) Verdict
 
 // RetryPolicy holds the timing the default decision table needs. The zero
 // value is usable: see each field.
@@ -115,7 +116,7 @@ func (p *RetryPolicy) setDefaults() {
 		p.BreakerWait = 5 * time.Second
 	}
 	if p.QuotaReset == nil {
-		p.QuotaReset = NextShanghaiMidnight
+		p.QuotaReset = nextShanghaiMidnight
 	}
 	if p.QuotaWindowStart == nil {
 		reset := p.QuotaReset
@@ -159,8 +160,8 @@ func (p RetryPolicy) windowDue(now, start, reset time.Time) time.Time {
 // zone is exact and needs no tzdata on the machine.
 var shanghai = time.FixedZone("CST", 8*3600)
 
-// NextShanghaiMidnight returns the first 00:00 China Standard Time after now.
-func NextShanghaiMidnight(now time.Time) time.Time {
+// nextShanghaiMidnight returns the first 00:00 China Standard Time after now.
+func nextShanghaiMidnight(now time.Time) time.Time {
 	t := now.In(shanghai)
 	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, shanghai)
 }
@@ -177,51 +178,70 @@ func NextShanghaiMidnight(now time.Time) time.Time {
 //	not_yet (931023)     → park for NotYetDelay, dead-letter after NotYetAttempts
 //	permanent            → dead-letter, reason permanent
 //	configuration        → dead-letter, reason configuration
-func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now time.Time) Decision {
+func (p RetryPolicy) Decide(err error, class wechat.Class, attempts int, now time.Time) Verdict {
 	p.setDefaults()
 	if errors.Is(err, ErrBreakerOpen) {
-		return Decision{Action: ActionPark, Until: now.Add(p.BreakerWait)}
+		return Verdict{Action: ActionPark, Until: now.Add(p.BreakerWait)}
 	}
 	switch class {
 	case wechat.ClassMinuteRate:
-		return Decision{Action: ActionPark, Until: now.Truncate(time.Minute).Add(time.Minute)}
+		return Verdict{Action: ActionPark, Until: now.Truncate(time.Minute).Add(time.Minute)}
 	case wechat.ClassDailyQuota:
 		if now.Sub(p.windowStart(now)) < p.QuotaGrace {
 			// WeChat's own reset may lag ours: try again shortly rather
 			// than lose the new day.
-			return Decision{Action: ActionPark, Until: now.Add(QuotaGraceRetry)}
+			return Verdict{Action: ActionPark, Until: now.Add(QuotaGraceRetry)}
 		}
-		return Decision{Action: ActionPark, Until: p.windowDue(now, p.windowStart(now), p.QuotaReset(now)), Window: true}
+		return Verdict{Action: ActionPark, Until: p.windowDue(now, p.windowStart(now), p.QuotaReset(now)), Window: true}
 	case wechat.ClassNotYet:
 		if attempts >= p.NotYetAttempts {
-			return Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}
+			return Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonNotYetExhausted}
 		}
-		return Decision{Action: ActionPark, Until: now.Add(p.NotYetDelay)}
+		return Verdict{Action: ActionPark, Until: now.Add(p.NotYetDelay)}
 	case wechat.ClassPermanent:
-		return Decision{Action: ActionDeadLetter, Reason: ReasonPermanent}
+		return Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonPermanent}
 	case wechat.ClassConfiguration:
-		return Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}
+		return Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonConfiguration}
 	case wechat.ClassToken:
 		if attempts >= p.TokenAttempts {
-			return Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}
+			return Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonConfiguration}
 		}
-		return Decision{Action: ActionRetry}
+		return Verdict{Action: ActionRetry}
 	default:
 		// Transient and anything unknown: an event that could succeed later
 		// is never dead-lettered.
-		return Decision{Action: ActionRetry}
+		return Verdict{Action: ActionRetry}
 	}
+}
+
+// quotaEffect is what a failed call does to the limiter's count, next to
+// the table above that decides the event's fate, so that one place says
+// what each answer means:
+//
+//	breaker open, never sent (wechat.ErrNotSent),
+//	HTTP error without errcode, token, 45011  → refund: WeChat did not count it
+//	45009                                     → refund; the appid's day may be spent
+//	anything else                             → counted
+//
+// Whether the day is spent takes WeChat's quota report and the reset grace
+// (delivery.settleQuota).
+func quotaEffect(callErr error, class wechat.Class) (refund, daySpent bool) {
+	switch {
+	case errors.Is(callErr, ErrBreakerOpen), errors.Is(callErr, wechat.ErrNotSent), httpFailure(callErr),
+		class == wechat.ClassToken, class == wechat.ClassMinuteRate:
+		return true, false
+	case class == wechat.ClassDailyQuota:
+		return true, true
+	}
+	return false, false
+}
+
+// httpFailure reports an HTTP error status without a WeChat errcode.
+func httpFailure(err error) bool {
+	var we *wechat.Error
+	return errors.As(err, &we) && we.HTTPStatus != 0 && we.Code == 0
 }
 
 // DefaultBackoff is exponential from 200 ms, capped at 30 s, with ±20 %
 // jitter so that many handlers do not retry in lockstep.
-func DefaultBackoff(attempt int) time.Duration {
-	const base, ceiling = 200 * time.Millisecond, 30 * time.Second
-	d := base
-	for i := 1; i < attempt && d < ceiling; i++ {
-		d *= 2
-	}
-	d = min(d, ceiling)
-	jitter := time.Duration(rand.Int64N(int64(d)/5*2+1)) - d/5
-	return d + jitter
-}
+func DefaultBackoff(attempt int) time.Duration { return wait.Backoff(attempt) }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
+	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -23,19 +24,19 @@ func TestDecideTable(t *testing.T) {
 		err      error
 		class    wechat.Class
 		attempts int
-		want     Decision
+		want     Verdict
 	}{
-		{"transient", wechatErr(-1), wechat.ClassTransient, 50, Decision{Action: ActionRetry}},
-		{"token", wechatErr(42001), wechat.ClassToken, 1, Decision{Action: ActionRetry}},
-		{"unknown class retries", errors.New("?"), wechat.Class(0), 1, Decision{Action: ActionRetry}},
-		{"breaker open", breakerOpen, wechat.ClassTransient, 3, Decision{Action: ActionPark, Until: now.Add(5 * time.Second)}},
-		{"minute rate", wechatErr(45011), wechat.ClassMinuteRate, 1, Decision{Action: ActionPark, Until: time.Date(2026, 11, 26, 15, 5, 0, 0, time.UTC)}},
+		{"transient", wechatErr(-1), wechat.ClassTransient, 50, Verdict{Action: ActionRetry}},
+		{"token", wechatErr(42001), wechat.ClassToken, 1, Verdict{Action: ActionRetry}},
+		{"unknown class retries", errors.New("?"), wechat.Class(0), 1, Verdict{Action: ActionRetry}},
+		{"breaker open", breakerOpen, wechat.ClassTransient, 3, Verdict{Action: ActionPark, Until: now.Add(5 * time.Second)}},
+		{"minute rate", wechatErr(45011), wechat.ClassMinuteRate, 1, Verdict{Action: ActionPark, Until: time.Date(2026, 11, 26, 15, 5, 0, 0, time.UTC)}},
 		// Spread over the next window's first 5 min by the time of day.
-		{"daily quota", wechatErr(45009), wechat.ClassDailyQuota, 1, Decision{Action: ActionPark, Until: midnight.Add(spreadOf(23*time.Hour + 4*time.Minute + 5*time.Second)), Window: true}},
-		{"not yet", wechatErr(931023), wechat.ClassNotYet, 23, Decision{Action: ActionPark, Until: now.Add(time.Hour)}},
-		{"not yet, bound reached", wechatErr(931023), wechat.ClassNotYet, 24, Decision{Action: ActionDeadLetter, Reason: ReasonNotYetExhausted}},
-		{"permanent", wechatErr(40003), wechat.ClassPermanent, 1, Decision{Action: ActionDeadLetter, Reason: ReasonPermanent}},
-		{"configuration", wechatErr(48001), wechat.ClassConfiguration, 1, Decision{Action: ActionDeadLetter, Reason: ReasonConfiguration}},
+		{"daily quota", wechatErr(45009), wechat.ClassDailyQuota, 1, Verdict{Action: ActionPark, Until: midnight.Add(spreadOf(23*time.Hour + 4*time.Minute + 5*time.Second)), Window: true}},
+		{"not yet", wechatErr(931023), wechat.ClassNotYet, 23, Verdict{Action: ActionPark, Until: now.Add(time.Hour)}},
+		{"not yet, bound reached", wechatErr(931023), wechat.ClassNotYet, 24, Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonNotYetExhausted}},
+		{"permanent", wechatErr(40003), wechat.ClassPermanent, 1, Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonPermanent}},
+		{"configuration", wechatErr(48001), wechat.ClassConfiguration, 1, Verdict{Action: ActionDeadLetter, Reason: deadletter.ReasonConfiguration}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +57,7 @@ func TestNextShanghaiMidnight(t *testing.T) {
 		time.Date(2026, 12, 31, 23, 59, 0, 0, time.UTC): time.Date(2027, 1, 1, 16, 0, 0, 0, time.UTC),
 	}
 	for now, want := range cases {
-		assert.True(t, want.Equal(NextShanghaiMidnight(now)), "after %s: got %s, want %s", now, NextShanghaiMidnight(now), want)
+		assert.True(t, want.Equal(nextShanghaiMidnight(now)), "after %s: got %s, want %s", now, nextShanghaiMidnight(now), want)
 	}
 }
 
@@ -80,11 +81,11 @@ func TestDailyQuotaDecisionAroundTheReset(t *testing.T) {
 	err := wechatErr(45009)
 
 	early := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(3*time.Minute))
-	assert.Equal(t, Decision{Action: ActionPark, Until: midnight.Add(3*time.Minute + QuotaGraceRetry)}, early)
+	assert.Equal(t, Verdict{Action: ActionPark, Until: midnight.Add(3*time.Minute + QuotaGraceRetry)}, early)
 
 	morning := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(6*time.Hour))
 	evening := p.Decide(err, wechat.ClassDailyQuota, 1, midnight.Add(18*time.Hour))
-	for _, d := range []Decision{morning, evening} {
+	for _, d := range []Verdict{morning, evening} {
 		assert.Equal(t, ActionPark, d.Action)
 		assert.True(t, d.Window)
 		assert.False(t, d.Until.Before(next))
@@ -92,10 +93,4 @@ func TestDailyQuotaDecisionAroundTheReset(t *testing.T) {
 	}
 	assert.Equal(t, next.Add(75*time.Second), morning.Until, "a quarter of the day: a quarter of the spread")
 	assert.True(t, evening.Until.After(morning.Until), "parked later, back later")
-}
-
-// spreadOf is the default QuotaSpread's share for an event parked at
-// sinceReset into its window.
-func spreadOf(sinceReset time.Duration) time.Duration {
-	return time.Duration(float64(sinceReset) / float64(24*time.Hour) * float64(5*time.Minute))
 }

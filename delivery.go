@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/wait"
 	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/tracestore"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -35,59 +37,50 @@ type source struct {
 	offset    int64 // -1 when not from Kafka
 }
 
-// history is what an event's earlier calls left behind. It travels in the
-// headers of parked copies and, between redeliveries, in the Handler's memo.
+// history is what an event's earlier calls left behind: what travels in
+// a parked copy's headers (deadletter.History), and what only this
+// process's memo keeps between redeliveries.
 type history struct {
-	attempts     int // calls sent, all deliveries together
-	firstFailure time.Time
-	lastFailure  time.Time
-	notBefore    time.Time // the earliest next call
-	notYet       int       // 931023 answers, for RetryPolicy.NotYetAttempts
-	// retries counts transient and token failures, so that the backoff
-	// keeps growing across deliveries instead of starting again at its
-	// shortest on each.
-	retries int
-	// tokens counts token failures, for RetryPolicy.TokenAttempts across
-	// deliveries: each one refetched the access token.
-	tokens int
+	deadletter.History
+	lastFailure time.Time
 	// A park whose publish failed, for its redelivery to make again the
 	// same way: into the window tier, and counted towards MaxParks.
 	parkWindow, parkCounts bool
 }
 
 func (h *history) failed(now time.Time) {
-	if h.firstFailure.IsZero() {
-		h.firstFailure = now
+	if h.FirstFailure.IsZero() {
+		h.FirstFailure = now
 	}
 	h.lastFailure = now
 }
 
 // merge keeps the longer of two histories of one event.
 func (h *history) merge(o history) {
-	h.attempts = max(h.attempts, o.attempts)
-	h.notYet = max(h.notYet, o.notYet)
-	h.retries = max(h.retries, o.retries)
-	h.tokens = max(h.tokens, o.tokens)
+	h.Attempts = max(h.Attempts, o.Attempts)
+	h.NotYet = max(h.NotYet, o.NotYet)
+	h.Retries = max(h.Retries, o.Retries)
+	h.TokenFailures = max(h.TokenFailures, o.TokenFailures)
 	h.parkWindow = h.parkWindow || o.parkWindow
 	h.parkCounts = h.parkCounts || o.parkCounts
-	if h.firstFailure.IsZero() || (!o.firstFailure.IsZero() && o.firstFailure.Before(h.firstFailure)) {
-		h.firstFailure = o.firstFailure
+	if h.FirstFailure.IsZero() || (!o.FirstFailure.IsZero() && o.FirstFailure.Before(h.FirstFailure)) {
+		h.FirstFailure = o.FirstFailure
 	}
 	if o.lastFailure.After(h.lastFailure) {
 		h.lastFailure = o.lastFailure
 	}
-	if o.notBefore.After(h.notBefore) {
-		h.notBefore = o.notBefore
+	if o.NotBefore.After(h.NotBefore) {
+		h.NotBefore = o.NotBefore
 	}
 }
 
 // deadLetter describes the event's end for the dead-letter topic.
-func (h *history) deadLetter(src source, reason Reason, callErr error, errmsg string, now time.Time) *DeadLetter {
+func (h *history) deadLetter(src source, reason deadletter.Reason, callErr error, errmsg string, now time.Time) *deadletter.Letter {
 	h.failed(now)
-	dl := &DeadLetter{
-		Reason: reason, Errmsg: errmsg, Attempts: h.attempts,
+	dl := &deadletter.Letter{
+		Reason: reason, Errmsg: errmsg, Attempts: h.Attempts,
 		SourceTopic: src.topic, SourcePartition: src.partition, SourceOffset: src.offset,
-		FirstFailure: h.firstFailure, LastFailure: h.lastFailure,
+		FirstFailure: h.FirstFailure, LastFailure: h.lastFailure,
 	}
 	var we *wechat.Error
 	if errors.As(callErr, &we) {
@@ -106,11 +99,11 @@ type delivery struct {
 	msg *message.Message
 	ctx context.Context
 	src source
-	ev  *OrderShipped
+	ev  *event.OrderShipped
 
 	hist history
 	// failures counts this delivery's failed calls by class; not_yet
-	// answers count across deliveries (hist.notYet).
+	// answers count across deliveries (hist.NotYet).
 	failures map[wechat.Class]int
 	deadline time.Time // MaxWaitInPlace after the delivery began, by time.Now
 	id       string    // the record's identity: topic/partition/offset, or the UUID
@@ -127,11 +120,10 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 		src:      source{topic: h.cfg.InputTopic, partition: -1, offset: -1},
 		deadline: time.Now().Add(h.cfg.MaxWaitInPlace),
 	}
-	if p, ok := kafka.MessagePartitionFromCtx(d.ctx); ok {
-		d.src.partition = p
-	}
-	if o, ok := kafka.MessagePartitionOffsetFromCtx(d.ctx); ok {
-		d.src.offset = o
+	if h.cfg.Position != nil {
+		if p, o, ok := h.cfg.Position(msg); ok {
+			d.src.partition, d.src.offset = p, o
+		}
 	}
 	// A redelivery of the same record is the same owner, so it can take
 	// back a claim that its earlier delivery failed to release.
@@ -141,7 +133,7 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 	case msg.UUID != "":
 		d.id = msg.UUID
 	}
-	if d.id != "" && h.cfg.Traces != nil {
+	if d.id != "" && h.cfg.TraceStore != nil {
 		d.owner = h.instance + "/" + d.id
 		if _, busy := h.active.LoadOrStore(d.owner, struct{}{}); busy {
 			// The same record in two live deliveries (a partition handed
@@ -151,25 +143,7 @@ func (h *Handler) newDelivery(msg *message.Message) *delivery {
 			h.active.Store(d.owner, struct{}{})
 		}
 	}
-	md := msg.Metadata
-	if n, err := strconv.Atoi(md.Get(HeaderAttempts)); err == nil && n > 0 {
-		d.hist.attempts = n
-	}
-	if n, err := strconv.Atoi(md.Get(HeaderNotYet)); err == nil && n > 0 {
-		d.hist.notYet = n
-	}
-	if n, err := strconv.Atoi(md.Get(HeaderRetries)); err == nil && n > 0 {
-		d.hist.retries = n
-	}
-	if n, err := strconv.Atoi(md.Get(HeaderTokenFailures)); err == nil && n > 0 {
-		d.hist.tokens = n
-	}
-	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderFirstFailure)); err == nil {
-		d.hist.firstFailure = t
-	}
-	if t, err := time.Parse(time.RFC3339Nano, md.Get(HeaderNotBefore)); err == nil {
-		d.hist.notBefore = t
-	}
+	d.hist.History = deadletter.ReadHistory(msg.Metadata)
 	return d
 }
 
@@ -195,8 +169,8 @@ func (d *delivery) decode() error {
 	return nil
 }
 
-func (d *delivery) key() DedupKey {
-	return DedupKey{AppID: d.ev.AppID, WaybillID: d.ev.WaybillID, TransID: d.ev.TransID}
+func (d *delivery) key() tracestore.Key {
+	return tracestore.Key{AppID: d.ev.AppID, WaybillID: d.ev.WaybillID, TransID: d.ev.TransID}
 }
 
 // restore takes what an earlier delivery of the event left in the memo: its
@@ -302,7 +276,7 @@ func (d *delivery) wait(what string, dur time.Duration) error {
 	if dur >= longWait {
 		d.h.cfg.Logger.Info("waiting in place", d.log().Add(watermill.LogFields{"for": what, "wait": dur.Round(time.Millisecond)}))
 	}
-	if err := sleepFor(d.ctx, dur); err != nil {
+	if err := wait.Sleep(d.ctx, dur); err != nil {
 		return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
 	}
 	return nil
@@ -326,7 +300,7 @@ func (d *delivery) waitUntil(what string, t time.Time) error {
 		}
 		// Too far off for a call in this delivery.
 		d.h.cfg.Logger.Info("waiting in place until the budget ends", d.log().Add(watermill.LogFields{"for": what, "until": t, "wait": left.Round(time.Millisecond)}))
-		if err := sleepFor(d.ctx, left); err != nil {
+		if err := wait.Sleep(d.ctx, left); err != nil {
 			return fmt.Errorf("order %s: %w", d.ev.OrderID, err)
 		}
 		return errOverBudget
@@ -350,23 +324,23 @@ func (d *delivery) leave(until time.Time, window bool, callErr error, fields wat
 	if d.h.cfg.Parking != nil {
 		// A park for the budget's sake is no step towards MaxParks: the
 		// event is waiting out a transient state, never dead-lettered for it.
-		return d.parkOrDeadLetter(Decision{Action: ActionPark, Until: until, Window: window}, callErr, now, fields.Add(watermill.LogFields{"action": ActionPark.String()}), window)
+		return d.parkOrDeadLetter(Verdict{Action: ActionPark, Until: until, Window: window}, callErr, now, fields.Add(watermill.LogFields{"action": ActionPark.String()}), window)
 	}
-	if until.After(d.hist.notBefore) {
-		d.hist.notBefore = until
+	if until.After(d.hist.NotBefore) {
+		d.hist.NotBefore = until
 	}
 	d.remember(nil)
 	held := d.h.cfg.MaxWaitInPlace - time.Until(d.deadline)
-	d.h.cfg.Logger.Info("leaving event for redelivery", fields.Add(watermill.LogFields{"action": "redeliver", "held": held.Round(time.Millisecond), "not_before": d.hist.notBefore}))
+	d.h.cfg.Logger.Info("leaving event for redelivery", fields.Add(watermill.LogFields{"action": "redeliver", "held": held.Round(time.Millisecond), "not_before": d.hist.NotBefore}))
 	return fmt.Errorf("order %s: %w (held %s; next call not before %s)", d.ev.OrderID, ErrWaitLimit,
-		held.Round(time.Millisecond), d.hist.notBefore.UTC().Format(time.RFC3339))
+		held.Round(time.Millisecond), d.hist.NotBefore.UTC().Format(time.RFC3339))
 }
 
-// process traces a valid event, reusing a stored token when Config.Traces
+// process traces a valid event, reusing a stored token when Config.TraceStore
 // has one.
 func (d *delivery) process() error {
 	h := d.h
-	store := h.cfg.Traces
+	store := h.cfg.TraceStore
 	if store == nil {
 		token, done, err := d.trace()
 		if done {
@@ -374,7 +348,7 @@ func (d *delivery) process() error {
 		}
 		return d.publishTraced(token, h.cfg.Now())
 	}
-	key, goods := d.key(), GoodsFingerprint(d.ev.Goods)
+	key, goods := d.key(), event.GoodsFingerprint(d.ev.Goods)
 	var waitingSince time.Time
 	logged := false
 	for {
@@ -419,7 +393,7 @@ func (d *delivery) process() error {
 
 // underClaim traces, or updates the goods of, a waybill whose claim this
 // delivery holds, renewing the claim until it is done.
-func (d *delivery) underClaim(key DedupKey, goods string, release func()) error {
+func (d *delivery) underClaim(key tracestore.Key, goods string, release func()) error {
 	stop := d.holdClaim(key)
 	defer release()
 	defer stop()
@@ -444,10 +418,10 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 	if done {
 		return err
 	}
-	rec = TraceRecord{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
+	rec = tracestore.Record{WaybillToken: token, GoodsHash: goods, TracedAt: h.cfg.Now().UTC()}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
 	defer cancel()
-	if err := h.cfg.Traces.Put(pctx, key, rec); err != nil {
+	if err := h.cfg.TraceStore.Put(pctx, key, rec); err != nil {
 		// WeChat has traced it; the output must not be lost for a store
 		// fault. A redelivery finds the outcome in the memo; another
 		// process would trace again, which WeChat answers with the token.
@@ -458,19 +432,19 @@ func (d *delivery) underClaim(key DedupKey, goods string, release func()) error 
 
 // get reads key's record. An unreadable record counts as none: tracing
 // again gets the same token from WeChat, and the Put overwrites it.
-func (d *delivery) get(key DedupKey) (TraceRecord, bool, error) {
-	var rec TraceRecord
+func (d *delivery) get(key tracestore.Key) (tracestore.Record, bool, error) {
+	var rec tracestore.Record
 	var ok bool
 	err := d.withBudget(func(ctx context.Context) (err error) {
-		rec, ok, err = d.h.cfg.Traces.Get(ctx, key)
+		rec, ok, err = d.h.cfg.TraceStore.Get(ctx, key)
 		return err
 	})
 	if errors.Is(err, errOverBudget) {
 		return rec, false, err
 	}
-	if errors.Is(err, ErrBadRecord) {
+	if errors.Is(err, tracestore.ErrBadRecord) {
 		d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
-		return TraceRecord{}, false, nil
+		return tracestore.Record{}, false, nil
 	}
 	if err != nil {
 		return rec, false, fmt.Errorf("trace store get %s: %w", key, err)
@@ -480,7 +454,7 @@ func (d *delivery) get(key DedupKey) (TraceRecord, bool, error) {
 
 // holdClaim renews this delivery's claim on key every ClaimTTL/3 until stop
 // is called, so the claim outlives every call made under it.
-func (d *delivery) holdClaim(key DedupKey) (stop func()) {
+func (d *delivery) holdClaim(key tracestore.Key) (stop func()) {
 	h := d.h
 	if d.owner == "" {
 		return func() {} // no name to renew it by: the TTL alone bounds it
@@ -498,7 +472,7 @@ func (d *delivery) holdClaim(key DedupKey) (stop func()) {
 				// Never cut short: a renewal still on its way when the claim
 				// is released could take the claim again afterwards.
 				ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), h.cfg.ClaimTTL/3)
-				_, ok, err := h.cfg.Traces.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
+				_, ok, err := h.cfg.TraceStore.Claim(ctx, key, d.owner, h.cfg.ClaimTTL)
 				cancel()
 				if err != nil {
 					h.cfg.Logger.Error("trace store: renewing claim", err, watermill.LogFields{"key": key.String()})
@@ -533,7 +507,7 @@ func (d *delivery) trace() (token string, done bool, err error) {
 
 // updateGoods calls update_waybill_goods for a waybill traced with other
 // goods (WeChat ignores goods on a repeated trace_waybill) and records them.
-func (d *delivery) updateGoods(key DedupKey, rec TraceRecord, goods string) (bool, error) {
+func (d *delivery) updateGoods(key tracestore.Key, rec tracestore.Record, goods string) (bool, error) {
 	ev := d.ev
 	req := &wechat.UpdateWaybillGoodsRequest{WaybillToken: rec.WaybillToken, OpenID: ev.OpenID, GoodsInfo: ev.TraceRequest().GoodsInfo}
 	_, done, err := d.call(endpointGoods, func(ctx context.Context) (*wechat.TraceWaybillResponse, error) {
@@ -546,7 +520,7 @@ func (d *delivery) updateGoods(key DedupKey, rec TraceRecord, goods string) (boo
 	rec.GoodsHash = goods
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
 	defer cancel()
-	if err := d.h.cfg.Traces.Put(pctx, key, rec); err != nil {
+	if err := d.h.cfg.TraceStore.Put(pctx, key, rec); err != nil {
 		d.h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
 	}
 	return false, nil
@@ -580,7 +554,7 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		if !admitted.Allowed {
 			// A daily quota is spent: come back in the next window.
 			start, _ := lim.Window(admittedAt)
-			dec := Decision{Action: ActionPark, Until: h.cfg.Retry.windowDue(admittedAt, start, admitted.RetryAt), Window: true}
+			dec := Verdict{Action: ActionPark, Until: h.cfg.Retry.windowDue(admittedAt, start, admitted.RetryAt), Window: true}
 			if done, err := d.apply(dec, nil, fields().Add(watermill.LogFields{"limit": admitted.Reason.String()})); done {
 				return nil, true, err
 			}
@@ -604,7 +578,7 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		cancel()
 		held := errors.Is(callErr, ErrBreakerOpen)
 		if callErr == nil || !(held || errors.Is(callErr, wechat.ErrNotSent)) {
-			d.hist.attempts++ // calls sent, not calls held back or never sent
+			d.hist.Attempts++ // calls sent, not calls held back or never sent
 		}
 		if callErr == nil {
 			return resp, false, nil
@@ -623,7 +597,7 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 			judged = admittedAt // the window the call was counted in
 		}
 		dec := h.cfg.Decide(callErr, class, n, judged)
-		logFields := fields().Add(watermill.LogFields{"attempt": d.hist.attempts, "class": class.String(), "err": callErr.Error()})
+		logFields := fields().Add(watermill.LogFields{"attempt": d.hist.Attempts, "class": class.String(), "err": callErr.Error()})
 		if done, err := d.apply(dec, callErr, logFields); done {
 			return nil, true, err
 		}
@@ -634,15 +608,15 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 // held marks a call the breaker held back: no call, no step of the backoff.
 func (d *delivery) count(class wechat.Class, held bool) int {
 	if class == wechat.ClassNotYet {
-		d.hist.notYet++
-		return d.hist.notYet
+		d.hist.NotYet++
+		return d.hist.NotYet
 	}
 	if !held && (class == wechat.ClassTransient || class == wechat.ClassToken) {
-		d.hist.retries++
+		d.hist.Retries++
 	}
 	if class == wechat.ClassToken {
-		d.hist.tokens++
-		return d.hist.tokens
+		d.hist.TokenFailures++
+		return d.hist.TokenFailures
 	}
 	if d.failures == nil {
 		d.failures = make(map[wechat.Class]int, 2)
@@ -653,10 +627,10 @@ func (d *delivery) count(class wechat.Class, held bool) int {
 
 // apply carries out a decision. done reports that the event left the
 // handler: dead-lettered or parked (err nil), or to be redelivered.
-func (d *delivery) apply(dec Decision, callErr error, logFields watermill.LogFields) (done bool, err error) {
+func (d *delivery) apply(dec Verdict, callErr error, logFields watermill.LogFields) (done bool, err error) {
 	h := d.h
 	now := h.cfg.Now()
-	var wait time.Duration
+	var pause time.Duration
 	switch dec.Action {
 	case ActionDeadLetter:
 		h.cfg.Logger.Info("dead-lettering event", logFields.Add(watermill.LogFields{"action": dec.Action.String()}))
@@ -668,14 +642,14 @@ func (d *delivery) apply(dec Decision, callErr error, logFields watermill.LogFie
 			counts := !errors.Is(callErr, ErrBreakerOpen)
 			return true, d.parkOrDeadLetter(dec, callErr, now, logFields.Add(watermill.LogFields{"action": dec.Action.String()}), counts)
 		}
-		wait = dec.Until.Sub(now)
+		pause = dec.Until.Sub(now)
 	default:
-		wait = h.cfg.Backoff(max(1, d.hist.retries))
+		pause = h.cfg.Backoff(max(1, d.hist.Retries))
 	}
-	if wait+d.callFloor() > time.Until(d.deadline) {
+	if pause+d.callFloor() > time.Until(d.deadline) {
 		// Waiting here would hold the partition past the budget, through a
 		// rebalance: park it, or leave it for redelivery.
-		return true, d.leave(now.Add(max(wait, 0)), dec.Window, callErr, logFields)
+		return true, d.leave(now.Add(max(pause, 0)), dec.Window, callErr, logFields)
 	}
 	logFields = logFields.Add(watermill.LogFields{"action": dec.Action.String()})
 	if dec.Action == ActionPark {
@@ -685,7 +659,7 @@ func (d *delivery) apply(dec Decision, callErr error, logFields watermill.LogFie
 		h.cfg.Logger.Debug("retrying after transient fault", logFields)
 		h.stats.retries.Add(1)
 	}
-	if err := sleepFor(d.ctx, wait); err != nil {
+	if err := wait.Sleep(d.ctx, pause); err != nil {
 		return true, fmt.Errorf("order %s: %w", d.ev.OrderID, err)
 	}
 	return false, nil
@@ -735,15 +709,12 @@ func (d *delivery) settleQuota(endpoint string, lim *ratelimit.Limiter, admitted
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
 	defer cancel()
 	var err error
-	switch {
-	case errors.Is(callErr, ErrBreakerOpen), errors.Is(callErr, wechat.ErrNotSent), httpFailure(callErr),
-		class == wechat.ClassToken, class == wechat.ClassMinuteRate:
+	refund, spent := quotaEffect(callErr, class)
+	if refund {
 		err = lim.Refund(ctx, admitted)
-	case class == wechat.ClassDailyQuota:
-		err = lim.Refund(ctx, admitted)
-		if !d.h.cfg.Retry.inResetGrace(admittedAt) && d.h.appQuotaSpent(ctx, d.ev.AppID, endpoint) {
-			err = errors.Join(err, lim.ExhaustApp(ctx, d.ev.AppID, admittedAt))
-		}
+	}
+	if spent && !d.h.cfg.Retry.inResetGrace(admittedAt) && d.h.appQuotaSpent(ctx, d.ev.AppID, endpoint) {
+		err = errors.Join(err, lim.ExhaustApp(ctx, d.ev.AppID, admittedAt))
 	}
 	if err != nil {
 		d.h.cfg.Logger.Error("rate limiter: settle quota", err, watermill.LogFields{"appid": d.ev.AppID})
@@ -788,11 +759,11 @@ func (h *Handler) appQuotaSpent(ctx context.Context, appid, endpoint string) boo
 // the event's goods, so that a duplicate does not wait out a not-before time
 // for nothing. done is false when there is no such record (or no store).
 func (d *delivery) tracedElsewhere() (done bool, err error) {
-	if d.h.cfg.Traces == nil {
+	if d.h.cfg.TraceStore == nil {
 		return false, nil
 	}
 	rec, ok, err := d.get(d.key())
-	if err != nil || !ok || rec.GoodsHash != GoodsFingerprint(d.ev.Goods) {
+	if err != nil || !ok || rec.GoodsHash != event.GoodsFingerprint(d.ev.Goods) {
 		return false, nil // the normal path will meet the store's error, if any
 	}
 	d.h.stats.deduped.Add(1)

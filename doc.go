@@ -4,7 +4,19 @@
 // waybill_token, or a dead letter that says exactly why not.
 //
 // The Handler is a Watermill handler: run it on a message.Router over Kafka
-// (NewKafkaSubscriber, NewKafkaPublisher) or any other Pub/Sub.
+// (package kafka) or any other Pub/Sub. This package holds the Handler, its
+// Config and the policies it applies (RetryPolicy, BreakerConfig,
+// ParkingConfig); it imports no Kafka or Redis client. The service,
+// cmd/waybill, imports it, and so does any program that runs the Handler on
+// its own Watermill router. Its neighbours:
+//
+//   - event: the order.shipped and waybill.traced events, decoding, validation
+//   - deadletter: every waybill_* header: dead letters and a parked event's history
+//   - tracestore: the store of traced waybills (tracestore/redis to share it)
+//   - ratelimit: WeChat's daily quotas and smooth rates (ratelimit/redis to share them)
+//   - wechat: the WeChat API client; wechat/wechattest, its sandbox
+//   - kafka: Kafka subscriber, publisher, partition key and the DelayRunner
+//   - replay: bringing dead letters back once their cause is fixed
 //
 // # Guarantees
 //
@@ -31,13 +43,13 @@
 //   - Success means a non-empty waybill_token. Calls WeChat never received
 //     (wechat.ErrNotSent) are refunded to the limiter and are not attempts.
 //     A redelivery can publish an outcome twice; waybill.traced then carries
-//     the same message UUID (TracedMessageID), and with Config.Traces the
+//     the same message UUID (event.TracedMessageID), and with Config.TraceStore the
 //     same payload and no second WeChat call.
 //   - Invalid events (too large, invalid UTF-8, fields out of bounds, failing
-//     Validate) are dead-lettered with ReasonInvalidEvent before WeChat is
-//     called, saving the buyer's 100 calls a day. A dead letter too large to
-//     publish is published reduced (HeaderDeadDropped); none stalls a
-//     partition.
+//     Validate) are dead-lettered with deadletter.ReasonInvalidEvent before
+//     WeChat is called, saving the buyer's 100 calls a day. A dead letter too
+//     large to publish is published reduced (deadletter.HeaderDeadDropped);
+//     none stalls a partition.
 //   - An event that could succeed later is never dead-lettered for a
 //     transient fault: network errors, HTTP 5xx and errcode -1 are retried
 //     with backoff; quota answers (45009, 45011), a waybill WeChat does not
@@ -48,10 +60,11 @@
 //     count); such events are dead-lettered with their history and can be
 //     replayed.
 //   - Dead letters keep the original payload and headers untouched and add
-//     the HeaderDead* headers (ParseDeadLetter); Replay brings them back.
+//     the deadletter.HeaderDead* headers (deadletter.Parse); replay.Run
+//     brings them back.
 //   - One merchant does not stall another: each appid has its own circuit
 //     breaker counting only transient faults, and with ParkingConfig waiting
-//     events leave the partition for tiered delay topics (DelayRunner).
+//     events leave the partition for tiered delay topics (kafka.DelayRunner).
 //
 // Decisions are tables with exported defaults: wechat.DefaultClassify maps
 // errcodes to classes, RetryPolicy.Decide maps classes to actions, and

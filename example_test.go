@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
@@ -38,17 +39,17 @@ func ExampleHandler() {
 	go func() { _ = router.Run(ctx) }()
 	<-router.Running()
 
-	traced, _ := pubsub.Subscribe(ctx, waybill.DefaultTracedTopic)
-	event, _ := json.Marshal(waybill.OrderShipped{
+	traced, _ := pubsub.Subscribe(ctx, event.WaybillTracedTopic)
+	payload, _ := json.Marshal(event.OrderShipped{
 		Version: 1, OrderID: "A1001", AppID: "wx5f3a9c1d2e4b6a80", OpenID: "oVtZW4yB7DIj3CxOb6ii-nk4HhFo",
 		WaybillID: "SF1400000000001", DeliveryID: "SF", ReceiverPhone: "13800138000",
-		Goods: []waybill.Goods{{Name: "云南普洱茶 <特级> & 礼盒", ImageURL: "https://img.example.cn/tea.jpg"}},
+		Goods: []event.Goods{{Name: "云南普洱茶 <特级> & 礼盒", ImageURL: "https://img.example.cn/tea.jpg"}},
 	})
-	_ = pubsub.Publish(waybill.DefaultInputTopic, message.NewMessage(watermill.NewUUID(), event))
+	_ = pubsub.Publish(event.OrderShippedTopic, message.NewMessage(watermill.NewUUID(), payload))
 
 	msg := <-traced
 	msg.Ack()
-	var out waybill.WaybillTraced
+	var out event.WaybillTraced
 	_ = json.Unmarshal(msg.Payload, &out)
 	fmt.Println(out.OrderID, out.WaybillID, out.WaybillToken != "")
 	fmt.Println(strings.Contains(string(sandbox.CallsTo("trace_waybill")[0].Body), "<特级> & 礼盒"))
@@ -59,9 +60,9 @@ func ExampleHandler() {
 
 // Validation reports every problem at once and never echoes personal data.
 func ExampleOrderShipped_Validate() {
-	ev := waybill.OrderShipped{
+	ev := event.OrderShipped{
 		OrderID: "A1002", AppID: "wx5f3a9c1d2e4b6a80", WaybillID: "YT0000000002",
-		Goods: []waybill.Goods{{Name: "丝巾", ImageURL: "https://img.example.cn/s.jpg", Description: strings.Repeat("真丝", 21)}},
+		Goods: []event.Goods{{Name: "丝巾", ImageURL: "https://img.example.cn/s.jpg", Description: strings.Repeat("真丝", 21)}},
 	}
 	fmt.Println(ev.Validate())
 	// Output:
@@ -71,8 +72,8 @@ func ExampleOrderShipped_Validate() {
 // The waybill.traced UUID depends only on the input, so a redelivery
 // publishes the same message ID.
 func ExampleTracedMessageID() {
-	a := waybill.TracedMessageID("wx5f3a9c1d2e4b6a80", "A1001", "SF1400000000001", "4200001234202611260000000001")
-	b := waybill.TracedMessageID("wx5f3a9c1d2e4b6a80", "A1001", "SF1400000000001", "4200001234202611260000000001")
+	a := event.TracedMessageID("wx5f3a9c1d2e4b6a80", "A1001", "SF1400000000001", "4200001234202611260000000001")
+	b := event.TracedMessageID("wx5f3a9c1d2e4b6a80", "A1001", "SF1400000000001", "4200001234202611260000000001")
 	fmt.Println(a == b, len(a))
 	// Output: true 36
 }

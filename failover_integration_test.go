@@ -1,4 +1,4 @@
-package waybill_test
+package waybill
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testredis"
 	"github.com/waybillkit/waybill/wechat/wechattest"
@@ -44,7 +44,7 @@ func TestIntegrationKilledInstanceResumesWithinTheBudget(t *testing.T) {
 	rdb := testredis.Client(t)
 	prefix := testredis.Prefix(t)
 	in, traced, dead := testkafka.Topic(t, "shipped"), testkafka.Topic(t, "traced"), testkafka.Topic(t, "dead")
-	for _, topic := range append([]string{in, traced, dead}, waybill.ParkingConfig{}.Topics(in)...) {
+	for _, topic := range append([]string{in, traced, dead}, ParkingConfig{}.Topics(in)...) {
 		testkafka.CreateTopic(t, brokers, topic, partitions)
 	}
 	bin := buildService(t)
@@ -57,13 +57,13 @@ func TestIntegrationKilledInstanceResumesWithinTheBudget(t *testing.T) {
 	secretsFile := filepath.Join(t.TempDir(), "secrets")
 	require.NoError(t, os.WriteFile(secretsFile, []byte(appid+"=secret\n"), 0o600))
 
-	events := make([]waybill.OrderShipped, n)
+	events := make([]event.OrderShipped, n)
 	order := make([]int, n)
 	for i := range events {
-		events[i] = waybill.OrderShipped{
+		events[i] = event.OrderShipped{
 			Version: 1, OrderID: fmt.Sprintf("fo-%03d", i), AppID: appid, OpenID: fmt.Sprintf("o-buyer-%d", i%30),
 			WaybillID: fmt.Sprintf("SF%010d", 8100000000+i), DeliveryID: "SF", ReceiverPhone: "13800138000",
-			Goods: []waybill.Goods{{Name: "碧螺春", ImageURL: "https://img.example.cn/tea.jpg"}},
+			Goods: []event.Goods{{Name: "碧螺春", ImageURL: "https://img.example.cn/tea.jpg"}},
 		}
 		order[i] = i
 	}

@@ -14,22 +14,18 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/tracestore"
 	"github.com/waybillkit/waybill/wechat"
-)
-
-// Default topic names.
-const (
-	DefaultInputTopic      = "order.shipped"
-	DefaultTracedTopic     = "waybill.traced"
-	DefaultDeadLetterTopic = "order.shipped.dead"
 )
 
 // Tracer is the WeChat calls the handler makes. *wechat.Client satisfies
 // it; tests may pass their own.
 type Tracer interface {
 	TraceWaybill(ctx context.Context, appid string, req *wechat.TraceWaybillRequest) (*wechat.TraceWaybillResponse, error)
-	// UpdateWaybillGoods is called, with Config.Traces set, when an event
+	// UpdateWaybillGoods is called, with Config.TraceStore set, when an event
 	// for an already traced waybill carries other goods.
 	UpdateWaybillGoods(ctx context.Context, appid string, req *wechat.UpdateWaybillGoodsRequest) error
 }
@@ -39,22 +35,31 @@ type Tracer interface {
 type Config struct {
 	// Client calls WeChat. Required.
 	Client Tracer
-	// Publisher publishes waybill.traced events and dead letters. Required.
-	// With Kafka, build it with NewMarshaler so output is keyed by order id.
+	// Publisher publishes waybill.traced events, dead letters and parked
+	// copies. Required. With Kafka, build it with kafka.NewPublisher (or
+	// kafka.NewMarshaler) so output is keyed by order id.
 	Publisher message.Publisher
 
 	// InputTopic is the topic the handler consumes; it is recorded in dead
 	// letters so a replay knows where to send them. "" means
-	// DefaultInputTopic.
+	// event.OrderShippedTopic.
 	InputTopic string
-	// TracedTopic: "" means DefaultTracedTopic.
+	// TracedTopic: "" means event.WaybillTracedTopic.
 	TracedTopic string
-	// DeadLetterTopic: "" means DefaultDeadLetterTopic.
+	// DeadLetterTopic: "" means deadletter.DefaultTopic.
 	DeadLetterTopic string
+	// Position returns where msg was consumed: its partition and offset,
+	// ok false when the transport has none. Dead letters name the record
+	// by it, so an operator can find the original, and it tells one
+	// record's redeliveries from another record's. Nil means none: dead
+	// letters carry partition and offset -1, and a message is known by its
+	// UUID. With Kafka, use kafka.Position.
+	Position func(msg *message.Message) (partition int32, offset int64, ok bool)
 
-	// Decode turns a message into an OrderShipped. Nil means DecodeJSON, the
-	// order.shipped schema. Plug in your own for your own event shape.
-	Decode DecodeFunc
+	// Decode turns a message into an event.OrderShipped. Nil means
+	// event.DecodeJSON, the order.shipped schema. Plug in your own for your
+	// own event shape.
+	Decode event.DecodeFunc
 	// MaxEventBytes bounds an input message's payload: a larger one is
 	// dead-lettered as invalid_event before it is decoded. Zero means
 	// DefaultMaxEventBytes.
@@ -62,7 +67,7 @@ type Config struct {
 	// MaxDeadLetterBytes bounds a dead letter as published (payload plus
 	// headers): a larger one is published reduced, its payload (and, if
 	// still too large, its foreign headers) dropped and named in
-	// HeaderDeadDropped, so that an event the dead-letter topic cannot take
+	// deadletter.HeaderDeadDropped, so that an event the dead-letter topic cannot take
 	// never stalls its partition. The source topic, partition and offset
 	// still locate the original. Zero means DefaultMaxDeadLetterBytes; keep
 	// it under the producer's MaxMessageBytes and the topic's
@@ -73,7 +78,7 @@ type Config struct {
 	Classify func(err error) wechat.Class
 	// Retry holds the timing of the default decision table.
 	Retry RetryPolicy
-	// Decide maps a failed call to an action. Nil means Retry.Decide.
+	// Decide maps a failed call to a Verdict. Nil means Retry.Decide.
 	Decide DecideFunc
 	// Backoff is the wait before retry number attempt (1-based) of a
 	// transient fault. Nil means DefaultBackoff.
@@ -82,7 +87,7 @@ type Config struct {
 	Breaker BreakerConfig
 	// Parking, when set, moves events that must wait (ActionPark) to delay
 	// topics on Publisher and acknowledges them, so their partition flows on;
-	// run a DelayRunner to bring them back. Nil means such events wait in
+	// run a kafka.DelayRunner to bring them back. Nil means such events wait in
 	// place, holding their partition: fine when one appid's traffic is all
 	// there is, wrong for a service provider's mixed topic. Without it the
 	// event's history (calls made, 931023 answers, its not-before time) is
@@ -103,13 +108,13 @@ type Config struct {
 	// prefix. Nil means those calls are not limited locally.
 	GoodsLimiter *ratelimit.Limiter
 
-	// Traces, when set, remembers each waybill's token so that a redelivered
+	// TraceStore, when set, remembers each waybill's token so that a redelivered
 	// or duplicate event republishes the same waybill.traced without calling
 	// WeChat (saving the buyer's 100 calls a day), and concurrent duplicates
-	// make one call. Use NewMemoryTraceStore for one process, redisdedup for many.
-	// Nil means every event is traced (WeChat answers a repeat with the same
-	// token, at the cost of a call).
-	Traces TraceStore
+	// make one call. Use tracestore.NewMemory for one process,
+	// tracestore/redis for many. Nil means every event is traced (WeChat
+	// answers a repeat with the same token, at the cost of a call).
+	TraceStore tracestore.Store
 	// ClaimTTL bounds how long a crashed handler's claim on a waybill blocks
 	// others. A live handler renews its claim every ClaimTTL/3 for as long
 	// as its calls take, so the TTL need not outlast a call; it should stay
@@ -152,16 +157,16 @@ const (
 
 func (c *Config) setDefaults() {
 	if c.InputTopic == "" {
-		c.InputTopic = DefaultInputTopic
+		c.InputTopic = event.OrderShippedTopic
 	}
 	if c.TracedTopic == "" {
-		c.TracedTopic = DefaultTracedTopic
+		c.TracedTopic = event.WaybillTracedTopic
 	}
 	if c.DeadLetterTopic == "" {
-		c.DeadLetterTopic = DefaultDeadLetterTopic
+		c.DeadLetterTopic = deadletter.DefaultTopic
 	}
 	if c.Decode == nil {
-		c.Decode = DecodeJSON
+		c.Decode = event.DecodeJSON
 	}
 	if c.MaxEventBytes == 0 {
 		c.MaxEventBytes = DefaultMaxEventBytes
@@ -231,7 +236,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %s must not be negative", name, d))
 		}
 	}
-	if c.Traces != nil && c.ClaimTTL < 3*c.ClaimPoll {
+	if c.TraceStore != nil && c.ClaimTTL < 3*c.ClaimPoll {
 		// Renewed every ClaimTTL/3: a shorter TTL would lapse between renewals
 		// on a busy store.
 		errs = append(errs, fmt.Errorf("ClaimTTL %s must be at least 3 × ClaimPoll %s", c.ClaimTTL, c.ClaimPoll))
@@ -334,7 +339,7 @@ func (h *Handler) Handle(msg *message.Message) error {
 	defer d.end()
 	if err := d.decode(); err != nil {
 		h.cfg.Logger.Info("dead-lettering invalid event", watermill.LogFields{"uuid": msg.UUID, "reason": err.Error()})
-		return d.deadLetter(d.hist.deadLetter(d.src, ReasonInvalidEvent, nil, err.Error(), h.cfg.Now()))
+		return d.deadLetter(d.hist.deadLetter(d.src, deadletter.ReasonInvalidEvent, nil, err.Error(), h.cfg.Now()))
 	}
 	d.restore()
 	if d.out != nil {
@@ -342,19 +347,19 @@ func (h *Handler) Handle(msg *message.Message) error {
 		// never call WeChat for it again.
 		return d.republish()
 	}
-	if now := h.cfg.Now(); d.hist.notBefore.After(now) {
+	if now := h.cfg.Now(); d.hist.NotBefore.After(now) {
 		if done, err := d.tracedElsewhere(); done {
 			// A duplicate of a waybill traced meanwhile need not wait.
 			return err
 		}
-		if h.cfg.Parking != nil && d.hist.notBefore.Sub(now)+d.callFloor() > time.Until(d.deadline) {
+		if h.cfg.Parking != nil && d.hist.NotBefore.Sub(now)+d.callFloor() > time.Until(d.deadline) {
 			// Back from the longest tier before its time: round again,
 			// without spending a call. (Back a moment early, by a clock
 			// that runs ahead, it waits the moment out below.)
 			return d.repark(now)
 		}
-		if err := d.waitUntil("not-before time", d.hist.notBefore); err != nil {
-			return d.leaveErr(err, d.hist.notBefore)
+		if err := d.waitUntil("not-before time", d.hist.NotBefore); err != nil {
+			return d.leaveErr(err, d.hist.NotBefore)
 		}
 	}
 	return d.process()
@@ -364,8 +369,8 @@ func (h *Handler) Handle(msg *message.Message) error {
 // token, so a duplicate republishes the very same event.
 func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 	ev := d.ev
-	out := &WaybillTraced{
-		Version: SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
+	out := &event.WaybillTraced{
+		Version: event.SchemaVersion, OrderID: ev.OrderID, AppID: ev.AppID, OpenID: ev.OpenID,
 		WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: token,
 		TracedAt: tracedAt.UTC(),
 	}
@@ -379,7 +384,7 @@ func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 }
 
 // deadLetter publishes a dead letter and counts it.
-func (d *delivery) deadLetter(dl *DeadLetter) error {
+func (d *delivery) deadLetter(dl *deadletter.Letter) error {
 	key := ""
 	if d.ev != nil {
 		key = d.ev.OrderID
@@ -422,25 +427,5 @@ func (h *Handler) Stats() Stats {
 		Traced: h.stats.traced.Load(), DeadLettered: h.stats.dead.Load(),
 		Retries: h.stats.retries.Load(), Waits: h.stats.waits.Load(), Parked: h.stats.parked.Load(),
 		Deduplicated: h.stats.deduped.Load(), GoodsUpdates: h.stats.goodsUpdates.Load(),
-	}
-}
-
-// httpFailure reports an HTTP error status without a WeChat errcode.
-func httpFailure(err error) bool {
-	var we *wechat.Error
-	return errors.As(err, &we) && we.HTTPStatus != 0 && we.Code == 0
-}
-
-func sleepFor(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }

@@ -6,7 +6,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/testevent"
 	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/tracestore"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
@@ -38,7 +41,7 @@ func benchHandle(b *testing.B, tr Tracer, mod func(*Config)) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	payload := mustJSON(b, func(*OrderShipped) {})
+	payload := testevent.JSON(b, func(*event.OrderShipped) {})
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := h.Handle(message.NewMessage("m", payload)); err != nil {
@@ -52,7 +55,7 @@ func benchHandle(b *testing.B, tr Tracer, mod func(*Config)) {
 func BenchmarkHandle(b *testing.B) {
 	b.Run("plain", func(b *testing.B) { benchHandle(b, instantTracer{}, nil) })
 	b.Run("dedup_hit", func(b *testing.B) {
-		benchHandle(b, instantTracer{}, func(c *Config) { c.Traces = NewMemoryTraceStore(MemoryTraceStoreConfig{}) })
+		benchHandle(b, instantTracer{}, func(c *Config) { c.TraceStore = tracestore.NewMemory(tracestore.MemoryConfig{}) })
 	})
 	b.Run("limiter", func(b *testing.B) {
 		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{AppDaily: -1, UserDaily: -1, Rate: -1}})

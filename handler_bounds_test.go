@@ -18,35 +18,21 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/testclock"
+	"github.com/waybillkit/waybill/internal/testevent"
+	"github.com/waybillkit/waybill/internal/testpub"
+	"github.com/waybillkit/waybill/internal/wait"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/tracestore"
 	"github.com/waybillkit/waybill/wechat"
 )
 
 // These tests keep the production wait budget (25 s) and, unless a row says
 // otherwise, the production retry timing; synctest makes the hours pass at
 // once.
-
-func repeatErr(err error, n int) []error {
-	errs := make([]error, n)
-	for i := range errs {
-		errs[i] = err
-	}
-	return errs
-}
-
-// redeliver hands msg to h the way watermill-kafka does: after a nack, the
-// same record again after NackResendSleep (1 s), until Handle acknowledges
-// or max deliveries were made.
-func redeliver(h *Handler, msg *message.Message, max int) (int, error) {
-	var err error
-	for i := 1; i <= max; i++ {
-		if err = h.Handle(msg.Copy()); err == nil {
-			return i, nil
-		}
-		time.Sleep(time.Second)
-	}
-	return max, err
-}
 
 // TestWaitingAnswersWithoutParkingSpaceTheirCalls: without parking, an event
 // that must wait longer than the budget is left for redelivery, and its
@@ -55,57 +41,57 @@ func redeliver(h *Handler, msg *message.Message, max int) (int, error) {
 func TestWaitingAnswersWithoutParkingSpaceTheirCalls(t *testing.T) {
 	t.Run("931023: NotYetAttempts calls, NotYetDelay apart, then a dead letter", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub := newScriptedTracer(), &recorder{}
-			tr.on("SF100", repeatErr(wechatErr(931023), 1000)...)
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			tr.On("SF100", repeatErr(wechatErr(931023), 1000)...)
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} }) // 1 h, 24 attempts
-			n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10_000)
+			n, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 10_000)
 			require.NoError(t, err, "after %d deliveries", n)
 			times := tr.timesOf("SF100")
 			require.Len(t, times, 24, "calls")
 			for i := 1; i < len(times); i++ {
 				assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), time.Hour, "call %d", i+1)
 			}
-			dl := onlyDeadLetter(t, pub)
-			assert.Equal(t, ReasonNotYetExhausted, dl.Reason)
+			dl := testpub.OnlyDeadLetter(t, pub)
+			assert.Equal(t, deadletter.ReasonNotYetExhausted, dl.Reason)
 			assert.Equal(t, 24, dl.Attempts)
 			assert.Zero(t, h.memo.len(), "the memo forgets an event that left")
 		})
 	})
 	t.Run("45011: one call per minute", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub := newScriptedTracer(), &recorder{}
-			tr.on("SF100", repeatErr(wechatErr(45011), 3)...)
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			tr.On("SF100", repeatErr(wechatErr(45011), 3)...)
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
 			time.Sleep(50 * time.Second) // late in a minute: the wait passes the budget's end
-			_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 1000)
+			_, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 1000)
 			require.NoError(t, err)
 			times := tr.timesOf("SF100")
 			require.Len(t, times, 4)
 			for i := 1; i < len(times); i++ {
 				assert.True(t, times[i].Truncate(time.Minute).After(times[i-1]), "call %d in the same minute as the one before", i+1)
 			}
-			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+			assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
 		})
 	})
 	t.Run("45009: no call before the reset", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub := newScriptedTracer(), &recorder{}
-			tr.on("SF100", wechatErr(45009))
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			tr.On("SF100", wechatErr(45009))
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
-			_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 10_000)
+			_, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 10_000)
 			require.NoError(t, err)
 			times := tr.timesOf("SF100")
 			require.Len(t, times, 2)
-			assert.False(t, times[1].Before(NextShanghaiMidnight(times[0])), "second call at %s", times[1])
-			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+			assert.False(t, times[1].Before(nextShanghaiMidnight(times[0])), "second call at %s", times[1])
+			assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
 		})
 	})
 	t.Run("a transient fault past the budget: no call before the backoff", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub := newScriptedTracer(), &recorder{}
-			tr.on("SF100", busy(2)...)
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			tr.On("SF100", busy(2)...)
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = func(int) time.Duration { return time.Minute } })
-			n, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 1000)
+			n, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 1000)
 			require.NoError(t, err)
 			times := tr.timesOf("SF100")
 			require.Len(t, times, 3)
@@ -115,15 +101,6 @@ func TestWaitingAnswersWithoutParkingSpaceTheirCalls(t *testing.T) {
 	})
 }
 
-// manualClock is a settable clock for the handler's decisions.
-type manualClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *manualClock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *manualClock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.t = t }
-
 // TestDailyQuotaAtMidnight: a 45009 marks spent only the day in which its
 // call was admitted, and in the first minutes after a reset it means "try
 // again shortly".
@@ -131,9 +108,9 @@ func TestDailyQuotaAtMidnight(t *testing.T) {
 	midnight := time.Date(2026, 12, 1, 0, 0, 0, 0, shanghai)
 	ctx := context.Background()
 	run := func(t *testing.T, admitted, answered time.Time) (*ratelimit.Limiter, error) {
-		clock := &manualClock{t: admitted}
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", wechatErr(45009))
+		clock := testclock.New(admitted)
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", wechatErr(45009))
 		tr.remain["wxapp1"] = 0 // quota/get still reports the old day
 		tr.during = func(context.Context, string, int) error { clock.Set(answered); return nil }
 		lim, err := ratelimit.New(ratelimit.Config{})
@@ -143,9 +120,9 @@ func TestDailyQuotaAtMidnight(t *testing.T) {
 			c.Limiter = lim
 			c.Now = clock.Now
 		})
-		err = h.Handle(msgOf(t, validEvent("order-1", "SF100")))
+		err = h.Handle(msgOf(t, testevent.Valid("order-1", "SF100")))
 		assert.Equal(t, 1, tr.callsFor("SF100"))
-		assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+		assert.Empty(t, pub.On(deadletter.DefaultTopic))
 		return lim, err
 	}
 	t.Run("admitted before midnight, answered after", func(t *testing.T) {
@@ -180,14 +157,14 @@ func TestDailyQuotaAtMidnight(t *testing.T) {
 // outageStore wraps a TraceStore: it can fail the Get after a won claim
 // (a store outage mid-delivery) and lose the releases made meanwhile.
 type outageStore struct {
-	TraceStore
+	tracestore.Store
 	mu          sync.Mutex
 	failGets    int // the next Gets that fail
 	lostRelease bool
-	bad         map[DedupKey]bool // keys whose record cannot be read
+	bad         map[tracestore.Key]bool // keys whose record cannot be read
 }
 
-func (s *outageStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
+func (s *outageStore) Get(ctx context.Context, key tracestore.Key) (tracestore.Record, bool, error) {
 	s.mu.Lock()
 	fail, bad := s.failGets > 0, s.bad[key]
 	if fail {
@@ -195,23 +172,23 @@ func (s *outageStore) Get(ctx context.Context, key DedupKey) (TraceRecord, bool,
 	}
 	s.mu.Unlock()
 	if fail {
-		return TraceRecord{}, false, errors.New("store unreachable")
+		return tracestore.Record{}, false, errors.New("store unreachable")
 	}
 	if bad {
-		return TraceRecord{}, false, fmt.Errorf("decode %s: %w", key, ErrBadRecord)
+		return tracestore.Record{}, false, fmt.Errorf("decode %s: %w", key, tracestore.ErrBadRecord)
 	}
-	return s.TraceStore.Get(ctx, key)
+	return s.Store.Get(ctx, key)
 }
 
-func (s *outageStore) Put(ctx context.Context, key DedupKey, rec TraceRecord) error {
+func (s *outageStore) Put(ctx context.Context, key tracestore.Key, rec tracestore.Record) error {
 	s.mu.Lock()
 	delete(s.bad, key)
 	s.mu.Unlock()
-	return s.TraceStore.Put(ctx, key, rec)
+	return s.Store.Put(ctx, key, rec)
 }
 
-func (s *outageStore) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
-	release, ok, err := s.TraceStore.Claim(ctx, key, owner, ttl)
+func (s *outageStore) Claim(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (func(), bool, error) {
+	release, ok, err := s.Store.Claim(ctx, key, owner, ttl)
 	if !ok {
 		return release, ok, err
 	}
@@ -229,16 +206,16 @@ func (s *outageStore) Claim(ctx context.Context, key DedupKey, owner string, ttl
 // the budget, and an event never waits on the claim its own earlier
 // delivery left behind.
 func TestClaimWaitsAreBounded(t *testing.T) {
-	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+	key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
 	t.Run("a crashed process's claim", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
+			store := tracestore.NewMemory(tracestore.MemoryConfig{})
 			_, ok, err := store.Claim(context.Background(), key, "crashed-process", 2*time.Minute)
 			require.NoError(t, err)
 			require.True(t, ok)
-			tr, pub := newScriptedTracer(), &recorder{}
-			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
-			msg := msgOf(t, validEvent("order-1", "SF100"))
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
+			msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 			start := time.Now()
 			err = h.Handle(msg.Copy())
 			require.ErrorIs(t, err, ErrWaitLimit)
@@ -254,10 +231,10 @@ func TestClaimWaitsAreBounded(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			// The first delivery wins the claim, then the store fails, and
 			// the release is lost with it.
-			store := &outageStore{TraceStore: NewMemoryTraceStore(MemoryTraceStoreConfig{}), lostRelease: true}
-			tr, pub := newScriptedTracer(), &recorder{}
-			h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = &onceAfterClaim{outageStore: store} }) // the default 15 s ClaimTTL
-			msg := msgOf(t, validEvent("order-1", "SF100"))
+			store := &outageStore{Store: tracestore.NewMemory(tracestore.MemoryConfig{}), lostRelease: true}
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = &onceAfterClaim{outageStore: store} }) // the default 15 s ClaimTTL
+			msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 			require.Error(t, h.Handle(msg.Copy()))
 			store.mu.Lock()
 			store.lostRelease = false
@@ -277,7 +254,7 @@ type onceAfterClaim struct {
 	claimed, failed bool
 }
 
-func (s *onceAfterClaim) Claim(ctx context.Context, key DedupKey, owner string, ttl time.Duration) (func(), bool, error) {
+func (s *onceAfterClaim) Claim(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (func(), bool, error) {
 	release, ok, err := s.outageStore.Claim(ctx, key, owner, ttl)
 	s.mu.Lock()
 	if ok && !s.failed {
@@ -287,13 +264,13 @@ func (s *onceAfterClaim) Claim(ctx context.Context, key DedupKey, owner string, 
 	return release, ok, err
 }
 
-func (s *onceAfterClaim) Get(ctx context.Context, key DedupKey) (TraceRecord, bool, error) {
+func (s *onceAfterClaim) Get(ctx context.Context, key tracestore.Key) (tracestore.Record, bool, error) {
 	s.mu.Lock()
 	fail := s.claimed && !s.failed
 	s.failed = s.failed || fail
 	s.mu.Unlock()
 	if fail {
-		return TraceRecord{}, false, errors.New("store unreachable")
+		return tracestore.Record{}, false, errors.New("store unreachable")
 	}
 	return s.outageStore.Get(ctx, key)
 }
@@ -303,23 +280,23 @@ func (s *onceAfterClaim) Get(ctx context.Context, key DedupKey) (TraceRecord, bo
 // calling too.
 func TestClaimIsRenewedDuringALongCall(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
-		tr, pub := newScriptedTracer(), &recorder{}
+		store := tracestore.NewMemory(tracestore.MemoryConfig{})
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
 		tr.during = func(ctx context.Context, _ string, n int) error {
 			if n == 0 {
-				return sleepFor(ctx, 20*time.Second) // past the 15 s ClaimTTL
+				return wait.Sleep(ctx, 20*time.Second) // past the 15 s ClaimTTL
 			}
 			return nil
 		}
-		a := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
-		b := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
+		a := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
+		b := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
 		var wg sync.WaitGroup
-		wg.Go(func() { assert.NoError(t, a.Handle(msgOf(t, validEvent("order-1", "SF100")))) })
+		wg.Go(func() { assert.NoError(t, a.Handle(msgOf(t, testevent.Valid("order-1", "SF100")))) })
 		time.Sleep(time.Second)
-		wg.Go(func() { assert.NoError(t, b.Handle(msgOf(t, validEvent("order-1", "SF100")))) })
+		wg.Go(func() { assert.NoError(t, b.Handle(msgOf(t, testevent.Valid("order-1", "SF100")))) })
 		wg.Wait()
 		assert.Equal(t, 1, tr.callsFor("SF100"), "the duplicate called while the first call ran")
-		assert.Len(t, pub.on(DefaultTracedTopic), 2)
+		assert.Len(t, pub.On(event.WaybillTracedTopic), 2)
 		assert.Equal(t, int64(1), b.Stats().Deduplicated)
 	})
 }
@@ -331,8 +308,8 @@ func TestSuccessNeedsAToken(t *testing.T) {
 	for name, empty := range map[string]*wechat.TraceWaybillResponse{"empty token": {}, "nil response": nil} {
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
-				tr, pub := newScriptedTracer(), &recorder{}
+				store := tracestore.NewMemory(tracestore.MemoryConfig{})
+				tr, pub := newScriptedTracer(), &testpub.Recorder{}
 				var answers int
 				tr.answer = func(appid, waybill string) *wechat.TraceWaybillResponse {
 					answers++
@@ -341,13 +318,13 @@ func TestSuccessNeedsAToken(t *testing.T) {
 					}
 					return &wechat.TraceWaybillResponse{WaybillToken: "tok-late"}
 				}
-				h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
-				require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+				h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
+				require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
 				assert.Equal(t, 3, tr.callsFor("SF100"))
-				traced := pub.on(DefaultTracedTopic)
+				traced := pub.On(event.WaybillTracedTopic)
 				require.Len(t, traced, 1)
 				assert.Contains(t, string(traced[0].Payload), `"waybill_token":"tok-late"`)
-				key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+				key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
 				release, ok, err := store.Claim(context.Background(), key, "another", time.Minute)
 				require.NoError(t, err)
 				assert.True(t, ok, "the claim was left held")
@@ -360,14 +337,14 @@ func TestSuccessNeedsAToken(t *testing.T) {
 // TestUnreadableRecordIsOverwritten: a record the store cannot read is
 // traced again and overwritten, not a partition stalled for ever.
 func TestUnreadableRecordIsOverwritten(t *testing.T) {
-	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
-	store := &outageStore{TraceStore: NewMemoryTraceStore(MemoryTraceStoreConfig{}), bad: map[DedupKey]bool{key: true}}
-	tr, pub := newScriptedTracer(), &recorder{}
-	h := newTestHandler(t, tr, pub, func(c *Config) { c.Traces = store })
-	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
-	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))), "a duplicate")
+	key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
+	store := &outageStore{Store: tracestore.NewMemory(tracestore.MemoryConfig{}), bad: map[tracestore.Key]bool{key: true}}
+	tr, pub := newScriptedTracer(), &testpub.Recorder{}
+	h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
+	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
+	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))), "a duplicate")
 	assert.Equal(t, 1, tr.callsFor("SF100"), "the second reads the overwritten record")
-	assert.Len(t, pub.on(DefaultTracedTopic), 2)
+	assert.Len(t, pub.On(event.WaybillTracedTopic), 2)
 }
 
 // TestCallsWeChatNeverSawAreRefunded: a call that never reached WeChat
@@ -376,21 +353,21 @@ func TestUnreadableRecordIsOverwritten(t *testing.T) {
 func TestCallsWeChatNeverSawAreRefunded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		notSent := fmt.Errorf("dial tcp: connection refused: %w", wechat.ErrNotSent)
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", repeatErr(notSent, 5)...)
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", repeatErr(notSent, 5)...)
 		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{UserDaily: 10, Rate: -1}})
 		require.NoError(t, err)
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
-		require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+		require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
 		assert.Equal(t, 6, tr.callsFor("SF100"))
 		d, err := lim.Allow(context.Background(), "wxapp1", "o-buyer-1", time.Now())
 		require.NoError(t, err)
 		assert.Equal(t, int64(10-1-1), d.UserRemaining, "the buyer was charged for calls WeChat never saw")
 
-		tr.on("SF200", fmt.Errorf("token for wxapp1: %w", errors.Join(wechat.ErrNotSent, wechat.ErrNotRefreshable)))
-		require.NoError(t, h.Handle(msgOf(t, validEvent("order-2", "SF200"))))
-		dl := onlyDeadLetter(t, pub)
-		assert.Equal(t, ReasonConfiguration, dl.Reason)
+		tr.On("SF200", fmt.Errorf("token for wxapp1: %w", errors.Join(wechat.ErrNotSent, wechat.ErrNotRefreshable)))
+		require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-2", "SF200"))))
+		dl := testpub.OnlyDeadLetter(t, pub)
+		assert.Equal(t, deadletter.ReasonConfiguration, dl.Reason)
 		assert.Equal(t, 0, dl.Attempts, "no trace_waybill reached WeChat")
 	})
 }
@@ -398,15 +375,15 @@ func TestCallsWeChatNeverSawAreRefunded(t *testing.T) {
 // TestParkedCopiesAreKeyedByOrder: events from producers that set no
 // message UUID spread over the delay topic's partitions by order id.
 func TestParkedCopiesAreKeyedByOrder(t *testing.T) {
-	tr, pub := newScriptedTracer(), &recorder{}
-	tr.on("SF100", wechatErr(931023))
+	tr, pub := newScriptedTracer(), &testpub.Recorder{}
+	tr.On("SF100", wechatErr(931023))
 	h := newTestHandler(t, tr, pub, func(c *Config) { c.Parking = &ParkingConfig{}; c.Retry.NotYetDelay = time.Hour })
-	in := msgOf(t, validEvent("order-7", "SF100"))
+	in := msgOf(t, testevent.Valid("order-7", "SF100"))
 	in.UUID = ""
 	require.NoError(t, h.Handle(in))
-	parked := pub.on("order.shipped.delay.1h0m0s")
+	parked := pub.On("order.shipped.delay.1h0m0s")
 	require.Len(t, parked, 1)
-	key, err := PartitionKey("order.shipped.delay.1h0m0s", parked[0])
+	key, err := kafka.PartitionKey("order.shipped.delay.1h0m0s", parked[0])
 	require.NoError(t, err)
 	assert.Equal(t, "order-7", key)
 }
@@ -415,8 +392,8 @@ func TestParkedCopiesAreKeyedByOrder(t *testing.T) {
 // claim.
 type goodsTracer struct {
 	*scriptedTracer
-	store   TraceStore
-	key     DedupKey
+	store   tracestore.Store
+	key     tracestore.Key
 	claimed bool
 }
 
@@ -431,26 +408,26 @@ func (g *goodsTracer) UpdateWaybillGoods(ctx context.Context, appid string, req 
 // breaker of its own.
 func TestGoodsUpdatesHaveTheirOwnPath(t *testing.T) {
 	ctx := context.Background()
-	store := NewMemoryTraceStore(MemoryTraceStoreConfig{})
-	key := DedupKey{AppID: "wxapp1", WaybillID: "SF100", TransID: validEvent("o", "w").TransID}
+	store := tracestore.NewMemory(tracestore.MemoryConfig{})
+	key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
 	tr := &goodsTracer{scriptedTracer: newScriptedTracer(), store: store, key: key}
-	pub := &recorder{}
+	pub := &testpub.Recorder{}
 	traceLim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
 	require.NoError(t, err)
 	goodsLim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
 	require.NoError(t, err)
 	h := newTestHandler(t, tr, pub, func(c *Config) {
-		c.Traces, c.Limiter, c.GoodsLimiter = store, traceLim, goodsLim
+		c.TraceStore, c.Limiter, c.GoodsLimiter = store, traceLim, goodsLim
 		c.Breaker = BreakerConfig{ConsecutiveFailures: 1, OpenTimeout: time.Hour}
 		c.Parking = &ParkingConfig{}
 	})
-	require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
 	// trace_waybill's breaker opens on another waybill's fault; the goods
 	// update must still go through.
-	tr.on("SF999", wechatErr(-1))
-	require.NoError(t, h.Handle(msgOf(t, validEvent("order-9", "SF999"))))
+	tr.On("SF999", wechatErr(-1))
+	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-9", "SF999"))))
 	require.Equal(t, gobreaker.StateOpen, h.BreakerState("wxapp1"))
-	changed := validEvent("order-1", "SF100")
+	changed := testevent.Valid("order-1", "SF100")
 	changed.Goods[0].Name = "新茶"
 	require.NoError(t, h.Handle(msgOf(t, changed)))
 	assert.True(t, tr.claimed, "update_waybill_goods ran without the claim")
@@ -468,17 +445,21 @@ func TestGoodsUpdatesHaveTheirOwnPath(t *testing.T) {
 // capSizePublisher refuses messages above max bytes, as a Kafka producer
 // does above its MaxMessageBytes.
 type capSizePublisher struct {
-	recorder
+	testpub.Recorder
 	max int
 }
 
 func (p *capSizePublisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
-		if n := messageSize(m.Payload, m.Metadata); n > p.max {
+		n := len(m.Payload)
+		for k, v := range m.Metadata {
+			n += len(k) + len(v)
+		}
+		if n > p.max {
 			return fmt.Errorf("kafka: message of %d bytes is larger than %d", n, p.max)
 		}
 	}
-	return p.recorder.Publish(topic, msgs...)
+	return p.Recorder.Publish(topic, msgs...)
 }
 
 // TestPoisonEventsNeverStall: an event too large, or not UTF-8, is
@@ -490,17 +471,17 @@ func TestPoisonEventsNeverStall(t *testing.T) {
 		tr := newScriptedTracer()
 		pub := &capSizePublisher{max: 1_000_000}
 		h := newTestHandler(t, tr, pub, nil)
-		ev := validEvent("order-1", "SF100")
+		ev := testevent.Valid("order-1", "SF100")
 		ev.OrderDetailPath = "pages/o?x=" + strings.Repeat("a", 2<<20)
 		in := msgOf(t, ev)
 		in.Metadata.Set("trace_id", "abc")
 		require.NoError(t, h.Handle(in))
 		assert.Zero(t, tr.callsFor("SF100"))
-		dead := pub.on(DefaultDeadLetterTopic)
+		dead := pub.On(deadletter.DefaultTopic)
 		require.Len(t, dead, 1)
-		dl, err := ParseDeadLetter(dead[0])
+		dl, err := deadletter.Parse(dead[0])
 		require.NoError(t, err)
-		assert.Equal(t, ReasonInvalidEvent, dl.Reason)
+		assert.Equal(t, deadletter.ReasonInvalidEvent, dl.Reason)
 		assert.Contains(t, dl.Errmsg, "more than MaxEventBytes")
 		assert.Contains(t, dl.Dropped, fmt.Sprintf("payload (%d bytes)", len(in.Payload)))
 		assert.Empty(t, dead[0].Payload)
@@ -508,52 +489,50 @@ func TestPoisonEventsNeverStall(t *testing.T) {
 	})
 	t.Run("allowed in, refused by WeChat, too large to dead-letter whole", func(t *testing.T) {
 		tr := newScriptedTracer()
-		tr.on("SF100", wechatErr(47001))
+		tr.On("SF100", wechatErr(47001))
 		pub := &capSizePublisher{max: 1_000_000}
 		// A topic whose max.message.bytes is 100 kB, an event of 500 kB.
 		pub.max = 100_000
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.MaxEventBytes = 1 << 20; c.MaxDeadLetterBytes = 100_000 })
-		ev := validEvent("order-1", "SF100")
+		ev := testevent.Valid("order-1", "SF100")
 		ev.Goods = nil
-		for range MaxGoodsItems {
-			ev.Goods = append(ev.Goods, Goods{Name: strings.Repeat("茶", MaxTextRunes), ImageURL: "https://x/" + strings.Repeat("y", 2000)})
+		for range event.MaxGoodsItems {
+			ev.Goods = append(ev.Goods, event.Goods{Name: strings.Repeat("茶", event.MaxTextRunes), ImageURL: "https://x/" + strings.Repeat("y", 2000)})
 		}
 		in := msgOf(t, ev)
 		require.Greater(t, len(in.Payload), 500_000)
 		require.NoError(t, ev.Validate())
 		require.NoError(t, h.Handle(in))
 		assert.Equal(t, 1, tr.callsFor("SF100"))
-		dead := pub.on(DefaultDeadLetterTopic)
+		dead := pub.On(deadletter.DefaultTopic)
 		require.Len(t, dead, 1)
-		assert.Equal(t, "order-1", dead[0].Metadata.Get(HeaderDeadKey))
-		assert.NotEmpty(t, dead[0].Metadata.Get(HeaderDeadDropped))
+		assert.Equal(t, "order-1", dead[0].Metadata.Get(deadletter.HeaderDeadKey))
+		assert.NotEmpty(t, dead[0].Metadata.Get(deadletter.HeaderDeadDropped))
 	})
 	t.Run("invalid UTF-8", func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{}
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
 		h := newTestHandler(t, tr, pub, nil)
-		payload := []byte(strings.Replace(string(mustJSON(t, func(*OrderShipped) {})), "十年陈香", "十年\xff陈香", 1))
+		payload := []byte(strings.Replace(string(testevent.JSON(t, func(*event.OrderShipped) {})), "十年陈香", "十年\xff陈香", 1))
 		require.NoError(t, h.Handle(message.NewMessage("in-1", payload)))
 		assert.Zero(t, tr.callsFor("SF100"))
-		dead := pub.on(DefaultDeadLetterTopic)
+		dead := pub.On(deadletter.DefaultTopic)
 		require.Len(t, dead, 1)
-		assert.Contains(t, dead[0].Metadata.Get(HeaderDeadErrmsg), "not valid UTF-8")
+		assert.Contains(t, dead[0].Metadata.Get(deadletter.HeaderDeadErrmsg), "not valid UTF-8")
 
-		custom := validEvent("order-2", "SF200")
+		custom := testevent.Valid("order-2", "SF200")
 		custom.Goods[0].Name = "茶\xff"
 		assert.ErrorContains(t, custom.Validate(), "goods[0].name: not valid UTF-8")
 	})
 	t.Run("an outcome that cannot be published is not traced again", func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{fail: errors.New("broker down")}
+		tr, pub := newScriptedTracer(), &testpub.Recorder{Fail: errors.New("broker down")}
 		h := newTestHandler(t, tr, pub, nil)
-		msg := msgOf(t, validEvent("order-1", "SF100"))
+		msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 		require.Error(t, h.Handle(msg.Copy()))
 		require.Error(t, h.Handle(msg.Copy()))
-		pub.mu.Lock()
-		pub.fail = nil
-		pub.mu.Unlock()
+		pub.SetFail(nil)
 		require.NoError(t, h.Handle(msg.Copy()))
 		assert.Equal(t, 1, tr.callsFor("SF100"))
-		assert.Len(t, pub.on(DefaultTracedTopic), 1)
+		assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
 	})
 }
 
@@ -599,10 +578,10 @@ func TestSlowCallIsBoundedByTheBudget(t *testing.T) {
 	}
 	t.Run("without parking", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub, log := newScriptedTracer(), &recorder{}, &logRecorder{}
+			tr, pub, log := newScriptedTracer(), &testpub.Recorder{}, &logRecorder{}
 			tr.during = hold
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Logger = log })
-			msg := msgOf(t, validEvent("order-1", "SF100"))
+			msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 			start := time.Now()
 			err := h.Handle(msg.Copy())
 			require.ErrorIs(t, err, ErrWaitLimit)
@@ -610,18 +589,18 @@ func TestSlowCallIsBoundedByTheBudget(t *testing.T) {
 			assert.True(t, log.has("leaving event for redelivery", "action:redeliver"), "%v", log.lines)
 			_, err = redeliver(h, msg, 10)
 			require.NoError(t, err)
-			assert.Len(t, pub.on(DefaultTracedTopic), 1)
+			assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
 		})
 	})
 	t.Run("with parking", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			tr, pub, log := newScriptedTracer(), &recorder{}, &logRecorder{}
+			tr, pub, log := newScriptedTracer(), &testpub.Recorder{}, &logRecorder{}
 			tr.during = hold
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Logger = log; c.Parking = &ParkingConfig{} })
 			start := time.Now()
-			require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF100"))))
+			require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
 			assert.Equal(t, 25*time.Second, time.Since(start))
-			assert.Len(t, pub.on("order.shipped.delay.1m0s"), 1)
+			assert.Len(t, pub.On("order.shipped.delay.1m0s"), 1)
 			assert.True(t, log.has("parked event", "action:park"), "%v", log.lines)
 			assert.False(t, log.has("action:retry"), "%v", log.lines)
 		})
@@ -632,10 +611,10 @@ func TestSlowCallIsBoundedByTheBudget(t *testing.T) {
 // faults does not start its backoff again at 200 ms on every redelivery.
 func TestBackoffGrowsAcrossDeliveries(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", busy(10_000)...)
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", busy(10_000)...)
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = nil }) // DefaultBackoff: 200 ms doubling to 30 s
-		msg := msgOf(t, validEvent("order-1", "SF100"))
+		msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 		for start := time.Now(); time.Since(start) < time.Hour; {
 			require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
 			time.Sleep(time.Second)
@@ -648,7 +627,7 @@ func TestBackoffGrowsAcrossDeliveries(t *testing.T) {
 		for i := 10; i < len(times); i++ {
 			assert.GreaterOrEqual(t, times[i].Sub(times[i-1]), 24*time.Second, "calls %d and %d", i, i+1)
 		}
-		assert.Empty(t, pub.on(DefaultDeadLetterTopic), "never dead-lettered for a transient fault")
+		assert.Empty(t, pub.On(deadletter.DefaultTopic), "never dead-lettered for a transient fault")
 	})
 }
 
@@ -656,21 +635,19 @@ func TestBackoffGrowsAcrossDeliveries(t *testing.T) {
 // is republished for that message's redelivery only; a corrected event for
 // the same order and waybill is judged afresh.
 func TestMemoReusesAnOutcomeOnlyForItsMessage(t *testing.T) {
-	tr, pub := newScriptedTracer(), &recorder{fail: errors.New("broker down")}
-	tr.on("SF100", wechatErr(47001))
+	tr, pub := newScriptedTracer(), &testpub.Recorder{Fail: errors.New("broker down")}
+	tr.On("SF100", wechatErr(47001))
 	h := newTestHandler(t, tr, pub, nil)
-	bad := msgOf(t, validEvent("order-1", "SF100"))
+	bad := msgOf(t, testevent.Valid("order-1", "SF100"))
 	require.Error(t, h.Handle(bad.Copy()))
-	pub.mu.Lock()
-	pub.fail = nil
-	pub.mu.Unlock()
-	fixed := msgOf(t, validEvent("order-1", "SF100"))
+	pub.SetFail(nil)
+	fixed := msgOf(t, testevent.Valid("order-1", "SF100"))
 	require.NoError(t, h.Handle(fixed))
 	assert.Equal(t, 2, tr.callsFor("SF100"), "the corrected event was not traced")
-	assert.Len(t, pub.on(DefaultTracedTopic), 1)
+	assert.Len(t, pub.On(event.WaybillTracedTopic), 1)
 	require.NoError(t, h.Handle(bad.Copy()))
 	assert.Equal(t, 2, tr.callsFor("SF100"), "the redelivered bad event called again")
-	dead := pub.on(DefaultDeadLetterTopic)
+	dead := pub.On(deadletter.DefaultTopic)
 	require.Len(t, dead, 1)
 	assert.Equal(t, bad.UUID, dead[0].UUID)
 }
@@ -682,7 +659,7 @@ func TestQuotaWindowsOfOtherLengths(t *testing.T) {
 	require.NoError(t, err)
 	lim, err := ratelimit.New(ratelimit.Config{Location: ny})
 	require.NoError(t, err)
-	h := newTestHandler(t, newScriptedTracer(), &recorder{}, func(c *Config) { c.Retry = RetryPolicy{}; c.Limiter = lim })
+	h := newTestHandler(t, newScriptedTracer(), &testpub.Recorder{}, func(c *Config) { c.Retry = RetryPolicy{}; c.Limiter = lim })
 	p := h.cfg.Retry
 	long := time.Date(2026, 11, 1, 23, 30, 0, 0, ny) // the 25-hour day
 	assert.False(t, p.inResetGrace(long), "23:30 on the long day is not just after a reset")
@@ -701,12 +678,12 @@ func TestSmoothRateWaitsWithinTheBudget(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: 0.5, Burst: 1}}) // one call per 2 s
 			require.NoError(t, err)
-			tr, pub := newScriptedTracer(), &recorder{}
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
 			var wg sync.WaitGroup
 			for i := range 5 {
 				wg.Go(func() {
-					assert.NoError(t, h.Handle(msgOf(t, validEvent(fmt.Sprint("order-", i), fmt.Sprint("SF", i)))))
+					assert.NoError(t, h.Handle(msgOf(t, testevent.Valid(fmt.Sprint("order-", i), fmt.Sprint("SF", i)))))
 				})
 			}
 			wg.Wait()
@@ -725,11 +702,11 @@ func TestSmoothRateWaitsWithinTheBudget(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: 1.0 / 60, Burst: 1}}) // one call a minute
 			require.NoError(t, err)
-			tr, pub := newScriptedTracer(), &recorder{}
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
 			h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
-			require.NoError(t, h.Handle(msgOf(t, validEvent("order-1", "SF1"))))
+			require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF1"))))
 			start := time.Now()
-			second := msgOf(t, validEvent("order-2", "SF2"))
+			second := msgOf(t, testevent.Valid("order-2", "SF2"))
 			require.ErrorIs(t, h.Handle(second.Copy()), ErrWaitLimit)
 			assert.Zero(t, time.Since(start), "held its partition for a turn it could not have")
 			_, err = redeliver(h, second, 100)
@@ -746,14 +723,14 @@ func TestSmoothRateWaitsWithinTheBudget(t *testing.T) {
 // budget before TokenAttempts.
 func TestTokenAttemptsCountAcrossDeliveries(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", repeatErr(wechatErr(40001), 1000)...)
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", repeatErr(wechatErr(40001), 1000)...)
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Backoff = func(int) time.Duration { return 30 * time.Second } })
-		_, err := redeliver(h, msgOf(t, validEvent("order-1", "SF100")), 100)
+		_, err := redeliver(h, msgOf(t, testevent.Valid("order-1", "SF100")), 100)
 		require.NoError(t, err)
 		assert.Equal(t, 3, tr.callsFor("SF100"))
-		dl := onlyDeadLetter(t, pub)
-		assert.Equal(t, ReasonConfiguration, dl.Reason)
+		dl := testpub.OnlyDeadLetter(t, pub)
+		assert.Equal(t, deadletter.ReasonConfiguration, dl.Reason)
 	})
 }
 
@@ -761,15 +738,15 @@ func TestTokenAttemptsCountAcrossDeliveries(t *testing.T) {
 // same order and waybill does not erase a valid event's not-before time.
 func TestInvalidSiblingKeepsTheHistory(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		tr, pub := newScriptedTracer(), &recorder{}
-		tr.on("SF100", wechatErr(931023))
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
+		tr.On("SF100", wechatErr(931023))
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Retry = RetryPolicy{} })
-		msg := msgOf(t, validEvent("order-1", "SF100"))
+		msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 		require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
-		invalid := validEvent("order-1", "SF100")
+		invalid := testevent.Valid("order-1", "SF100")
 		invalid.OpenID = ""
 		require.NoError(t, h.Handle(msgOf(t, invalid)))
-		require.Len(t, pub.on(DefaultDeadLetterTopic), 1)
+		require.Len(t, pub.On(deadletter.DefaultTopic), 1)
 		require.ErrorIs(t, h.Handle(msg.Copy()), ErrWaitLimit)
 		assert.Equal(t, 1, tr.callsFor("SF100"), "called before its not-before time")
 	})
@@ -777,8 +754,9 @@ func TestInvalidSiblingKeepsTheHistory(t *testing.T) {
 
 // failOnce is a Publisher that fails the first publish to one topic.
 type failOnce struct {
-	recorder
+	testpub.Recorder
 	topic  string
+	mu     sync.Mutex
 	failed bool
 }
 
@@ -790,7 +768,7 @@ func (p *failOnce) Publish(topic string, msgs ...*message.Message) error {
 	if fail {
 		return errors.New("broker down")
 	}
-	return p.recorder.Publish(topic, msgs...)
+	return p.Recorder.Publish(topic, msgs...)
 }
 
 // TestFailedParkIsMadeAgainAsMeant: a park whose publish failed is made
@@ -798,7 +776,7 @@ func (p *failOnce) Publish(topic string, msgs ...*message.Message) error {
 func TestFailedParkIsMadeAgainAsMeant(t *testing.T) {
 	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
 	tr := newScriptedTracer()
-	tr.on("SF100", wechatErr(45009))
+	tr.On("SF100", wechatErr(45009))
 	tr.remain["wxapp1"] = 1 // one buyer's 45009: the day is not spent
 	pub := &failOnce{topic: "order.shipped.delay.window"}
 	h := newTestHandler(t, tr, pub, func(c *Config) {
@@ -806,11 +784,11 @@ func TestFailedParkIsMadeAgainAsMeant(t *testing.T) {
 		c.Now = func() time.Time { return now }
 		c.Retry.QuotaReset = nil
 	})
-	msg := msgOf(t, validEvent("order-1", "SF100"))
+	msg := msgOf(t, testevent.Valid("order-1", "SF100"))
 	require.Error(t, h.Handle(msg.Copy()))
 	require.NoError(t, h.Handle(msg.Copy()))
 	assert.Equal(t, 1, tr.callsFor("SF100"), "the redelivery called again")
-	parked := pub.on("order.shipped.delay.window")
+	parked := pub.On("order.shipped.delay.window")
 	require.Len(t, parked, 1, "parked in another tier than the failed park meant")
-	assert.Equal(t, "1", parked[0].Metadata.Get(HeaderParks))
+	assert.Equal(t, "1", parked[0].Metadata.Get(deadletter.HeaderParks))
 }

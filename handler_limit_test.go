@@ -9,6 +9,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/testevent"
+	"github.com/waybillkit/waybill/internal/testpub"
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
 )
@@ -21,14 +25,14 @@ func TestLimiterParksSpentQuotasUntilTheWindow(t *testing.T) {
 		Apps:     map[string]ratelimit.Limits{"wxsmall": {AppDaily: 1}},
 	})
 	require.NoError(t, err)
-	tr, pub := newScriptedTracer(), &recorder{}
+	tr, pub := newScriptedTracer(), &testpub.Recorder{}
 	h := newTestHandler(t, tr, pub, func(c *Config) {
 		c.Limiter = lim
 		c.Parking = &ParkingConfig{}
 		c.Now = func() time.Time { return now }
 	})
 	handle := func(order, appid, openid, waybill string) {
-		ev := validEvent(order, waybill)
+		ev := testevent.Valid(order, waybill)
 		ev.AppID, ev.OpenID = appid, openid
 		require.NoError(t, h.Handle(msgOf(t, ev)))
 	}
@@ -39,14 +43,14 @@ func TestLimiterParksSpentQuotasUntilTheWindow(t *testing.T) {
 	handle("o5", "wxbig", "buyer-c", "W5") // buyer's day spent
 	handle("o6", "wxbig", "buyer-d", "W6") // another buyer flows
 
-	assert.Len(t, pub.on(DefaultTracedTopic), 4)
-	assert.Empty(t, pub.on(DefaultDeadLetterTopic), "a spent quota is never a dead letter")
-	parked := pub.on("order.shipped.delay.window")
+	assert.Len(t, pub.On(event.WaybillTracedTopic), 4)
+	assert.Empty(t, pub.On(deadletter.DefaultTopic), "a spent quota is never a dead letter")
+	parked := pub.On("order.shipped.delay.window")
 	require.Len(t, parked, 2)
 	for _, m := range parked {
 		// Spread over the window's first 5 min by the time of day parked.
 		due := reset.Add(spreadOf(11 * time.Hour))
-		assert.Equal(t, due.Format(time.RFC3339Nano), m.Metadata.Get(HeaderDueAt))
+		assert.Equal(t, due.Format(time.RFC3339Nano), m.Metadata.Get(deadletter.HeaderDueAt))
 	}
 	for _, w := range []string{"W2", "W5"} {
 		assert.Zero(t, tr.callsFor(w), "no call is spent on a denied event")
@@ -58,15 +62,15 @@ func TestLimiterRefundsCallsWeChatDidNotCount(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{AppDaily: 2, Rate: -1}})
 		require.NoError(t, err)
-		tr, pub := newScriptedTracer(), &recorder{}
+		tr, pub := newScriptedTracer(), &testpub.Recorder{}
 		http503 := &wechat.Error{Endpoint: "trace_waybill", HTTPStatus: 503, Class: wechat.ClassTransient}
-		tr.on("W1", wechatErr(45011), http503, wechatErr(45011)) // minute limit, gateway failure: not counted
+		tr.On("W1", wechatErr(45011), http503, wechatErr(45011)) // minute limit, gateway failure: not counted
 		h := newTestHandler(t, tr, pub, func(c *Config) { c.Limiter = lim })
-		ev := validEvent("o1", "W1")
+		ev := testevent.Valid("o1", "W1")
 		ev.AppID = "wxa"
 		_, err = redeliver(h, msgOf(t, ev), 100) // each minute wait passes the budget's end
 		require.NoError(t, err)
-		require.Len(t, pub.on(DefaultTracedTopic), 1)
+		require.Len(t, pub.On(event.WaybillTracedTopic), 1)
 		assert.Equal(t, 4, tr.callsFor("W1"))
 		d, err := lim.Allow(context.Background(), "wxa", "someone", time.Now())
 		require.NoError(t, err)
@@ -93,22 +97,22 @@ func TestWeChat45009(t *testing.T) {
 			now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
 			lim, err := ratelimit.New(ratelimit.Config{Defaults: ratelimit.Limits{Rate: -1}})
 			require.NoError(t, err)
-			tr, pub := newScriptedTracer(), &recorder{}
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
 			tr.remain["wxapp1"] = tc.remain
-			tr.on("W1", wechatErr(45009))
+			tr.On("W1", wechatErr(45009))
 			h := newTestHandler(t, tr, pub, func(c *Config) {
 				c.Limiter = lim
 				c.Parking = &ParkingConfig{}
 				c.Now = func() time.Time { return now }
 			})
-			require.NoError(t, h.Handle(msgOf(t, validEvent("o1", "W1"))))
-			ev2 := validEvent("o2", "W2")
+			require.NoError(t, h.Handle(msgOf(t, testevent.Valid("o1", "W1"))))
+			ev2 := testevent.Valid("o2", "W2")
 			ev2.OpenID = "another-buyer"
 			require.NoError(t, h.Handle(msgOf(t, ev2)))
-			assert.Len(t, pub.on("order.shipped.delay.window"), tc.parkedTotal)
+			assert.Len(t, pub.On("order.shipped.delay.window"), tc.parkedTotal)
 			assert.Equal(t, tc.callsForW2, tr.callsFor("W2"))
 			assert.Equal(t, 1, tr.callsFor("quota:wxapp1"), "one quota check per 45009")
-			assert.Empty(t, pub.on(DefaultDeadLetterTopic))
+			assert.Empty(t, pub.On(deadletter.DefaultTopic))
 		})
 	}
 }

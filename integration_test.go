@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/internal/demo"
 	"github.com/waybillkit/waybill/internal/testkafka"
+	"github.com/waybillkit/waybill/kafka"
 )
 
 // TestIntegrationKafka runs the whole path through a real Kafka 4.x broker
@@ -34,7 +34,7 @@ func TestIntegrationKafka(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sum, err := demo.Run(ctx, demo.Config{
-		Kafka:      waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: in + "-group"},
+		Kafka:      kafka.Config{Brokers: brokers, ConsumerGroup: in + "-group"},
 		Client:     client,
 		InputTopic: in, TracedTopic: traced, DeadLetterTopic: dead,
 	}, cases)

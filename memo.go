@@ -2,9 +2,12 @@ package waybill
 
 import (
 	"container/list"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/waybillkit/waybill/deadletter"
 )
 
 // defaultMemoEntries bounds the memo. An entry lives from a delivery that
@@ -18,13 +21,17 @@ const defaultMemoEntries = 10_000
 // of an event that went elsewhere.
 const memoTTL = time.Hour
 
+// keyEscaper makes ':' free to separate the parts of a memo key, as
+// tracestore.Key.String does for its own.
+var keyEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
+
 // outcome is a decided end of an event whose publish failed. It is kept
 // under its message's identity (delivery.outcomeKey), never shared with
 // another message of the same event.
 type outcome struct {
 	token    string // waybill.traced with this token …
 	tracedAt time.Time
-	dead     *DeadLetter // … or this dead letter
+	dead     *deadletter.Letter // … or this dead letter
 }
 
 type memoEntry struct {
@@ -77,8 +84,8 @@ func (m *memo) put(key string, e memoEntry, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	expires := now.Add(memoTTL)
-	if e.hist.notBefore.After(now) {
-		expires = e.hist.notBefore.Add(memoTTL)
+	if e.hist.NotBefore.After(now) {
+		expires = e.hist.NotBefore.Add(memoTTL)
 	}
 	if el, ok := m.entries[key]; ok {
 		it := el.Value.(*memoItem)

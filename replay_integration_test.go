@@ -14,8 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/demo"
 	"github.com/waybillkit/waybill/internal/testkafka"
+	"github.com/waybillkit/waybill/kafka"
+	"github.com/waybillkit/waybill/replay"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -44,15 +48,15 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	// rejects (40003); of the rest, every third lacks the plugin permission
 	// (48001), for both merchants.
 	cases := demo.Cases("RP", 12)
-	events := map[string]waybill.OrderShipped{}
+	events := map[string]event.OrderShipped{}
 	blocked := map[string]bool{} // waybill ids
 	for i := range cases {
-		var ev waybill.OrderShipped
+		var ev event.OrderShipped
 		require.NoError(t, json.Unmarshal(cases[i].Payload, &ev))
 		events[ev.OrderID] = ev
 		if cases[i].Want == "traced" && i%3 == 0 {
 			blocked[ev.WaybillID] = true
-			cases[i].Want = string(waybill.ReasonConfiguration)
+			cases[i].Want = string(deadletter.ReasonConfiguration)
 		}
 	}
 	unblock := sandbox.Inject(wechattest.Fault{
@@ -61,7 +65,7 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 		Errcode:  48001,
 	})
 
-	kcfg := waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: in + "-group"}
+	kcfg := kafka.Config{Brokers: brokers, ConsumerGroup: in + "-group"}
 	sum, err := demo.Run(ctx, demo.Config{Kafka: kcfg, Client: client, InputTopic: in, TracedTopic: traced, DeadLetterTopic: dead}, cases)
 	require.NoError(t, err)
 	require.Empty(t, sum.Mismatches(cases), "first run")
@@ -70,9 +74,9 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 		switch {
 		case c.Want == "traced":
 			tracedFirst = append(tracedFirst, c.OrderID)
-		case c.Want == string(waybill.ReasonConfiguration) && events[c.OrderID].AppID == demo.SportShop:
+		case c.Want == string(deadletter.ReasonConfiguration) && events[c.OrderID].AppID == demo.SportShop:
 			configSport = append(configSport, c.OrderID)
-		case c.Want == string(waybill.ReasonConfiguration):
+		case c.Want == string(deadletter.ReasonConfiguration):
 			configTea = append(configTea, c.OrderID)
 			stay = append(stay, c.OrderID)
 		default:
@@ -81,51 +85,51 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	}
 	require.Len(t, configSport, 2)
 	require.Len(t, configTea, 2)
-	deadBefore := waybill.ReadTopic(t, brokers, dead)
+	deadBefore := testkafka.ReadTopic(t, brokers, dead)
 	require.Len(t, deadBefore, 6)
 
 	// The handler that runs after the replay is a consumer group positioned
 	// at the input's current end. (The first run's group may not have
 	// committed its last records before it stopped: at-least-once would
 	// redeliver them, which is the handler's business, not the replay's.)
-	after := waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: in + "-after-replay"}
+	after := kafka.Config{Brokers: brokers, ConsumerGroup: in + "-after-replay"}
 	positionAtEnd(t, brokers, after.ConsumerGroup, in)
 
 	// The merchants get the permission.
 	unblock()
 	callsBefore := len(sandbox.CallsTo("trace_waybill"))
 
-	cfg := waybill.ReplayConfig{
-		Kafka:  waybill.KafkaConfig{Brokers: brokers},
+	cfg := replay.Config{
+		Kafka:  kafka.Config{Brokers: brokers},
 		Topic:  dead,
-		Filter: waybill.ReplayFilter{Reasons: []waybill.Reason{waybill.ReasonConfiguration}, Errcodes: []int{48001}, AppIDs: []string{demo.SportShop}},
+		Filter: replay.Filter{Reasons: []deadletter.Reason{deadletter.ReasonConfiguration}, Errcodes: []int{48001}, AppIDs: []string{demo.SportShop}},
 		DryRun: true,
 	}
 	var wouldMove []string
-	cfg.Progress = func(p waybill.ReplayProgress) {
-		if p.Event.Outcome == waybill.WouldReplay {
+	cfg.Progress = func(p replay.Progress) {
+		if p.Event.Outcome == replay.WouldReplay {
 			wouldMove = append(wouldMove, p.Event.OrderID)
 		}
 	}
-	dry, err := waybill.Replay(ctx, cfg)
+	dry, err := replay.Run(ctx, cfg)
 	require.NoError(t, err)
 	sort.Strings(wouldMove)
 	assert.Equal(t, configSport, wouldMove, "the dry run names the selected events")
-	assert.Equal(t, waybill.ReplayCounts{Scanned: 6, Replayed: 2, SkippedByFilter: 4}, dry.ReplayCounts)
-	assert.Len(t, waybill.ReadTopic(t, brokers, in), len(cases), "the dry run moved nothing")
+	assert.Equal(t, replay.Counts{Scanned: 6, Replayed: 2, SkippedByFilter: 4}, dry.Counts)
+	assert.Len(t, testkafka.ReadTopic(t, brokers, in), len(cases), "the dry run moved nothing")
 
 	cfg.DryRun, cfg.Progress = false, nil
-	rep, err := waybill.Replay(ctx, cfg)
+	rep, err := replay.Run(ctx, cfg)
 	require.NoError(t, err)
-	assert.Equal(t, waybill.ReplayCounts{Scanned: 6, Replayed: 2, SkippedByFilter: 4}, rep.ReplayCounts)
-	assert.Equal(t, waybill.ReplayCounts{Scanned: 4, Replayed: 2, SkippedByFilter: 2}, rep.ByReason[waybill.ReasonConfiguration])
+	assert.Equal(t, replay.Counts{Scanned: 6, Replayed: 2, SkippedByFilter: 4}, rep.Counts)
+	assert.Equal(t, replay.Counts{Scanned: 4, Replayed: 2, SkippedByFilter: 2}, rep.ByReason[deadletter.ReasonConfiguration])
 
 	// The replayed events are back on the input topic as they were, counted.
-	input := waybill.ReadTopic(t, brokers, in)
+	input := testkafka.ReadTopic(t, brokers, in)
 	require.Len(t, input, len(cases)+2)
 	replayedIDs := map[string]string{} // order id → replays header
 	for _, m := range input {
-		if v, ok := waybill.HeaderOf(m, waybill.HeaderReplays); ok {
+		if v, ok := testkafka.Header(m, deadletter.HeaderReplays); ok {
 			replayedIDs[string(m.Key)] = v
 		}
 	}
@@ -150,7 +154,7 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	assert.Equal(t, sortedCopy([]string{events[configSport[0]].WaybillID, events[configSport[1]].WaybillID}), calledAfter,
 		"WeChat was called for the selected events only, once each")
 
-	deadAfter := waybill.ReadTopic(t, brokers, dead)
+	deadAfter := testkafka.ReadTopic(t, brokers, dead)
 	assert.Len(t, deadAfter, len(deadBefore), "nothing was dead-lettered again")
 	var deadOrders []string
 	for _, m := range deadAfter {
@@ -164,9 +168,9 @@ func TestReplayIntegrationFixedCauseComesBackTraced(t *testing.T) {
 	}
 
 	// The same replay again has nothing left to do.
-	again, err := waybill.Replay(ctx, cfg)
+	again, err := replay.Run(ctx, cfg)
 	require.NoError(t, err)
-	assert.Equal(t, waybill.ReplayCounts{}, again.ReplayCounts)
+	assert.Equal(t, replay.Counts{}, again.Counts)
 }
 
 // positionAtEnd commits the end offsets of topic for group, which has no
@@ -203,16 +207,16 @@ func positionAtEnd(t *testing.T, brokers []string, group, topic string) {
 
 // runHandlerUntilIdle runs the handler on a Watermill router until its
 // consumer group has committed every record of the input topic.
-func runHandlerUntilIdle(ctx context.Context, t *testing.T, kcfg waybill.KafkaConfig, client waybill.Tracer, in, traced, dead string) {
+func runHandlerUntilIdle(ctx context.Context, t *testing.T, kcfg kafka.Config, client waybill.Tracer, in, traced, dead string) {
 	t.Helper()
 	logger := watermill.NopLogger{}
-	pub, err := waybill.NewKafkaPublisher(kcfg, logger)
+	pub, err := kafka.NewPublisher(kcfg, logger)
 	require.NoError(t, err)
 	defer pub.Close()
-	sub, err := waybill.NewKafkaSubscriber(kcfg, logger)
+	sub, err := kafka.NewSubscriber(kcfg, logger)
 	require.NoError(t, err)
 	defer sub.Close()
-	h, err := waybill.NewHandler(waybill.Config{Client: client, Publisher: pub, InputTopic: in, TracedTopic: traced, DeadLetterTopic: dead})
+	h, err := waybill.NewHandler(waybill.Config{Client: client, Publisher: pub, Position: kafka.Position, InputTopic: in, TracedTopic: traced, DeadLetterTopic: dead})
 	require.NoError(t, err)
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
 	require.NoError(t, err)
@@ -273,8 +277,8 @@ func runHandlerUntilIdle(ctx context.Context, t *testing.T, kcfg waybill.KafkaCo
 func tracedOrders(t *testing.T, brokers []string, topic string) []string {
 	t.Helper()
 	seen := map[string]bool{}
-	for _, m := range waybill.ReadTopic(t, brokers, topic) {
-		var out waybill.WaybillTraced
+	for _, m := range testkafka.ReadTopic(t, brokers, topic) {
+		var out event.WaybillTraced
 		require.NoError(t, json.Unmarshal(m.Value, &out))
 		require.NotEmpty(t, out.WaybillToken, "order %s", out.OrderID)
 		seen[out.OrderID] = true

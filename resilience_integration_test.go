@@ -13,10 +13,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/demo"
 	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testredis"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
+	limitredis "github.com/waybillkit/waybill/ratelimit/redis"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
@@ -64,7 +67,7 @@ func TestIntegrationMerchantsDoNotStallEachOther(t *testing.T) {
 	var offset atomic.Int64
 	now := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
 	limiter, err := ratelimit.New(ratelimit.Config{
-		Store:    ratelimit.NewRedisStore(rdb, prefix),
+		Store:    limitredis.NewStore(rdb, prefix),
 		Defaults: ratelimit.Limits{UserDaily: 2, Rate: -1},
 		Apps:     map[string]ratelimit.Limits{spent: {AppDaily: 3}},
 	})
@@ -75,9 +78,9 @@ func TestIntegrationMerchantsDoNotStallEachOther(t *testing.T) {
 	add := func(kind, appid, openid string, n int) {
 		for i := range n {
 			id := fmt.Sprintf("%s-%02d", kind, i)
-			ev := waybill.OrderShipped{
+			ev := event.OrderShipped{
 				Version: 1, OrderID: id, AppID: appid, OpenID: openid, WaybillID: "SF" + id, DeliveryID: "SF",
-				ReceiverPhone: "13800138000", Goods: []waybill.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
+				ReceiverPhone: "13800138000", Goods: []event.Goods{{Name: "龙井 明前茶", ImageURL: "https://img.example.cn/tea.jpg"}},
 			}
 			if openid == "" {
 				ev.OpenID = "o-" + id // a buyer of their own
@@ -97,7 +100,7 @@ func TestIntegrationMerchantsDoNotStallEachOther(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	p, err := demo.Start(ctx, demo.Config{
-		Kafka:      waybill.KafkaConfig{Brokers: brokers, ConsumerGroup: in + "-group"},
+		Kafka:      kafka.Config{Brokers: brokers, ConsumerGroup: in + "-group"},
 		Client:     client,
 		InputTopic: in, TracedTopic: traced, DeadLetterTopic: dead,
 		Recheck: 100 * time.Millisecond,

@@ -89,8 +89,8 @@ func (l Limits) validate() error {
 	case l.Burst < 0:
 		return fmt.Errorf("Burst %d is negative", l.Burst)
 	case float64(l.intervalMicros())*float64(l.Burst) > 1<<52:
-		// The bucket's depth in microseconds must stay exact in Lua's
-		// doubles.
+		// The bucket's depth in microseconds must stay exact in a store
+		// that computes in doubles, as Redis's Lua does.
 		return fmt.Errorf("Burst %d at Rate %g makes a bucket over a century deep", l.Burst, l.Rate)
 	}
 	return nil
@@ -110,8 +110,8 @@ func (l Limits) intervalMicros() int64 {
 // Asia/Shanghai.
 type Config struct {
 	// Store keeps the counters. Nil means a new MemoryStore, which limits
-	// one process only; use a RedisStore when several processes share an
-	// appid.
+	// one process only; use the Store of package ratelimit/redis when
+	// several processes share an appid.
 	Store Store
 	// Defaults apply to every appid; zero fields take the package defaults.
 	Defaults Limits

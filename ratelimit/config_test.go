@@ -6,11 +6,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/waybillkit/waybill/ratelimit/internal/testtime"
 )
 
 func TestWindow(t *testing.T) {
-	utc := func(s string) time.Time { return at(time.UTC, s) }
-	ny := func(s string) time.Time { return at(newYork, s) }
+	utc := func(s string) time.Time { return testtime.At(time.UTC, s) }
+	ny := func(s string) time.Time { return testtime.At(testtime.NewYork, s) }
 	for _, c := range []struct {
 		name       string
 		loc        *time.Location
@@ -25,22 +27,22 @@ func TestWindow(t *testing.T) {
 			utc("2026-03-14 16:00:00"), utc("2026-03-14 16:00:00"), utc("2026-03-15 16:00:00"), "20260315"},
 		{"UTC 04:30, before the reset", time.UTC, 4*time.Hour + 30*time.Minute,
 			utc("2026-01-01 04:29:59"), utc("2025-12-31 04:30:00"), utc("2026-01-01 04:30:00"), "20251231"},
-		{"New York spring forward day", newYork, 0,
+		{"New York spring forward day", testtime.NewYork, 0,
 			ny("2026-03-08 12:00:00"), utc("2026-03-08 05:00:00"), utc("2026-03-09 04:00:00"), "20260308"},
-		{"New York fall back day", newYork, 0,
+		{"New York fall back day", testtime.NewYork, 0,
 			ny("2026-11-01 12:00:00"), utc("2026-11-01 04:00:00"), utc("2026-11-02 05:00:00"), "20261101"},
 		// 02:30 does not exist on 2026-03-08 in New York; time.Date reads
 		// it with the offset before the jump, 01:30 EST.
-		{"New York, reset in the gap", newYork, 2*time.Hour + 30*time.Minute,
+		{"New York, reset in the gap", testtime.NewYork, 2*time.Hour + 30*time.Minute,
 			ny("2026-03-08 12:00:00"), utc("2026-03-08 06:30:00"), utc("2026-03-09 06:30:00"), "20260308"},
-		{"New York, day before the gap", newYork, 2*time.Hour + 30*time.Minute,
+		{"New York, day before the gap", testtime.NewYork, 2*time.Hour + 30*time.Minute,
 			ny("2026-03-08 01:00:00"), utc("2026-03-07 07:30:00"), utc("2026-03-08 06:30:00"), "20260307"},
 		// Santiago skips 00:00-01:00 on 2026-09-06; time.Date reads that
 		// midnight as 23:00 the evening before.
-		{"Santiago, midnight in the gap", mustLoad("America/Santiago"), 0,
-			at(mustLoad("America/Santiago"), "2026-09-05 23:34:00"), utc("2026-09-06 03:00:00"), utc("2026-09-07 03:00:00"), "20260906"},
-		{"month and year boundary", shanghai, 23 * time.Hour,
-			cst("2026-01-01 22:00:00"), cst("2025-12-31 23:00:00"), cst("2026-01-01 23:00:00"), "20251231"},
+		{"Santiago, midnight in the gap", testtime.MustLoad("America/Santiago"), 0,
+			testtime.At(testtime.MustLoad("America/Santiago"), "2026-09-05 23:34:00"), utc("2026-09-06 03:00:00"), utc("2026-09-07 03:00:00"), "20260906"},
+		{"month and year boundary", testtime.Shanghai, 23 * time.Hour,
+			testtime.CST("2026-01-01 22:00:00"), testtime.CST("2025-12-31 23:00:00"), testtime.CST("2026-01-01 23:00:00"), "20251231"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			l, err := New(Config{Location: c.loc, ResetAt: c.resetAt})
@@ -61,13 +63,13 @@ func TestWindow(t *testing.T) {
 // begin at the reset's wall-clock time (except on a gap day), and last a
 // day give or take a transition.
 func TestWindowsTileTime(t *testing.T) {
-	zones := []*time.Location{shanghai, newYork, time.UTC, mustLoad("Australia/Lord_Howe"), mustLoad("America/Santiago")}
+	zones := []*time.Location{testtime.Shanghai, testtime.NewYork, time.UTC, testtime.MustLoad("Australia/Lord_Howe"), testtime.MustLoad("America/Santiago")}
 	resets := []time.Duration{0, 2*time.Hour + 30*time.Minute, 23*time.Hour + 59*time.Minute}
 	for _, loc := range zones {
 		for _, r := range resets {
 			c := newClock(loc, r)
 			prevID := ""
-			for now := at(loc, "2026-01-01 00:00:00"); now.Year() == 2026; now = now.Add(97 * time.Minute) {
+			for now := testtime.At(loc, "2026-01-01 00:00:00"); now.Year() == 2026; now = now.Add(97 * time.Minute) {
 				start, end, id := c.window(now)
 				if now.Before(start) || !now.Before(end) {
 					t.Fatalf("%s reset %v: window(%s) = [%s, %s) misses it", loc, r, now, start, end)
@@ -107,8 +109,8 @@ func TestDefaultLocationWithoutZoneDatabase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start, end := l.Window(at(time.UTC, "2026-07-01 15:00:00"))
-	if want := at(time.UTC, "2026-06-30 16:00:00"); !start.Equal(want) || !end.Equal(want.Add(24*time.Hour)) {
+	start, end := l.Window(testtime.At(time.UTC, "2026-07-01 15:00:00"))
+	if want := testtime.At(time.UTC, "2026-06-30 16:00:00"); !start.Equal(want) || !end.Equal(want.Add(24*time.Hour)) {
 		t.Errorf("Window = [%s, %s), want to start at %s", start, end, want)
 	}
 	if name, off := start.Zone(); name != "CST" || off != 8*3600 {

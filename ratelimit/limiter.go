@@ -1,6 +1,9 @@
 // Package ratelimit keeps WeChat calls within their quotas: a daily quota per
 // appid, a daily quota per openid, and a smooth per-appid rate, all decided
-// together so that a denied call consumes nothing.
+// together so that a denied call consumes nothing. Package waybill imports
+// it (Config.Limiter and GoodsLimiter) to decide each call before it reaches
+// WeChat, cmd/waybill to configure those limiters; so can any program that
+// calls WeChat's waybill API itself.
 //
 // Daily windows reset at a wall-clock time of day in a time zone (default
 // 00:00 Asia/Shanghai), neither at UTC midnight nor 24 hours after first use.
@@ -9,8 +12,9 @@
 //
 // Like x/time/rate's AllowN(t, n), every decision takes the current time as
 // an argument, so tests need no fake clock. A MemoryStore limits one process;
-// a RedisStore shares the counters between processes with one atomic script
-// per decision.
+// the Store of package ratelimit/redis shares the counters between processes
+// with one atomic script per decision. This package does not import a Redis
+// client: a program that limits one process links none.
 //
 // A caller that can wait for the smooth rate reserves its turn, as with
 // x/time/rate's ReserveN, rather than sleeping until RetryAt and asking again:
@@ -95,40 +99,105 @@ type Decision struct {
 	userCounted           bool
 }
 
-// Store keeps the counters of a Limiter. It is implemented by MemoryStore
-// and RedisStore only; its methods are internal so that the decision logic
-// can change without breaking callers.
+// Store keeps the counters of a Limiter: MemoryStore in this process, the
+// Store of package ratelimit/redis in Redis. The Limiter resolves each call
+// into plain numbers (a Query) and the store applies them, so that every
+// store decides exactly alike; MemoryStore.Take is the reference.
+//
+// All times are microseconds since the Unix epoch, taken from the time the
+// caller passed to the Limiter, never from the store's own clock. Counters
+// are kept per appid and window (Query.Window), and per openid within them;
+// the smooth rate's state, the GCRA's theoretical arrival time (TAT), per
+// appid across windows.
+//
+// A Store must be safe for simultaneous use by multiple goroutines, and
+// Limiters (in one process or many) that share a store's counters share
+// their limits. Each method is atomic with respect to every other call on
+// the same appid: no other call may come between its reads and its writes.
+// An error means the store could not answer; the Limiter returns it wrapped
+// (with a denial, for Take), so errors.Is still finds the store's own.
 type Store interface {
-	take(ctx context.Context, q query) (outcome, error)
-	refund(ctx context.Context, appid, openid, window string, n int64) error
-	exhaust(ctx context.Context, appid, window string, now, expire int64) error
+	// Take decides q and, when it allows it, counts it. In this order:
+	//
+	//  1. When the window is exhausted (see Exhaust), or AppQuota >= 0 and
+	//     the appid's count plus N exceeds it: deny, ReasonAppDaily.
+	//  2. When UserQuota >= 0 and the openid's count plus N exceeds it:
+	//     deny, ReasonUserDaily.
+	//  3. When Interval > 0: tat = max(TAT, Now) + N*Interval. When
+	//     tat-Now > Burst*Interval+MaxWait: deny, ReasonRate, with Retry =
+	//     tat - Burst*Interval. Otherwise the call may go At = max(Now,
+	//     tat-Burst*Interval), and TAT becomes tat.
+	//  4. Allow: add N to the appid's count and, when UserQuota >= 0, to
+	//     the openid's; At is Now when Interval is 0.
+	//
+	// A denial changes nothing. The window's counters must live at least
+	// until Expire, the TAT at least until it is past (after that, a
+	// missing TAT reads as 0). With UserQuota -1 the store neither reads
+	// nor writes an openid counter.
+	Take(ctx context.Context, q Query) (Outcome, error)
+	// Refund lowers the counts of appid in window, and of openid within it
+	// unless openid is empty, by n each, never below zero. It leaves alone
+	// a window the store no longer holds, the exhausted flag and the TAT.
+	Refund(ctx context.Context, appid, openid, window string, n int64) error
+	// Exhaust marks appid's window exhausted until at least expire, so that
+	// Take denies it with ReasonAppDaily and Outcome.Exhausted. now is the
+	// current time; both are microseconds since the Unix epoch.
+	Exhaust(ctx context.Context, appid, window string, now, expire int64) error
 }
 
-// query is one decision, resolved into plain numbers so that the memory
-// store and the Redis script compute exactly the same thing.
-type query struct {
-	appid, openid, window string
-	n                     int64
-	now                   int64 // microseconds since the Unix epoch
-	expire                int64 // when the window's counters may go: its end plus windowGrace (µs)
-	appQuota, userQuota   int64 // -1: unlimited; userQuota is -1 without an openid
-	interval, burst       int64 // GCRA: microseconds per call (0: unlimited), bucket size
-	maxWait               int64 // µs a reserved call may wait for its token (0: AllowN)
+// Query is one decision for Store.Take, resolved by the Limiter into plain
+// numbers. The Limiter guarantees N >= 1; N <= Burst when Interval > 0; N
+// within each quota that is not -1; and Burst*Interval+MaxWait <= 2^52, so
+// that the arithmetic stays exact in a float64 (Redis's Lua) as in an int64.
+type Query struct {
+	// AppID and OpenID name the caller's counters; OpenID is empty when the
+	// call is made for no buyer.
+	AppID, OpenID string
+	// Window is the id of the daily window that holds Now: the local date
+	// it began, YYYYMMDD.
+	Window string
+	// N is how many calls to decide together.
+	N int64
+	// Now is the decision's time, in microseconds since the Unix epoch.
+	Now int64
+	// Expire is when the window's counters may go, in microseconds since
+	// the Unix epoch: the window's end plus a grace of five minutes, so
+	// that callers whose clocks run a little behind still find them.
+	Expire int64
+	// AppQuota and UserQuota are the daily quotas of the appid and of the
+	// openid; -1 means unlimited. UserQuota is -1 too without an OpenID.
+	AppQuota, UserQuota int64
+	// Interval is the smooth rate's emission interval, in microseconds per
+	// call; 0 means the rate is unlimited, and Burst and MaxWait are then
+	// 0 and ignored.
+	Interval int64
+	// Burst is the size of the bucket: how many calls may go at once after
+	// the appid was idle.
+	Burst int64
+	// MaxWait is how long, in microseconds, a reserved call may wait for
+	// its token; 0 for AllowN, which takes only a token free at Now.
+	MaxWait int64
 }
 
-// outcome is a store's answer to a query.
-type outcome struct {
-	allowed bool
-	reason  Reason
-	// retry is the next token's time in microseconds, for ReasonRate.
-	retry int64
-	// at is, when allowed, when the call may go (µs): now, or its reserved
-	// token's time.
-	at int64
-	// app and user are the window's counts after the decision.
-	app, user int64
-	// exhausted: ExhaustApp closed the window.
-	exhausted bool
+// Outcome is a Store's answer to a Query.
+type Outcome struct {
+	// Allowed reports whether the calls were allowed and counted.
+	Allowed bool
+	// Reason names the limit that denied them; ReasonNone when allowed.
+	Reason Reason
+	// Retry is, for ReasonRate, when the calls' tokens come, in
+	// microseconds since the Unix epoch; 0 otherwise.
+	Retry int64
+	// At is, when allowed, when the calls may go, in microseconds since the
+	// Unix epoch: Query.Now, or the time of their reserved tokens; 0 when
+	// denied.
+	At int64
+	// App and User are the window's counts of the appid and the openid
+	// after the decision (as read, when denied); User is 0 when
+	// Query.UserQuota is -1.
+	App, User int64
+	// Exhausted reports that Exhaust closed the window.
+	Exhausted bool
 }
 
 // windowGrace is how long a window's counters outlive its end. Callers'
@@ -143,8 +212,8 @@ var ErrExceedsCapacity = errors.New("ratelimit: n exceeds a limit's capacity")
 
 // A Limiter decides whether a WeChat call may go now. It is safe for
 // simultaneous use by multiple goroutines; limiters of several processes
-// sharing a RedisStore (same client address and key prefix) share their
-// counts.
+// that share a Redis store (ratelimit/redis: same server and key prefix)
+// share their counts.
 type Limiter struct {
 	store    Store
 	clock    clock
@@ -224,7 +293,8 @@ func (l *Limiter) Reserve(ctx context.Context, appid, openid string, now time.Ti
 // its token: the reserved turn stays taken, as a spent token does.
 //
 // maxWait is used in whole microseconds, and at most about 142 years less
-// the bucket's depth (so that the arithmetic stays exact in Redis's Lua).
+// the bucket's depth (so that the arithmetic stays exact in a store that
+// computes in doubles, as Redis's Lua does).
 // A negative maxWait is an error; zero makes ReserveN exactly AllowN.
 func (l *Limiter) ReserveN(ctx context.Context, appid, openid string, now time.Time, n int, maxWait time.Duration) (Decision, error) {
 	return l.reserve(ctx, "ReserveN", appid, openid, now, n, maxWait)
@@ -247,50 +317,50 @@ func (l *Limiter) reserve(ctx context.Context, op, appid, openid string, now tim
 	}
 	lim := l.LimitsFor(appid)
 	_, end, window := l.clock.window(now)
-	q := query{
-		appid: appid, openid: openid, window: window, n: int64(n),
-		now: now.UnixMicro(), expire: end.Add(windowGrace).UnixMicro(),
-		appQuota: lim.AppDaily, userQuota: lim.UserDaily,
-		interval: lim.intervalMicros(), burst: int64(lim.Burst),
+	q := Query{
+		AppID: appid, OpenID: openid, Window: window, N: int64(n),
+		Now: now.UnixMicro(), Expire: end.Add(windowGrace).UnixMicro(),
+		AppQuota: lim.AppDaily, UserQuota: lim.UserDaily,
+		Interval: lim.intervalMicros(), Burst: int64(lim.Burst),
 	}
 	if openid == "" {
-		q.userQuota = -1
+		q.UserQuota = -1
 	}
-	if (q.interval > 0 && q.n > q.burst) || (q.appQuota >= 0 && q.n > q.appQuota) || (q.userQuota >= 0 && q.n > q.userQuota) {
+	if (q.Interval > 0 && q.N > q.Burst) || (q.AppQuota >= 0 && q.N > q.AppQuota) || (q.UserQuota >= 0 && q.N > q.UserQuota) {
 		return Decision{}, fmt.Errorf("ratelimit: %s(n=%d) for appid %s (limits %+v): %w", op, n, appid, lim, ErrExceedsCapacity)
 	}
-	if q.interval > 0 {
-		q.maxWait = min(maxWait.Microseconds(), maxDepth-q.burst*q.interval)
+	if q.Interval > 0 {
+		q.MaxWait = min(maxWait.Microseconds(), maxDepth-q.Burst*q.Interval)
 	}
-	o, err := l.store.take(ctx, q)
+	o, err := l.store.Take(ctx, q)
 	if err != nil {
 		return Decision{}, fmt.Errorf("ratelimit: deciding for appid %s: %w", appid, err)
 	}
 	d := Decision{
-		Allowed:       o.allowed,
-		Reason:        o.reason,
-		AppRemaining:  remaining(q.appQuota, o.app),
-		UserRemaining: remaining(q.userQuota, o.user),
+		Allowed:       o.Allowed,
+		Reason:        o.Reason,
+		AppRemaining:  remaining(q.AppQuota, o.App),
+		UserRemaining: remaining(q.UserQuota, o.User),
 		WindowEnd:     end,
 		appid:         appid,
 		openid:        openid,
 		window:        window,
-		n:             q.n,
-		userCounted:   q.userQuota >= 0,
+		n:             q.N,
+		userCounted:   q.UserQuota >= 0,
 	}
-	if o.allowed {
-		// now plus the wait rather than time.UnixMicro(o.at): no wait gives
+	if o.Allowed {
+		// now plus the wait rather than time.UnixMicro(o.At): no wait gives
 		// now itself, and At keeps now's zone and monotonic reading.
-		d.At = now.Add(time.Duration(o.at-q.now) * time.Microsecond)
+		d.At = now.Add(time.Duration(o.At-q.Now) * time.Microsecond)
 	}
-	if o.exhausted {
+	if o.Exhausted {
 		d.AppRemaining = 0
 	}
-	switch o.reason {
+	switch o.Reason {
 	case ReasonAppDaily, ReasonUserDaily:
 		d.RetryAt = end
 	case ReasonRate:
-		d.RetryAt = time.UnixMicro(o.retry).In(l.clock.loc)
+		d.RetryAt = time.UnixMicro(o.Retry).In(l.clock.loc)
 	}
 	return d, nil
 }
@@ -328,7 +398,7 @@ func (l *Limiter) RefundN(ctx context.Context, d Decision, n int) error {
 	if !d.userCounted {
 		openid = ""
 	}
-	if err := l.store.refund(ctx, d.appid, openid, d.window, int64(n)); err != nil {
+	if err := l.store.Refund(ctx, d.appid, openid, d.window, int64(n)); err != nil {
 		return fmt.Errorf("ratelimit: refunding appid %s: %w", d.appid, err)
 	}
 	return nil
@@ -342,7 +412,7 @@ func (l *Limiter) ExhaustApp(ctx context.Context, appid string, now time.Time) e
 		return errors.New("ratelimit: empty appid")
 	}
 	_, end, window := l.clock.window(now)
-	if err := l.store.exhaust(ctx, appid, window, now.UnixMicro(), end.Add(windowGrace).UnixMicro()); err != nil {
+	if err := l.store.Exhaust(ctx, appid, window, now.UnixMicro(), end.Add(windowGrace).UnixMicro()); err != nil {
 		return fmt.Errorf("ratelimit: exhausting appid %s: %w", appid, err)
 	}
 	return nil

@@ -34,63 +34,65 @@ type memWindow struct {
 	users     map[string]int64
 }
 
+var _ Store = (*MemoryStore)(nil)
+
 // NewMemoryStore returns an empty MemoryStore.
 func NewMemoryStore() *MemoryStore {
 	return &MemoryStore{apps: make(map[string]*memApp), nextSweep: math.MaxInt64}
 }
 
-// take is the reference form of the decision; redisTakeScript is the same
-// logic in Lua.
-func (s *MemoryStore) take(_ context.Context, q query) (outcome, error) {
+// Take implements Store. It is the reference form of the decision: the
+// Redis store's script is the same logic in Lua.
+func (s *MemoryStore) Take(_ context.Context, q Query) (Outcome, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.sweep(q.now)
+	s.sweep(q.Now)
 
-	var o outcome
-	a := s.apps[q.appid]
+	var o Outcome
+	a := s.apps[q.AppID]
 	var w *memWindow
 	var tat int64
 	if a != nil {
-		w, tat = a.windows[q.window], a.tat
+		w, tat = a.windows[q.Window], a.tat
 	}
 	if w != nil {
-		o.app, o.exhausted = w.count, w.exhausted
-		if q.userQuota >= 0 {
-			o.user = w.users[q.openid]
+		o.App, o.Exhausted = w.count, w.exhausted
+		if q.UserQuota >= 0 {
+			o.User = w.users[q.OpenID]
 		}
 	}
 	switch {
-	case o.exhausted || (q.appQuota >= 0 && o.app+q.n > q.appQuota):
-		o.reason = ReasonAppDaily
+	case o.Exhausted || (q.AppQuota >= 0 && o.App+q.N > q.AppQuota):
+		o.Reason = ReasonAppDaily
 		return o, nil
-	case q.userQuota >= 0 && o.user+q.n > q.userQuota:
-		o.reason = ReasonUserDaily
+	case q.UserQuota >= 0 && o.User+q.N > q.UserQuota:
+		o.Reason = ReasonUserDaily
 		return o, nil
 	}
-	o.at = q.now
-	if q.interval > 0 {
-		// A reservation may take tokens up to maxWait ahead of the bucket;
+	o.At = q.Now
+	if q.Interval > 0 {
+		// A reservation may take tokens up to MaxWait ahead of the bucket;
 		// its calls go when the last of them comes.
-		tat = max(tat, q.now) + q.n*q.interval
-		limit := q.burst * q.interval
-		if tat-q.now > limit+q.maxWait {
-			o.reason, o.retry, o.at = ReasonRate, tat-limit, 0
+		tat = max(tat, q.Now) + q.N*q.Interval
+		limit := q.Burst * q.Interval
+		if tat-q.Now > limit+q.MaxWait {
+			o.Reason, o.Retry, o.At = ReasonRate, tat-limit, 0
 			return o, nil
 		}
-		o.at = max(q.now, tat-limit)
+		o.At = max(q.Now, tat-limit)
 	}
 
-	a, w = s.window(q.appid, q.window, q.expire)
-	if q.interval > 0 {
+	a, w = s.window(q.AppID, q.Window, q.Expire)
+	if q.Interval > 0 {
 		a.tat = tat
 	}
-	w.count += q.n
-	o.app = w.count
-	if q.userQuota >= 0 {
-		w.users[q.openid] += q.n
-		o.user = w.users[q.openid]
+	w.count += q.N
+	o.App = w.count
+	if q.UserQuota >= 0 {
+		w.users[q.OpenID] += q.N
+		o.User = w.users[q.OpenID]
 	}
-	o.allowed = true
+	o.Allowed = true
 	return o, nil
 }
 
@@ -136,7 +138,8 @@ func (s *MemoryStore) sweep(now int64) {
 	s.nextSweep = next
 }
 
-func (s *MemoryStore) refund(_ context.Context, appid, openid, window string, n int64) error {
+// Refund implements Store.
+func (s *MemoryStore) Refund(_ context.Context, appid, openid, window string, n int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.apps[appid]
@@ -158,7 +161,8 @@ func (s *MemoryStore) refund(_ context.Context, appid, openid, window string, n 
 	return nil
 }
 
-func (s *MemoryStore) exhaust(_ context.Context, appid, window string, now, expire int64) error {
+// Exhaust implements Store.
+func (s *MemoryStore) Exhaust(_ context.Context, appid, window string, now, expire int64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep(now)

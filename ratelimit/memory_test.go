@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/waybillkit/waybill/ratelimit/internal/testtime"
 )
 
 // TestMemoryStoreDropsEndedWindows: a window's openid counters go once a
@@ -16,7 +18,7 @@ func TestMemoryStoreDropsEndedWindows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0, mid := cst("2026-03-14 10:00:00"), cst("2026-03-15 00:00:00")
+	t0, mid := testtime.CST("2026-03-14 10:00:00"), testtime.CST("2026-03-15 00:00:00")
 	for i := range 1000 {
 		if d, err := l.Allow(ctx, "wxA", fmt.Sprintf("u%d", i), t0); err != nil || !d.Allowed {
 			t.Fatalf("Allow = %+v, %v", d, err)

@@ -118,9 +118,9 @@ type countingStore struct {
 	takes atomic.Int64
 }
 
-func (s *countingStore) take(ctx context.Context, q query) (outcome, error) {
+func (s *countingStore) Take(ctx context.Context, q Query) (Outcome, error) {
 	s.takes.Add(1)
-	return s.Store.take(ctx, q)
+	return s.Store.Take(ctx, q)
 }
 
 // TestWaitOneRoundTrip: however many callers wait at once, each Wait asks

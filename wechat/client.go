@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/waybillkit/waybill/internal/rawjson"
 )
 
 // DefaultBaseURL is WeChat's API host.
@@ -120,7 +122,7 @@ func (c *Client) post(ctx context.Context, appid, endpoint, path string, in, out
 	if appid == "" {
 		return notSent(fmt.Errorf("wechat %s: empty appid", endpoint))
 	}
-	body, err := encodeJSON(in)
+	body, err := rawjson.Marshal(in)
 	if err != nil {
 		return notSent(fmt.Errorf("wechat %s: encode request: %w", endpoint, err))
 	}

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/waybillkit/waybill/internal/rawjson"
 )
 
 // VerifyTicketTTL is how long a component_verify_ticket is valid after
@@ -179,7 +181,7 @@ func (s *ComponentTokenSource) fetchAuthorizer(ctx context.Context, appid string
 	if !ok || refresh.Value == "" {
 		return Token{}, fmt.Errorf("authorizer %s: %w", appid, ErrNoRefreshToken)
 	}
-	body, err := encodeJSON(map[string]string{
+	body, err := rawjson.Marshal(map[string]string{
 		"component_appid": s.appid, "authorizer_appid": appid, "authorizer_refresh_token": refresh.Value})
 	if err != nil {
 		return Token{}, err
@@ -235,7 +237,7 @@ func (c componentTokens) get(ctx context.Context, stale string) (string, error) 
 		if !ok || ticket.Value == "" || (!ticket.Expiry.IsZero() && !s.cache.now().Before(ticket.Expiry)) {
 			return Token{}, fmt.Errorf("platform %s: %w", s.appid, ErrNoVerifyTicket)
 		}
-		body, err := encodeJSON(map[string]string{"component_appid": s.appid,
+		body, err := rawjson.Marshal(map[string]string{"component_appid": s.appid,
 			"component_appsecret": s.secret, "component_verify_ticket": ticket.Value})
 		if err != nil {
 			return Token{}, err

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waybillkit/waybill/internal/testclock"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -16,7 +17,7 @@ const (
 
 // componentSandbox starts a sandbox knowing platform componentID (ticket
 // "ticket-0001") and its authorizer merchantID (refresh token "refresh-0001").
-func componentSandbox(t *testing.T, clock *fakeClock) *wechattest.Server {
+func componentSandbox(t *testing.T, clock *testclock.Clock) *wechattest.Server {
 	t.Helper()
 	srv := wechattest.NewServer(wechattest.Config{Now: clock.Now})
 	t.Cleanup(srv.Close)
@@ -25,7 +26,7 @@ func componentSandbox(t *testing.T, clock *fakeClock) *wechattest.Server {
 	return srv
 }
 
-func newComponent(t *testing.T, base string, clock *fakeClock, store TokenStore) *ComponentTokenSource {
+func newComponent(t *testing.T, base string, clock *testclock.Clock, store TokenStore) *ComponentTokenSource {
 	t.Helper()
 	src, err := NewComponentTokenSource(ComponentConfig{BaseURL: base, ComponentAppID: "wxcomponent000001",
 		ComponentSecret: "component-secret-1", Store: store, Now: clock.Now})

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/waybillkit/waybill/internal/rawjson"
 )
 
 // StableTokenConfig configures a [StableTokenSource]. Only Secrets is required.
@@ -108,7 +110,7 @@ func (s *credentialSource) fetch(ctx context.Context, appid string) (Token, erro
 	r := &request{method: http.MethodGet, endpoint: "token", path: "/cgi-bin/token",
 		query: url.Values{"grant_type": {"client_credential"}, "appid": {appid}, "secret": {secret}}}
 	if s.stable {
-		body, err := encodeJSON(map[string]any{
+		body, err := rawjson.Marshal(map[string]any{
 			"grant_type": "client_credential", "appid": appid, "secret": secret, "force_refresh": false})
 		if err != nil {
 			return Token{}, err

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waybillkit/waybill/internal/testclock"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -22,7 +23,7 @@ func tokenServer(t *testing.T, lifetime int) *scripted {
 	})
 }
 
-func newStable(t *testing.T, base string, clock *fakeClock, store TokenStore) *StableTokenSource {
+func newStable(t *testing.T, base string, clock *testclock.Clock, store TokenStore) *StableTokenSource {
 	t.Helper()
 	s, err := NewStableTokenSource(StableTokenConfig{BaseURL: base, Secrets: StaticSecrets{"wxapp": "app-secret-1"},
 		Store: store, Now: clock.Now})

@@ -1,5 +1,8 @@
 // Package wechat is a client for WeChat's logistics open_msg API (物流查询组件 and
 // 物流消息组件) with access-token management for one process or many.
+// The waybill Handler calls WeChat through it, and so can any Go program
+// that calls the open_msg API alone: it depends on no other public waybill package
+// and on no Kafka or Redis client (wechat/redisstore shares tokens on Redis).
 //
 // # Calls
 //

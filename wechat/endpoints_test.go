@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waybillkit/waybill/internal/testclock"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -19,7 +20,7 @@ const (
 
 // sandbox starts a wechattest server with appID registered and a Client on a
 // StableTokenSource pointed at it, both on clock.
-func sandbox(t *testing.T, cfg wechattest.Config, clock *fakeClock) (*wechattest.Server, *Client) {
+func sandbox(t *testing.T, cfg wechattest.Config, clock *testclock.Clock) (*wechattest.Server, *Client) {
 	t.Helper()
 	if clock == nil {
 		clock = newFakeClock()

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/waybillkit/waybill/internal/rawjson"
 )
 
 // FuzzDecodeResponse feeds arbitrary bodies and statuses to the one decoder
@@ -73,7 +75,7 @@ func FuzzEncodeRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, name, img, desc string) {
 		in := &TraceWaybillRequest{OpenID: "o", WaybillID: "w",
 			GoodsInfo: GoodsInfo{DetailList: []Goods{{GoodsName: name, GoodsImgURL: img, GoodsDesc: desc}}}}
-		b, err := encodeJSON(in)
+		b, err := rawjson.Marshal(in)
 		if err != nil {
 			t.Fatal(err)
 		}

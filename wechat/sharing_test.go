@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waybillkit/waybill/internal/testclock"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -23,7 +24,7 @@ func countErrcode(srv *wechattest.Server, endpoint string, code int) int {
 
 // accessClients builds n clients, each on its own AccessTokenSource (as n
 // processes would), over the stores store(i) gives.
-func accessClients(t *testing.T, srv *wechattest.Server, clock *fakeClock, n int, store func(i int) TokenStore) []*Client {
+func accessClients(t *testing.T, srv *wechattest.Server, clock *testclock.Clock, n int, store func(i int) TokenStore) []*Client {
 	t.Helper()
 	clients := make([]*Client, n)
 	for i := range clients {
@@ -40,7 +41,7 @@ func accessClients(t *testing.T, srv *wechattest.Server, clock *fakeClock, n int
 // runPhases runs every client in its own goroutine for perPhase calls, then
 // moves clock by step, phases times. Phases make the count of token lifetimes
 // exact: the clock never moves while a call is on the wire.
-func runPhases(t *testing.T, clients []*Client, clock *fakeClock, phases, perPhase int, step time.Duration) {
+func runPhases(t *testing.T, clients []*Client, clock *testclock.Clock, phases, perPhase int, step time.Duration) {
 	t.Helper()
 	for p := range phases {
 		var wg sync.WaitGroup
@@ -67,7 +68,7 @@ func runPhases(t *testing.T, clients []*Client, clock *fakeClock, phases, perPha
 // lifetimes: a token fetched at t is renewed at t+9m (DefaultEarly before).
 var lifetimeConfig = wechattest.Config{TokenTTL: 10 * time.Minute, AppDailyQuota: -1, OpenIDDailyQuota: -1}
 
-func sharingSandbox(t *testing.T, clock *fakeClock) *wechattest.Server {
+func sharingSandbox(t *testing.T, clock *testclock.Clock) *wechattest.Server {
 	t.Helper()
 	cfg := lifetimeConfig
 	cfg.Now = clock.Now

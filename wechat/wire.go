@@ -18,21 +18,6 @@ import (
 // answer, get_delivery_list with about 1,400 carriers, is under 100 KiB.
 const maxResponseBytes = 4 << 20
 
-// encodeJSON marshals v the way WeChat wants it: raw UTF-8, no HTML escaping
-// of <>&, no trailing newline. A nil v is the empty object.
-func encodeJSON(v any) ([]byte, error) {
-	if v == nil {
-		return []byte("{}"), nil
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
-
 // envelope is the part every WeChat answer shares.
 type envelope struct {
 	Errcode int    `json:"errcode"`

@@ -15,6 +15,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
 )
@@ -25,7 +28,7 @@ const envPrefix = "WAYBILL_"
 
 // config is the service's configuration after flags and environment.
 type config struct {
-	Kafka                                    waybill.KafkaConfig
+	Kafka                                    kafka.Config
 	InputTopic, TracedTopic, DeadLetterTopic string
 	WeChatURL                                string
 	// SecretsFile holds appid=secret lines; read at startup, never logged.
@@ -50,6 +53,19 @@ type config struct {
 // errUsage reports bad flags or environment; the reason has been printed.
 var errUsage = errors.New("usage")
 
+// parseArgs parses args, flags only, into fs, which prints to stderr. Bad
+// flags, -h and any other argument are errUsage, said on fs.Output().
+func parseArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected arguments: %q\n", fs.Args())
+		return errUsage
+	}
+	return nil
+}
+
 // envName is the environment variable a flag falls back to.
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
@@ -70,9 +86,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	)
 	fs.StringVar(&brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka `brokers`")
 	fs.StringVar(&c.Kafka.ConsumerGroup, "group", "waybill", "Kafka consumer `group`; parking adds <group>-delay")
-	fs.StringVar(&c.InputTopic, "input-topic", waybill.DefaultInputTopic, "`topic` of order.shipped events")
-	fs.StringVar(&c.TracedTopic, "traced-topic", waybill.DefaultTracedTopic, "`topic` for waybill.traced events")
-	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", waybill.DefaultDeadLetterTopic, "`topic` for dead letters")
+	fs.StringVar(&c.InputTopic, "input-topic", event.OrderShippedTopic, "`topic` of order.shipped events")
+	fs.StringVar(&c.TracedTopic, "traced-topic", event.WaybillTracedTopic, "`topic` for waybill.traced events")
+	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", deadletter.DefaultTopic, "`topic` for dead letters")
 	fs.StringVar(&c.WeChatURL, "wechat-url", wechat.DefaultBaseURL, "WeChat API base `URL`")
 	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required)")
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
@@ -90,16 +106,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight events may finish after SIGINT or SIGTERM")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n\nEvery flag -x-y falls back to the environment variable %sX_Y.\n\n", envPrefix)
+		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n       waybill %[1]s [flags]\n\n"+
+			"The service's flags follow; every flag -x-y falls back to the environment variable %[2]sX_Y.\n"+
+			"waybill %[1]s -h lists the flags of the command that sends dead letters back.\n\n", replayCommand, envPrefix)
 		fs.PrintDefaults()
 	}
 
-	if err := fs.Parse(args); err != nil {
-		return c, errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
-		return c, errUsage
+	if err := parseArgs(fs, args); err != nil {
+		return c, err
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -214,7 +228,8 @@ func parseSecrets(r io.Reader, name string) (wechat.StaticSecrets, error) {
 	return secrets, nil
 }
 
-// splitList splits a comma-separated value, dropping blanks.
+// splitList splits a comma-separated flag value, dropping blanks. Every
+// list flag of the service and of waybill replay goes through it.
 func splitList(s string) []string {
 	var out []string
 	for _, v := range strings.Split(s, ",") {

@@ -14,7 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
 )
@@ -27,9 +28,9 @@ func TestParseConfigDefaults(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"127.0.0.1:9092"}, c.Kafka.Brokers)
 	assert.Equal(t, "waybill", c.Kafka.ConsumerGroup)
-	assert.Equal(t, waybill.DefaultInputTopic, c.InputTopic)
-	assert.Equal(t, waybill.DefaultTracedTopic, c.TracedTopic)
-	assert.Equal(t, waybill.DefaultDeadLetterTopic, c.DeadLetterTopic)
+	assert.Equal(t, event.OrderShippedTopic, c.InputTopic)
+	assert.Equal(t, event.WaybillTracedTopic, c.TracedTopic)
+	assert.Equal(t, deadletter.DefaultTopic, c.DeadLetterTopic)
 	assert.Equal(t, wechat.DefaultBaseURL, c.WeChatURL)
 	assert.Equal(t, "s.txt", c.SecretsFile)
 	assert.Empty(t, c.Redis)

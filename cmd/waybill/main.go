@@ -5,6 +5,9 @@
 //	waybill -brokers kafka1:9092,kafka2:9092 -secrets-file /etc/waybill/secrets \
 //	    -redis redis://:password@redis:6379/0
 //
+// Its replay command, waybill replay, sends dead letters back once their
+// cause is fixed; see "Replaying dead letters" below.
+//
 // Every flag -x-y falls back to the environment variable WAYBILL_X_Y when it
 // is not given on the command line, then to its default:
 //
@@ -61,6 +64,55 @@
 // the rest are left for redelivery; the counters are logged and it exits 0.
 // A second signal ends it at once. It exits 1 when it cannot start or stops
 // on an error, 2 for bad flags or environment.
+//
+// # Replaying dead letters
+//
+// waybill replay sends dead-lettered order.shipped events back to be traced
+// again, once their cause is fixed: a permission granted, a phone number
+// corrected, a producer repaired. It is replay.Run with flags, and needs
+// neither the secrets file nor Redis:
+//
+//	waybill replay -brokers 127.0.0.1:9092 -topic order.shipped.dead \
+//	    -reason configuration -errcode 48001 -appid wx5f3a9c1d2e4b6a80 \
+//	    -since 2026-11-01T00:00:00Z -dry-run
+//
+// It reads the dead-letter topic up to the end offsets it finds when it
+// starts, then stops, and republishes each selected event to the topic it was
+// consumed from (or -to), as it was, with its waybill_replays header one
+// higher. Events replayed -max-replays times already are skipped and listed.
+// Its flags have no environment variables:
+//
+//	-brokers      comma-separated Kafka brokers (default 127.0.0.1:9092)
+//	-topic        dead-letter topic to read (default order.shipped.dead)
+//	-to           send every selected event to this topic instead of its source topic
+//	-reason       comma-separated reasons: invalid_event, permanent, configuration,
+//	              not_yet_exhausted, too_many_attempts
+//	-errcode      comma-separated WeChat errcodes, e.g. 48001,61007
+//	-appid        comma-separated appids
+//	-order-id     comma-separated order ids
+//	-since        RFC 3339 time: last failure at or after it
+//	-until        RFC 3339 time: last failure before it
+//	-dry-run      print what would move; publish and commit nothing
+//	-rate         events per second at most (0: no cap)
+//	-max-replays  skip events replayed this often already (default 3)
+//	-batch        records between two commits of the position (default 100)
+//	-group        consumer group that records progress (default: named after
+//	              -topic, -to and the filters, so the same command resumes)
+//
+// Selected conditions must all hold; a comma-separated list holds when any of
+// its elements does. Without filters every dead letter is replayed.
+//
+// Output: a dry run prints one line per event that would move; a real run
+// prints the events skipped for the replay limit or as invalid. Both end
+// with a summary per reason. Progress goes to stderr: a bar when stderr is a
+// terminal, a plain line every tenth of the way otherwise.
+//
+// Interrupting it (Ctrl-C) commits what was republished, so running the same
+// command again resumes where it stopped. If it dies instead, the rerun
+// republishes again at most -batch events per partition.
+//
+// Exit status: 0 when the replay completed, 1 when it failed or was
+// interrupted, 2 for bad flags.
 package main
 
 import (
@@ -74,6 +126,11 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if len(os.Args) > 1 && os.Args[1] == replayCommand {
+		// Every signal only interrupts a replay, which then commits what it
+		// republished and exits 1.
+		os.Exit(replayMain(ctx, os.Args[2:], os.Stdout, os.Stderr, isTerminal(os.Stderr)))
+	}
 	go func() {
 		<-ctx.Done()
 		stop() // restore the default: a second signal ends the process at once

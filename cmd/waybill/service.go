@@ -14,8 +14,11 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
-	"github.com/waybillkit/waybill/redisdedup"
+	limitredis "github.com/waybillkit/waybill/ratelimit/redis"
+	"github.com/waybillkit/waybill/tracestore"
+	traceredis "github.com/waybillkit/waybill/tracestore/redis"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/redisstore"
 )
@@ -35,7 +38,7 @@ type service struct {
 	log     *slog.Logger
 	handler *waybill.Handler
 	router  *message.Router
-	runner  *waybill.DelayRunner
+	runner  *kafka.DelayRunner
 	delays  []string // delay topics, with parking
 	// hard ends in-flight events: it is cancelled once the shutdown timeout
 	// has passed after a signal.
@@ -64,8 +67,8 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	var (
 		tokenStore wechat.TokenStore
 		limitStore ratelimit.Store
-		goodsStore ratelimit.Store    // update_waybill_goods: counted apart from trace_waybill
-		traces     waybill.TraceStore = waybill.NewMemoryTraceStore(waybill.MemoryTraceStoreConfig{})
+		goodsStore ratelimit.Store  // update_waybill_goods: counted apart from trace_waybill
+		traces     tracestore.Store = tracestore.NewMemory(tracestore.MemoryConfig{})
 		redisAddr  string
 	)
 	if cfg.Redis != "" {
@@ -75,9 +78,9 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		}
 		redisAddr = rdb.Options().Addr
 		tokenStore = redisstore.New(rdb, redisstore.Options{Prefix: cfg.RedisPrefix + "wechat:"})
-		limitStore = ratelimit.NewRedisStore(rdb, cfg.RedisPrefix+"ratelimit:")
-		goodsStore = ratelimit.NewRedisStore(rdb, cfg.RedisPrefix+"ratelimit:goods:")
-		if traces, err = redisdedup.New(rdb, redisdedup.Config{Prefix: cfg.RedisPrefix + "trace:"}); err != nil {
+		limitStore = limitredis.NewStore(rdb, cfg.RedisPrefix+"ratelimit:")
+		goodsStore = limitredis.NewStore(rdb, cfg.RedisPrefix+"ratelimit:goods:")
+		if traces, err = traceredis.New(rdb, traceredis.Config{Prefix: cfg.RedisPrefix + "trace:"}); err != nil {
 			return nil, err
 		}
 	}
@@ -101,20 +104,20 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	}
 
 	wlog := watermill.NewSlogLogger(log)
-	pub, err := waybill.NewKafkaPublisher(cfg.Kafka, wlog)
+	pub, err := kafka.NewPublisher(cfg.Kafka, wlog)
 	if err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, pub.Close)
 	s.handler, err = waybill.NewHandler(waybill.Config{
-		Client: client, Publisher: pub,
+		Client: client, Publisher: pub, Position: kafka.Position,
 		InputTopic: cfg.InputTopic, TracedTopic: cfg.TracedTopic, DeadLetterTopic: cfg.DeadLetterTopic,
-		Limiter: limiter, GoodsLimiter: goodsLimiter, Parking: cfg.Parking, Traces: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
+		Limiter: limiter, GoodsLimiter: goodsLimiter, Parking: cfg.Parking, TraceStore: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
 	})
 	if err != nil {
 		return nil, err
 	}
-	sub, err := waybill.NewKafkaSubscriber(cfg.Kafka, wlog)
+	sub, err := kafka.NewSubscriber(cfg.Kafka, wlog)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +132,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		s.delays = cfg.Parking.Topics(cfg.InputTopic)
 		dk := cfg.Kafka
 		dk.ConsumerGroup += "-delay"
-		s.runner, err = waybill.NewDelayRunner(waybill.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, InputTopic: cfg.InputTopic, DeadLetterTopic: cfg.DeadLetterTopic, Logger: wlog})
+		s.runner, err = kafka.NewDelayRunner(kafka.DelayRunnerConfig{Kafka: dk, Topics: s.delays, Publisher: pub, InputTopic: cfg.InputTopic, DeadLetterTopic: cfg.DeadLetterTopic, Logger: wlog})
 		if err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -77,14 +78,14 @@ func inMemoryService(t *testing.T, tracer waybill.Tracer, shutdown time.Duration
 	}
 	s.handler.AddTo(s.router, in).AddMiddleware(record, s.detach) // record runs first
 
-	traced, err = out.Subscribe(context.Background(), waybill.DefaultTracedTopic)
+	traced, err = out.Subscribe(context.Background(), event.WaybillTracedTopic)
 	require.NoError(t, err)
-	ev, err := json.Marshal(waybill.OrderShipped{
+	ev, err := json.Marshal(event.OrderShipped{
 		Version: 1, OrderID: "order-1", AppID: "wx0123456789abcdef", OpenID: "o-buyer", WaybillID: "SF1234567890",
-		ReceiverPhone: "13800138000", Goods: []waybill.Goods{{Name: "茶", ImageURL: "https://img.example.cn/tea.jpg"}},
+		ReceiverPhone: "13800138000", Goods: []event.Goods{{Name: "茶", ImageURL: "https://img.example.cn/tea.jpg"}},
 	})
 	require.NoError(t, err)
-	require.NoError(t, in.Publish(waybill.DefaultInputTopic, message.NewMessage(watermill.NewUUID(), ev)))
+	require.NoError(t, in.Publish(event.OrderShippedTopic, message.NewMessage(watermill.NewUUID(), ev)))
 	return s, contexts, traced, logs
 }
 
@@ -109,10 +110,12 @@ func TestShutdownLetsInFlightCallFinish(t *testing.T) {
 	select {
 	case m := <-traced:
 		require.NotNil(t, m, "output subscription closed")
-		var out waybill.WaybillTraced
+		var out event.WaybillTraced
 		require.NoError(t, json.Unmarshal(m.Payload, &out))
 		assert.Equal(t, "token-1", out.WaybillToken)
-	default:
+	case <-time.After(5 * time.Second):
+		// GoChannel hands a published message to its subscriber on
+		// another goroutine: published is not yet received.
 		t.Fatal("the in-flight event's waybill.traced was not published")
 	}
 	assert.Contains(t, logs.String(), `msg="waybill stopped" traced=1 dead_lettered=0`)

@@ -17,8 +17,10 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/demo"
+	"github.com/waybillkit/waybill/kafka"
 )
 
 func main() {
@@ -34,7 +36,7 @@ func run() error {
 
 	// An in-process Kafka with waybill's three topics.
 	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3,
-		waybill.DefaultInputTopic, waybill.DefaultTracedTopic, waybill.DefaultDeadLetterTopic))
+		event.OrderShippedTopic, event.WaybillTracedTopic, deadletter.DefaultTopic))
 	if err != nil {
 		return fmt.Errorf("start in-process kafka: %w", err)
 	}
@@ -50,7 +52,7 @@ func run() error {
 	cases := demo.Cases("QS", 12)
 	fmt.Printf("quickstart: publishing %d order.shipped events to an in-process Kafka at %s\n", len(cases), cluster.ListenAddrs()[0])
 	sum, err := demo.Run(ctx, demo.Config{
-		Kafka:  waybill.KafkaConfig{Brokers: cluster.ListenAddrs(), ConsumerGroup: "quickstart"},
+		Kafka:  kafka.Config{Brokers: cluster.ListenAddrs(), ConsumerGroup: "quickstart"},
 		Client: sandbox.Client,
 		Out:    os.Stdout,
 	}, cases)

@@ -1,5 +1,6 @@
 // Package demo is the whole waybill job in one function: the quickstart runs
-// it on an in-process Kafka, the integration test on a real broker.
+// it on an in-process Kafka, the integration test on a real broker. Only
+// they import it.
 package demo
 
 import (
@@ -8,7 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 )
 
 // The two merchants of the demo, as a service provider would host them.
@@ -33,7 +35,7 @@ type Case struct {
 // two — one invalid (goods description over 40 characters) and one whose
 // buyer WeChat rejects. Order ids carry prefix so that runs do not collide.
 func Cases(prefix string, n int) []Case {
-	goods := []waybill.Goods{
+	goods := []event.Goods{
 		{Name: "云南普洱茶 357克 七子饼", ImageURL: "https://img.example.cn/puer.jpg", Description: "2016年春茶 古树料"},
 		{Name: "李宁 跑鞋 <限量版> & 礼盒", ImageURL: "https://img.example.cn/shoe.jpg?a=1&b=2", Description: "尺码42 <男款> & 赠品"},
 		{Name: "三只松鼠 坚果大礼包", ImageURL: "https://img.example.cn/nuts.jpg"},
@@ -50,8 +52,8 @@ func Cases(prefix string, n int) []Case {
 			appid = SportShop
 		}
 		c := carriers[i%len(carriers)]
-		ev := waybill.OrderShipped{
-			Version:         waybill.SchemaVersion,
+		ev := event.OrderShipped{
+			Version:         event.SchemaVersion,
 			OrderID:         fmt.Sprintf("%s-%04d", prefix, i+1),
 			AppID:           appid,
 			OpenID:          fmt.Sprintf("oVtZW4yB7DIj3CxOb6ii-buyer%03d", i%7),
@@ -60,19 +62,19 @@ func Cases(prefix string, n int) []Case {
 			DeliveryID:      c.id,
 			ReceiverPhone:   fmt.Sprintf("1380013%04d", i),
 			SenderPhone:     "02087654321",
-			Goods:           []waybill.Goods{goods[i%len(goods)]},
+			Goods:           []event.Goods{goods[i%len(goods)]},
 			OrderDetailPath: "pages/order/detail?id=" + fmt.Sprint(i+1),
 			ShippedAt:       shipped.Add(time.Duration(i) * time.Minute),
 		}
 		want := "traced"
 		switch i {
 		case n - 2:
-			ev.Goods = []waybill.Goods{{Name: "手工 丝绸 围巾", ImageURL: "https://img.example.cn/silk.jpg",
+			ev.Goods = []event.Goods{{Name: "手工 丝绸 围巾", ImageURL: "https://img.example.cn/silk.jpg",
 				Description: strings.Repeat("杭州真丝", 11)}} // 44 characters: over WeChat's 40
-			want = string(waybill.ReasonInvalidEvent)
+			want = string(deadletter.ReasonInvalidEvent)
 		case n - 1:
 			ev.AppID, ev.OpenID = TeaShop, RejectedOpenID
-			want = string(waybill.ReasonPermanent)
+			want = string(deadletter.ReasonPermanent)
 		}
 		b, err := json.Marshal(ev)
 		if err != nil {

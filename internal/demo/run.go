@@ -10,16 +10,18 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/waybillkit/waybill/kafka"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
 )
 
 // Config is what Run needs: a Kafka cluster whose topics exist, and a WeChat
 // client.
 type Config struct {
-	Kafka  waybill.KafkaConfig
+	Kafka  kafka.Config
 	Client waybill.Tracer
 	// Topics; "" means waybill's defaults.
 	InputTopic, TracedTopic, DeadLetterTopic string
@@ -64,7 +66,7 @@ func (s Summary) Line() string {
 // when parking is configured, and an observer that records every output.
 type Pipeline struct {
 	cfg     Config
-	pub     *kafka.Publisher
+	pub     message.Publisher
 	handler *waybill.Handler
 	router  *message.Router
 	stop    context.CancelFunc
@@ -87,8 +89,8 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 		cfg.Logger = watermill.NopLogger{}
 	}
 	p := &Pipeline{cfg: cfg, done: make(chan struct{}), changed: make(chan struct{}), out: map[string]*Outcome{}}
-	p.in = or(cfg.InputTopic, waybill.DefaultInputTopic)
-	traced, dead := or(cfg.TracedTopic, waybill.DefaultTracedTopic), or(cfg.DeadLetterTopic, waybill.DefaultDeadLetterTopic)
+	p.in = or(cfg.InputTopic, event.OrderShippedTopic)
+	traced, dead := or(cfg.TracedTopic, event.WaybillTracedTopic), or(cfg.DeadLetterTopic, deadletter.DefaultTopic)
 	ok := false
 	defer func() {
 		if !ok {
@@ -96,14 +98,14 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 		}
 	}()
 
-	pub, err := waybill.NewKafkaPublisher(cfg.Kafka, cfg.Logger)
+	pub, err := kafka.NewPublisher(cfg.Kafka, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
 	p.pub = pub
 	p.closers = append(p.closers, pub.Close)
 	hcfg := waybill.Config{
-		Client: cfg.Client, Publisher: pub, InputTopic: p.in, TracedTopic: traced, DeadLetterTopic: dead, Logger: cfg.Logger,
+		Client: cfg.Client, Publisher: pub, Position: kafka.Position, InputTopic: p.in, TracedTopic: traced, DeadLetterTopic: dead, Logger: cfg.Logger,
 	}
 	if cfg.Customize != nil {
 		cfg.Customize(&hcfg)
@@ -111,7 +113,7 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 	if p.handler, err = waybill.NewHandler(hcfg); err != nil {
 		return nil, err
 	}
-	sub, err := waybill.NewKafkaSubscriber(cfg.Kafka, cfg.Logger)
+	sub, err := kafka.NewSubscriber(cfg.Kafka, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -127,11 +129,11 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 	routerErr := make(chan error, 1)
 	wg.Go(func() { routerErr <- p.router.Run(runCtx) })
 	if hcfg.Parking != nil {
-		dcfg := waybill.DelayRunnerConfig{
+		dcfg := kafka.DelayRunnerConfig{
 			Kafka: cfg.Kafka, Topics: hcfg.Parking.Topics(p.in), Publisher: pub, DeadLetterTopic: dead, Now: hcfg.Now, Recheck: cfg.Recheck, Logger: cfg.Logger,
 		}
 		dcfg.Kafka.ConsumerGroup = cfg.Kafka.ConsumerGroup + "-delay"
-		runner, err := waybill.NewDelayRunner(dcfg)
+		runner, err := kafka.NewDelayRunner(dcfg)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 
 	observerCfg := cfg.Kafka
 	observerCfg.ConsumerGroup = cfg.Kafka.ConsumerGroup + "-observer"
-	observer, err := waybill.NewKafkaSubscriber(observerCfg, cfg.Logger)
+	observer, err := kafka.NewSubscriber(observerCfg, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +176,7 @@ func (p *Pipeline) observe(ctx context.Context, tracedCh, deadCh <-chan *message
 			if !ok {
 				return
 			}
-			var t waybill.WaybillTraced
+			var t event.WaybillTraced
 			if err = json.Unmarshal(m.Payload, &t); err == nil {
 				o = &Outcome{OrderID: t.OrderID, Result: "traced", Token: t.WaybillToken}
 			}
@@ -183,9 +185,9 @@ func (p *Pipeline) observe(ctx context.Context, tracedCh, deadCh <-chan *message
 			if !ok {
 				return
 			}
-			var dl *waybill.DeadLetter
-			if dl, err = waybill.ParseDeadLetter(m); err == nil {
-				o = &Outcome{OrderID: m.Metadata.Get(waybill.HeaderDeadKey), Result: string(dl.Reason), Errmsg: dl.Errmsg}
+			var dl *deadletter.Letter
+			if dl, err = deadletter.Parse(m); err == nil {
+				o = &Outcome{OrderID: m.Metadata.Get(deadletter.HeaderDeadKey), Result: string(dl.Reason), Errmsg: dl.Errmsg}
 				if dl.HasErrcode {
 					o.Errcode = fmt.Sprint(dl.Errcode)
 				}
@@ -227,7 +229,7 @@ func (p *Pipeline) record(o *Outcome, err error) {
 func (p *Pipeline) Publish(cases []Case) error {
 	for _, c := range cases {
 		msg := message.NewMessage(watermill.NewUUID(), c.Payload)
-		msg.Metadata.Set(waybill.HeaderKey, c.OrderID)
+		msg.Metadata.Set(deadletter.HeaderKey, c.OrderID)
 		if err := p.pub.Publish(p.in, msg); err != nil {
 			return fmt.Errorf("publish order %s: %w", c.OrderID, err)
 		}

@@ -1,6 +1,7 @@
-// Package storetest is the behaviour every waybill.TraceStore shares, run
-// against each implementation so that the memory and Redis stores cannot
-// drift apart.
+// Package storetest is the behaviour every tracestore.Store shares, run
+// against each implementation (tracestore.Memory and tracestore/redis) so
+// that the memory and Redis stores cannot drift apart. Only their tests
+// import it.
 package storetest
 
 import (
@@ -15,7 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/tracestore"
 )
 
 // Env is one empty store namespace under test.
@@ -23,7 +25,7 @@ type Env struct {
 	// Open returns a handle on the namespace. Handles share data and claims,
 	// as processes sharing one Redis do; each call may return a new handle
 	// (a new client) or the same store.
-	Open func() waybill.TraceStore
+	Open func() tracestore.Store
 	// Advance lets d pass for the stores: a step of a fake clock, or a sleep
 	// when the store keeps real time.
 	Advance func(d time.Duration)
@@ -47,14 +49,14 @@ const (
 // Run runs the shared behaviour table against the stores newEnv makes.
 func Run(t *testing.T, newEnv NewEnv) {
 	ctx := context.Background()
-	rec := func(token string) waybill.TraceRecord {
-		return waybill.TraceRecord{
+	rec := func(token string) tracestore.Record {
+		return tracestore.Record{
 			WaybillToken: token,
-			GoodsHash:    waybill.GoodsFingerprint([]waybill.Goods{{Name: token}}),
+			GoodsHash:    event.GoodsFingerprint([]event.Goods{{Name: token}}),
 			TracedAt:     time.Date(2026, 3, 1, 8, 30, 15, 123456789, time.FixedZone("CST", 8*3600)),
 		}
 	}
-	k := waybill.DedupKey{AppID: "wx0001", WaybillID: "SF1001", TransID: "4200001"}
+	k := tracestore.Key{AppID: "wx0001", WaybillID: "SF1001", TransID: "4200001"}
 
 	cases := []struct {
 		name string
@@ -89,7 +91,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 		}},
 		{"keys differing in any part, or only in where a part ends, are separate", long, func(t *testing.T, env Env) {
 			s := env.Open()
-			keys := []waybill.DedupKey{
+			keys := []tracestore.Key{
 				k,
 				{AppID: "wx0002", WaybillID: k.WaybillID, TransID: k.TransID},
 				{AppID: k.AppID, WaybillID: "SF1002", TransID: k.TransID},
@@ -161,12 +163,12 @@ func Run(t *testing.T, newEnv NewEnv) {
 			release, ok, err := a.Claim(ctx, k, "", long)
 			require.NoError(t, err)
 			require.True(t, ok)
-			for _, s := range []waybill.TraceStore{a, b} {
+			for _, s := range []tracestore.Store{a, b} {
 				_, ok, err := s.Claim(ctx, k, "", long)
 				require.NoError(t, err)
 				assert.False(t, ok, "a second claim won while the first is held")
 			}
-			other := waybill.DedupKey{AppID: k.AppID, WaybillID: k.WaybillID, TransID: "4200002"}
+			other := tracestore.Key{AppID: k.AppID, WaybillID: k.WaybillID, TransID: "4200002"}
 			releaseOther, ok, err := b.Claim(ctx, other, "", long)
 			require.NoError(t, err)
 			assert.True(t, ok, "a claim on another key was refused")
@@ -255,7 +257,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 		}},
 		{"of many concurrent claimers exactly one wins, each round", long, func(t *testing.T, env Env) {
 			const claimers = 50
-			stores := make([]waybill.TraceStore, claimers)
+			stores := make([]tracestore.Store, claimers)
 			for i := range stores {
 				stores[i] = env.Open()
 			}
@@ -340,7 +342,7 @@ func Run(t *testing.T, newEnv NewEnv) {
 
 // traceOnce returns the token stored under key, calling trace to make it when
 // there is none, with at most one caller tracing at a time.
-func traceOnce(ctx context.Context, s waybill.TraceStore, key waybill.DedupKey, trace func() string) (string, error) {
+func traceOnce(ctx context.Context, s tracestore.Store, key tracestore.Key, trace func() string) (string, error) {
 	deadline := time.Now().Add(time.Minute) // a hang fails instead of blocking the test binary
 	for time.Now().Before(deadline) {
 		if rec, ok, err := s.Get(ctx, key); err != nil || ok {
@@ -359,22 +361,22 @@ func traceOnce(ctx context.Context, s waybill.TraceStore, key waybill.DedupKey, 
 			return rec.WaybillToken, err
 		}
 		tok := trace()
-		return tok, s.Put(ctx, key, waybill.TraceRecord{WaybillToken: tok})
+		return tok, s.Put(ctx, key, tracestore.Record{WaybillToken: tok})
 	}
 	return "", errors.New("no record appeared within a minute")
 }
 
 // Keys returns n distinct keys shaped like real ones, for benchmarks.
-func Keys(n int) []waybill.DedupKey {
-	keys := make([]waybill.DedupKey, n)
+func Keys(n int) []tracestore.Key {
+	keys := make([]tracestore.Key, n)
 	for i := range keys {
-		keys[i] = waybill.DedupKey{AppID: "wx0001", WaybillID: fmt.Sprintf("SF%010d", i), TransID: "4200000000"}
+		keys[i] = tracestore.Key{AppID: "wx0001", WaybillID: fmt.Sprintf("SF%010d", i), TransID: "4200000000"}
 	}
 	return keys
 }
 
 // Record is a record of typical size, for benchmarks.
-var Record = waybill.TraceRecord{
+var Record = tracestore.Record{
 	WaybillToken: "MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs",
 	GoodsHash:    "0123456789abcdef0123456789abcdef",
 	TracedAt:     time.Date(2026, 3, 1, 8, 30, 15, 0, time.UTC),

@@ -1,4 +1,5 @@
-// Package testkafka gives tests a real Apache Kafka 4.x broker.
+// Package testkafka gives tests a real Apache Kafka 4.x broker; the tests of
+// every package that needs Kafka import it.
 //
 // Brokers returns the addresses of the broker named by KAFKA_BROKERS or, when
 // that is unset, of the private broker that scripts/kafka.sh starts on a free

@@ -1,4 +1,5 @@
-// Package testredis gives tests a real Redis server.
+// Package testredis gives tests a real Redis server; the tests of every
+// package with a Redis store import it.
 //
 // Addr uses REDIS_ADDR when it is set; otherwise it runs scripts/redis.sh
 // start once per test binary, which installs redis-server if needed and

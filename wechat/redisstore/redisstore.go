@@ -4,7 +4,8 @@
 // lifetime between them and no process is left holding a superseded token.
 //
 // It is a package of its own so that the wechat package does not depend on a
-// Redis client.
+// Redis client; cmd/waybill and programs that share tokens between
+// processes import it, nothing else in this module does.
 //
 // Keys, under Options.Prefix:
 //
@@ -24,7 +25,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/waybillkit/waybill/internal/redislock"
+	"github.com/waybillkit/waybill/internal/redisutil"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -62,16 +63,16 @@ type record struct {
 
 // Load implements wechat.TokenStore.
 func (s *Store) Load(ctx context.Context, key string) (wechat.Token, bool, error) {
-	b, err := s.rdb.Get(ctx, s.prefix+key).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return wechat.Token{}, false, nil
+	var r record
+	ok, err := redisutil.GetJSON(ctx, s.rdb, s.prefix+key, &r)
+	if errors.Is(err, redisutil.ErrUnreadable) {
+		return wechat.Token{}, false, fmt.Errorf("redisstore: decode %s: %w", key, err)
 	}
 	if err != nil {
 		return wechat.Token{}, false, fmt.Errorf("redisstore: get %s: %w", key, err)
 	}
-	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return wechat.Token{}, false, fmt.Errorf("redisstore: decode %s: %w", key, err)
+	if !ok {
+		return wechat.Token{}, false, nil
 	}
 	tok := wechat.Token{Value: r.Value, Lifetime: time.Duration(r.LifetimeMS) * time.Millisecond}
 	if r.ExpiryMS != 0 {
@@ -98,7 +99,7 @@ func (s *Store) Save(ctx context.Context, key string, tok wechat.Token) error {
 
 // TryLock implements wechat.TokenStore with SET NX PX.
 func (s *Store) TryLock(ctx context.Context, key string, ttl time.Duration) (func(context.Context) error, bool, error) {
-	release, ok, err := redislock.Acquire(ctx, s.rdb, s.prefix+key, ttl)
+	release, ok, err := redisutil.Acquire(ctx, s.rdb, s.prefix+key, ttl)
 	if err != nil {
 		return nil, false, fmt.Errorf("redisstore: lock %s: %w", key, err)
 	}

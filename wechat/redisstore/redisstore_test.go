@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/waybillkit/waybill/internal/testclock"
 	"github.com/waybillkit/waybill/internal/testredis"
 	"github.com/waybillkit/waybill/wechat"
 	"github.com/waybillkit/waybill/wechat/redisstore"
@@ -121,25 +122,13 @@ func TestStringShowsNoToken(t *testing.T) {
 	}
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // TestSeparateClientsShareOneTokenOnRedis runs clients that share nothing but
 // Redis (their own Redis connection, store, token source and wechat.Client,
 // as separate processes would) against cgi-bin/token: between them they make
 // exactly one fetch per token lifetime and never meet 40001.
 func TestSeparateClientsShareOneTokenOnRedis(t *testing.T) {
 	const appid, secret = "wx0123456789abcdef", "app-secret-0123"
-	clk := &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC))
 	srv := wechattest.NewServer(wechattest.Config{TokenTTL: 10 * time.Minute, Now: clk.Now,
 		AppDailyQuota: -1, OpenIDDailyQuota: -1})
 	t.Cleanup(srv.Close)

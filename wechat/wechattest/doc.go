@@ -1,7 +1,9 @@
 // Package wechattest is a WeChat API sandbox for the logistics open_msg
 // family: a real HTTP server on a loopback port that answers as
 // api.weixin.qq.com does, so that a client is tested against the wire
-// protocol rather than against mocks. It mirrors net/http/httptest:
+// protocol rather than against mocks. waybill's own tests import it, and so
+// can users who test their pipelines without WeChat. It mirrors
+// net/http/httptest:
 //
 //	srv := wechattest.NewServer(wechattest.Config{})
 //	defer srv.Close()

@@ -1,0 +1,95 @@
+package waybill_test
+
+import (
+	"context"
+	"os"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/kafka"
+	"github.com/waybillkit/waybill/ratelimit"
+	limitredis "github.com/waybillkit/waybill/ratelimit/redis"
+	"github.com/waybillkit/waybill/tracestore"
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// The examples below are the README's snippets, checked by
+// TestReadmeSnippetsAreExamples. They need a Kafka cluster and WeChat, so
+// they are compiled and not run.
+
+// wireKafka is the README's "Wiring the handler into your Router".
+func wireKafka(router *message.Router, logger watermill.LoggerAdapter) error {
+	tokens, _ := wechat.NewStableTokenSource(wechat.StableTokenConfig{
+		Secrets: wechat.StaticSecrets{"wx5f3a9c1d2e4b6a80": os.Getenv("WECHAT_SECRET")},
+	})
+	client, _ := wechat.NewClient(wechat.Config{Tokens: tokens})
+
+	kcfg := kafka.Config{Brokers: []string{"kafka:9092"}, ConsumerGroup: "waybill"}
+	pub, _ := kafka.NewPublisher(kcfg, logger)  // acks=all, keyed by order id
+	sub, _ := kafka.NewSubscriber(kcfg, logger) // protocol 4.0, oldest offset for a new group
+
+	h, err := waybill.NewHandler(waybill.Config{
+		Client: client, Publisher: pub, Logger: logger,
+		Position: kafka.Position, // dead letters name the record's partition and offset
+	})
+	if err != nil {
+		return err
+	}
+	h.AddTo(router, sub) // consumes order.shipped; or router.AddConsumerHandler(name, topic, sub, h.Handle)
+	return nil
+}
+
+// Handler over Kafka, as a service wires it (see cmd/waybill for the whole
+// service).
+func ExampleHandler_kafka() {
+	logger := watermill.NewSlogLogger(nil)
+	router, _ := message.NewRouter(message.RouterConfig{}, logger)
+	if err := wireKafka(router, logger); err != nil {
+		panic(err)
+	}
+}
+
+// parkOnKafka is the README's "Quotas, breakers and parking".
+func parkOnKafka(ctx context.Context, rdb *goredis.Client, client *wechat.Client, pub message.Publisher, kcfg kafka.Config) {
+	limiter, _ := ratelimit.New(ratelimit.Config{
+		Store: limitredis.NewStore(rdb, ""), // shared by every process; nil Store = in memory
+		Apps:  map[string]ratelimit.Limits{"wx5f3a9c1d2e4b6a80": {AppDaily: 50_000}},
+	})
+	parking := &waybill.ParkingConfig{} // tiers 1 min, 10 min, 1 h, plus the quota window
+	h, _ := waybill.NewHandler(waybill.Config{Client: client, Publisher: pub, Position: kafka.Position, Limiter: limiter, Parking: parking})
+
+	runner, _ := kafka.NewDelayRunner(kafka.DelayRunnerConfig{
+		// Its own consumer group: sharing the handler's, each would rebalance the other.
+		Kafka:     kafka.Config{Brokers: kcfg.Brokers, ConsumerGroup: "waybill-delay"},
+		Topics:    parking.Topics(event.OrderShippedTopic),
+		Publisher: pub, DeadLetterTopic: deadletter.DefaultTopic,
+	})
+	go runner.Run(ctx)
+	_ = h
+}
+
+// A limiter shared through Redis, and parking on delay topics with the
+// DelayRunner that brings events back.
+func ExampleParkingConfig() {
+	_ = parkOnKafka
+}
+
+// oneCall is the README's "One call per waybill".
+func oneCall(client *wechat.Client, pub message.Publisher) {
+	h, _ := waybill.NewHandler(waybill.Config{
+		Client: client, Publisher: pub,
+		TraceStore: tracestore.NewMemory(tracestore.MemoryConfig{}), // or tracestore/redis: redis.New(rdb, redis.Config{})
+	})
+	_ = h
+}
+
+// A trace store makes a redelivered or duplicate event republish its
+// waybill.traced without calling WeChat again.
+func ExampleConfig_traceStore() {
+	_ = oneCall
+}
