@@ -19,6 +19,7 @@ import (
 	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testredis"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/tracestore"
 	traceredis "github.com/waybillkit/waybill/tracestore/redis"
 	"github.com/waybillkit/waybill/wechat/wechattest"
@@ -118,7 +119,7 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	out := observe(ctx, t, brokers, in+"-observer", traced, dead)
+	out := observe(ctx, t, kafka.Config{Brokers: brokers, ConsumerGroup: in + "-observer"}, traced, dead)
 	publishEvents(t, brokers, in, events, order)
 
 	group := in + "-group"

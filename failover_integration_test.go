@@ -16,6 +16,7 @@ import (
 	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testredis"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -69,7 +70,7 @@ func TestIntegrationKilledInstanceResumesWithinTheBudget(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	out := observe(ctx, t, brokers, in+"-observer", traced, dead)
+	out := observe(ctx, t, kafka.Config{Brokers: brokers, ConsumerGroup: in + "-observer"}, traced, dead)
 
 	args := []string{
 		"-brokers", strings.Join(brokers, ","), "-group", in + "-group",

@@ -282,9 +282,9 @@ type outputs struct {
 
 // observe reads the traced and dead-letter topics in its own consumer group
 // until ctx ends.
-func observe(ctx context.Context, t *testing.T, brokers []string, group, traced, dead string) *outputs {
+func observe(ctx context.Context, t *testing.T, kc kafka.Config, traced, dead string) *outputs {
 	t.Helper()
-	sub, err := kafka.NewSubscriber(kafka.Config{Brokers: brokers, ConsumerGroup: group}, nil)
+	sub, err := kafka.NewSubscriber(kc, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Close() })
 	tracedCh, err := sub.Subscribe(ctx, traced)

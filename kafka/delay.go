@@ -87,13 +87,17 @@ func NewDelayRunner(cfg DelayRunnerConfig) (*DelayRunner, error) {
 	if cfg.DeadLetterTopic == "" {
 		cfg.DeadLetterTopic = deadletter.DefaultTopic
 	}
-	sc := cfg.Kafka.SaramaConfig()
-	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
-	// Commit exactly what was republished, nothing ahead of it.
-	sc.Consumer.Offsets.AutoCommit.Enable = false
-	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.ConsumerGroup, sc)
+	sc, err := cfg.Kafka.SaramaConfig(func(sc *sarama.Config) {
+		sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+		// Commit exactly what was republished, nothing ahead of it.
+		sc.Consumer.Offsets.AutoCommit.Enable = false
+	})
 	if err != nil {
 		return nil, fmt.Errorf("delay runner: %w", err)
+	}
+	group, err := sarama.NewConsumerGroup(cfg.Kafka.Brokers, cfg.Kafka.ConsumerGroup, sc)
+	if err != nil {
+		return nil, cfg.Kafka.Explain("delay runner", err)
 	}
 	return &DelayRunner{cfg: cfg, group: group, unmarshal: NewMarshaler().Unmarshal}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/internal/testpub"
 )
 
@@ -99,7 +100,7 @@ func TestDelayRunnerReturnsByDueTime(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 
-	admin, err := sarama.NewClusterAdmin(kc.Brokers, kc.SaramaConfig())
+	admin, err := sarama.NewClusterAdmin(kc.Brokers, testkafka.Config())
 	require.NoError(t, err)
 	defer admin.Close()
 	offsets, err := admin.ListConsumerGroupOffsets("delay-test", map[string][]int32{topics[0]: {0}, topics[1]: {0}, topics[2]: {0}})

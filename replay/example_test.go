@@ -12,6 +12,7 @@ import (
 
 	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/event"
+	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/replay"
 )
@@ -83,7 +84,7 @@ func writeDeadLetter(brokers []string, orderID string, reason deadletter.Reason,
 }
 
 func firstRecord(brokers []string, topic string) *sarama.ConsumerMessage {
-	consumer, err := sarama.NewConsumer(brokers, kafka.Config{}.SaramaConfig())
+	consumer, err := sarama.NewConsumer(brokers, testkafka.Config())
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -54,22 +54,24 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	sc := cfg.Kafka.SaramaConfig()
-	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
-	sc.Consumer.Offsets.AutoCommit.Enable = false
-	sc.Consumer.Return.Errors = true
-	// Run reads a bounded range and then stops: a short fetch wait lets
-	// it notice the end, and shut down, without idling in long polls.
-	sc.Consumer.MaxWaitTime = 50 * time.Millisecond
-	// Reading a misspelt -topic, or sending to a misspelt -to, must fail,
-	// not create the topic on a broker that auto-creates.
-	sc.Metadata.AllowAutoTopicCreation = false
-	sc.Producer.RequiredAcks = sarama.WaitForAll
-	sc.Producer.Return.Successes = true
-	sc.Producer.Retry.Max = 10
+	sc, err := cfg.Kafka.ProducerConfig(func(sc *sarama.Config) {
+		sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+		sc.Consumer.Offsets.AutoCommit.Enable = false
+		sc.Consumer.Return.Errors = true
+		// Run reads a bounded range and then stops: a short fetch wait
+		// lets it notice the end, and shut down, without idling in long
+		// polls.
+		sc.Consumer.MaxWaitTime = 50 * time.Millisecond
+		// Reading a misspelt -topic, or sending to a misspelt -to, must
+		// fail, not create the topic on a broker that auto-creates.
+		sc.Metadata.AllowAutoTopicCreation = false
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replay: %w", err)
+	}
 	client, err := sarama.NewClient(cfg.Kafka.Brokers, sc)
 	if err != nil {
-		return nil, fmt.Errorf("replay: kafka client: %w", err)
+		return nil, cfg.Kafka.Explain("replay: kafka client", err)
 	}
 	defer client.Close()
 

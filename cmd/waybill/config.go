@@ -53,10 +53,15 @@ type config struct {
 // errUsage reports bad flags or environment; the reason has been printed.
 var errUsage = errors.New("usage")
 
+// errHelp reports that -h was asked for and the usage printed: exit 0.
+var errHelp = errors.New("help")
+
 // parseArgs parses args, flags only, into fs, which prints to stderr. Bad
 // flags, -h and any other argument are errUsage, said on fs.Output().
 func parseArgs(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return errHelp
+	} else if err != nil {
 		return errUsage
 	}
 	if fs.NArg() > 0 {
@@ -64,6 +69,25 @@ func parseArgs(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
+}
+
+// fallBackToEnv sets every flag of fs not given on the command line from
+// its environment variable, when that is set.
+func fallBackToEnv(fs *flag.FlagSet, getenv func(string) string) []error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+		}
+	})
+	return errs
 }
 
 // envName is the environment variable a flag falls back to.
@@ -79,12 +103,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.SetOutput(stderr)
 	var (
 		c       config
-		brokers string
+		kf      kafkaFlags
 		parking bool
 		tiers   = durations{time.Minute, 10 * time.Minute, time.Hour}
 		prefix  string
 	)
-	fs.StringVar(&brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka `brokers`")
+	kf.register(fs)
 	fs.StringVar(&c.Kafka.ConsumerGroup, "group", "waybill", "Kafka consumer `group`; parking adds <group>-delay")
 	fs.StringVar(&c.InputTopic, "input-topic", event.OrderShippedTopic, "`topic` of order.shipped events")
 	fs.StringVar(&c.TracedTopic, "traced-topic", event.WaybillTracedTopic, "`topic` for waybill.traced events")
@@ -115,21 +139,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if err := parseArgs(fs, args); err != nil {
 		return c, err
 	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
-			return
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-		}
-	})
+	errs := fallBackToEnv(fs, getenv)
 
-	c.Kafka.Brokers = splitList(brokers)
+	if err := kf.apply(&c.Kafka); err != nil {
+		errs = append(errs, err)
+	}
 	if parking {
 		c.Parking = &waybill.ParkingConfig{Tiers: tiers, TopicPrefix: prefix}
 	}

@@ -172,7 +172,8 @@ func TestRunExitStatus(t *testing.T) {
 func TestEveryFlagDocumented(t *testing.T) {
 	var usage bytes.Buffer
 	_, err := parseConfig([]string{"-h"}, env(nil), &usage)
-	require.ErrorIs(t, err, errUsage)
+	require.ErrorIs(t, err, errHelp)
+	assert.Equal(t, 0, run(context.Background(), []string{"-h"}, env(nil), &bytes.Buffer{}), "-h is no error")
 	flags := regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(usage.String(), -1)
 	require.NotEmpty(t, flags)
 	src, err := os.ReadFile("main.go")

@@ -13,6 +13,15 @@
 //
 //	-brokers            WAYBILL_BROKERS            comma-separated Kafka brokers (127.0.0.1:9092)
 //	-group              WAYBILL_GROUP              consumer group (waybill); parking adds <group>-delay
+//	-kafka-sasl-mechanism   WAYBILL_KAFKA_SASL_MECHANISM   PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (none)
+//	-kafka-sasl-user        WAYBILL_KAFKA_SASL_USER        SASL user
+//	-kafka-sasl-password-file WAYBILL_KAFKA_SASL_PASSWORD_FILE file holding the SASL password
+//	-kafka-tls              WAYBILL_KAFKA_TLS              connect over TLS (on with any TLS file)
+//	-kafka-tls-ca-file      WAYBILL_KAFKA_TLS_CA_FILE      PEM CAs of the brokers (the system's)
+//	-kafka-tls-cert-file    WAYBILL_KAFKA_TLS_CERT_FILE    client certificate, for mutual TLS
+//	-kafka-tls-key-file     WAYBILL_KAFKA_TLS_KEY_FILE     client key, for mutual TLS
+//	-kafka-tls-server-name  WAYBILL_KAFKA_TLS_SERVER_NAME  name the brokers' certificates carry
+//	-kafka-no-idempotence   WAYBILL_KAFKA_NO_IDEMPOTENCE   turn off the idempotent producer
 //	-input-topic        WAYBILL_INPUT_TOPIC        order.shipped events (order.shipped)
 //	-traced-topic       WAYBILL_TRACED_TOPIC       waybill.traced events (waybill.traced)
 //	-dead-letter-topic  WAYBILL_DEAD_LETTER_TOPIC  dead letters (order.shipped.dead)
@@ -83,6 +92,15 @@
 // Its flags have no environment variables:
 //
 //	-brokers      comma-separated Kafka brokers (default 127.0.0.1:9092)
+//	-kafka-sasl-mechanism  SASL mechanism, as for the service
+//	-kafka-sasl-user  SASL user
+//	-kafka-sasl-password-file  file holding the SASL password
+//	-kafka-tls    connect over TLS
+//	-kafka-tls-ca-file  PEM CAs of the brokers
+//	-kafka-tls-cert-file  client certificate, for mutual TLS
+//	-kafka-tls-key-file  client key, for mutual TLS
+//	-kafka-tls-server-name  name the brokers' certificates carry
+//	-kafka-no-idempotence  turn off the idempotent producer
 //	-topic        dead-letter topic to read (default order.shipped.dead)
 //	-to           send every selected event to this topic instead of its source topic
 //	-reason       comma-separated reasons: invalid_event, permanent, configuration,
@@ -111,12 +129,13 @@
 // command again resumes where it stopped. If it dies instead, the rerun
 // republishes again at most -batch events per partition.
 //
-// Exit status: 0 when the replay completed, 1 when it failed or was
-// interrupted, 2 for bad flags.
+// Exit status: 0 when the replay completed (or for -h), 1 when it failed or
+// was interrupted, 2 for bad flags.
 package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -129,7 +148,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == replayCommand {
 		// Every signal only interrupts a replay, which then commits what it
 		// republished and exits 1.
-		os.Exit(replayMain(ctx, os.Args[2:], os.Stdout, os.Stderr, isTerminal(os.Stderr)))
+		os.Exit(replayMain(ctx, os.Args[2:], os.Getenv, os.Stdout, os.Stderr, isTerminal(os.Stderr)))
 	}
 	go func() {
 		<-ctx.Done()
@@ -142,6 +161,9 @@ func main() {
 // ends. It returns the exit status.
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) int {
 	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, errHelp) {
+		return 0
+	}
 	if err != nil {
 		return 2
 	}

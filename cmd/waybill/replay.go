@@ -22,9 +22,11 @@ const replayCommand = "replay"
 // replayMain runs `waybill replay` with args (those after "replay") and
 // returns its exit status: 0 when the replay completed, 1 when it failed or
 // was interrupted, 2 for bad flags.
-func replayMain(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) int {
-	err := runReplay(ctx, args, stdout, stderr, tty)
+func replayMain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, tty bool) int {
+	err := runReplay(ctx, args, getenv, stdout, stderr, tty)
 	switch {
+	case errors.Is(err, errHelp):
+		return 0
 	case errors.Is(err, errUsage):
 		return 2
 	case err != nil:
@@ -42,8 +44,8 @@ func isTerminal(f *os.File) bool {
 
 // runReplay parses the arguments of `waybill replay`, replays, and writes
 // results to stdout and progress to stderr (a bar when tty is true).
-func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) error {
-	cfg, err := parseReplayFlags(args, stderr)
+func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, tty bool) error {
+	cfg, err := parseReplayFlags(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
@@ -65,15 +67,16 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, tty
 
 // parseReplayFlags reads the flags of `waybill replay`. Errors are printed
 // to stderr and reported as errUsage.
-func parseReplayFlags(args []string, stderr io.Writer) (replay.Config, error) {
+func parseReplayFlags(args []string, getenv func(string) string, stderr io.Writer) (replay.Config, error) {
 	fs := flag.NewFlagSet("waybill replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		cfg                            replay.Config
-		brokers, reasons, codes, appid string
-		orders, since, until           string
+		cfg                   replay.Config
+		kf                    kafkaFlags
+		reasons, codes, appid string
+		orders, since, until  string
 	)
-	fs.StringVar(&brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka brokers")
+	kf.register(fs)
 	fs.StringVar(&cfg.Topic, "topic", deadletter.DefaultTopic, "dead-letter topic to read")
 	fs.StringVar(&cfg.To, "to", "", "send every selected event to this topic instead of its source topic")
 	fs.StringVar(&reasons, "reason", "", "comma-separated dead-letter reasons")
@@ -88,19 +91,21 @@ func parseReplayFlags(args []string, stderr io.Writer) (replay.Config, error) {
 	fs.IntVar(&cfg.Batch, "batch", replay.DefaultBatch, "records between two commits of the position")
 	fs.StringVar(&cfg.Kafka.ConsumerGroup, "group", "", "consumer group (default: named after the topic, -to and the filters)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: waybill replay [flags]\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: waybill replay [flags]\n\nEvery flag -x-y falls back to the environment variable %sX_Y.\n\n", envPrefix)
 		fs.PrintDefaults()
 	}
 	if err := parseArgs(fs, args); err != nil {
 		return cfg, err
 	}
 
-	cfg.Kafka.Brokers = splitList(brokers)
+	errs := fallBackToEnv(fs, getenv)
+	if err := kf.apply(&cfg.Kafka); err != nil {
+		errs = append(errs, err)
+	}
 	for _, r := range splitList(reasons) {
 		cfg.Filter.Reasons = append(cfg.Filter.Reasons, deadletter.Reason(r))
 	}
 	cfg.Filter.AppIDs, cfg.Filter.OrderIDs = splitList(appid), splitList(orders)
-	var errs []error
 	for _, c := range splitList(codes) {
 		n, err := strconv.Atoi(c)
 		if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/demo"
+	"github.com/waybillkit/waybill/internal/testkafka"
 	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/replay"
 	"github.com/waybillkit/waybill/wechat/wechattest"
@@ -62,7 +63,7 @@ func deadLettered(t *testing.T) string {
 // records counts the records of topic.
 func records(t *testing.T, broker, topic string) int64 {
 	t.Helper()
-	client, err := sarama.NewClient([]string{broker}, kafka.Config{}.SaramaConfig())
+	client, err := sarama.NewClient([]string{broker}, testkafka.Config())
 	require.NoError(t, err)
 	defer client.Close()
 	parts, err := client.Partitions(topic)
@@ -81,7 +82,7 @@ func runReplayCmd(t *testing.T, tty bool, args ...string) (stdout, stderr string
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	err = runReplay(ctx, args, &out, &errOut, tty)
+	err = runReplay(ctx, args, env(nil), &out, &errOut, tty)
 	return out.String(), errOut.String(), err
 }
 
@@ -155,7 +156,7 @@ func TestReplayFlagsBuildTheConfig(t *testing.T) {
 	cfg, err := parseReplayFlags([]string{"-brokers", "127.0.0.1:1,127.0.0.1:2", "-topic", "d", "-to", "o",
 		"-reason", "configuration,permanent", "-errcode", "48001, 61007", "-appid", "wxA", "-order-id", "O1,O2",
 		"-since", "2026-11-01T00:00:00Z", "-until", "2026-11-02T08:00:00+08:00", "-dry-run", "-rate", "50",
-		"-max-replays", "5", "-batch", "10", "-group", "g"}, &stderr)
+		"-max-replays", "5", "-batch", "10", "-group", "g"}, env(nil), &stderr)
 	require.NoError(t, err, stderr.String())
 	assert.Equal(t, []string{"127.0.0.1:1", "127.0.0.1:2"}, cfg.Kafka.Brokers)
 	assert.Equal(t, "g", cfg.Kafka.ConsumerGroup)
@@ -187,22 +188,23 @@ func TestReplayExitStatus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	assert.Equal(t, 0, replayMain(ctx, []string{"-brokers", cluster.ListenAddrs()[0]}, &stdout, &stderr, false), stderr.String())
+	assert.Equal(t, 0, replayMain(ctx, []string{"-brokers", cluster.ListenAddrs()[0]}, env(nil), &stdout, &stderr, false), stderr.String())
 	assert.Contains(t, stdout.String(), "0 scanned, 0 replayed")
 
 	stderr.Reset()
-	assert.Equal(t, 1, replayMain(ctx, []string{"-brokers", cluster.ListenAddrs()[0], "-topic", "no.such.topic"}, &stdout, &stderr, false))
+	assert.Equal(t, 1, replayMain(ctx, []string{"-brokers", cluster.ListenAddrs()[0], "-topic", "no.such.topic"}, env(nil), &stdout, &stderr, false))
 	assert.Contains(t, stderr.String(), "replay: partitions of the dead-letter topic")
 
-	assert.Equal(t, 2, replayMain(ctx, []string{"-rate", "fast"}, &stdout, &stderr, false))
+	assert.Equal(t, 2, replayMain(ctx, []string{"-rate", "fast"}, env(nil), &stdout, &stderr, false))
 }
 
 // TestReplayEveryFlagDocumented keeps the replay section of the package
 // comment in step with the flags of waybill replay.
 func TestReplayEveryFlagDocumented(t *testing.T) {
 	var usage bytes.Buffer
-	_, err := parseReplayFlags([]string{"-h"}, &usage)
-	require.ErrorIs(t, err, errUsage)
+	_, err := parseReplayFlags([]string{"-h"}, env(nil), &usage)
+	require.ErrorIs(t, err, errHelp)
+	assert.Equal(t, 0, replayMain(context.Background(), []string{"-h"}, env(nil), &bytes.Buffer{}, &bytes.Buffer{}, false), "-h is no error")
 	assert.True(t, strings.HasPrefix(usage.String(), "Usage: waybill replay [flags]\n"), usage.String())
 	flags := regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(usage.String(), -1)
 	require.NotEmpty(t, flags)
