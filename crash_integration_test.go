@@ -65,7 +65,7 @@ func TestIntegrationCrashRecoveryOneCallPerWaybill(t *testing.T) {
 	rdb := testredis.Client(t)
 	prefix := testredis.Prefix(t)
 	in, traced, dead := testkafka.Topic(t, "shipped"), testkafka.Topic(t, "traced"), testkafka.Topic(t, "dead")
-	for _, topic := range []string{in, traced, dead} {
+	for _, topic := range append([]string{in, traced, dead}, ParkingConfig{}.Topics(in)...) {
 		testkafka.CreateTopic(t, brokers, topic, partitions)
 	}
 	bin := buildService(t)

@@ -15,8 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
-	"github.com/waybillkit/waybill/deadletter"
-	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
@@ -43,11 +41,16 @@ type config struct {
 	AppLimits map[string]ratelimit.Limits
 	ClaimTTL  time.Duration
 	LogLevel  slog.Level
+	LogFormat string // "text" or "json"
 	// StatsInterval is how often the handler's counters are logged at debug
 	// level.
 	StatsInterval time.Duration
 	// ShutdownTimeout is how long in-flight events may run after a signal.
 	ShutdownTimeout time.Duration
+	// CreateTopics creates missing topics at start, with TopicPartitions
+	// and TopicReplication; without it the service refuses to start.
+	CreateTopics                      bool
+	TopicPartitions, TopicReplication int
 }
 
 // errUsage reports bad flags or environment; the reason has been printed.
@@ -102,24 +105,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs := flag.NewFlagSet("waybill", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		c       config
-		kf      kafkaFlags
-		parking bool
-		tiers   = durations{time.Minute, 10 * time.Minute, time.Hour}
-		prefix  string
+		c  config
+		kf kafkaFlags
+		tf topicFlags
 	)
 	kf.register(fs)
 	fs.StringVar(&c.Kafka.ConsumerGroup, "group", "waybill", "Kafka consumer `group`; parking adds <group>-delay")
-	fs.StringVar(&c.InputTopic, "input-topic", event.OrderShippedTopic, "`topic` of order.shipped events")
-	fs.StringVar(&c.TracedTopic, "traced-topic", event.WaybillTracedTopic, "`topic` for waybill.traced events")
-	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", deadletter.DefaultTopic, "`topic` for dead letters")
+	tf.register(fs)
+	fs.BoolVar(&c.CreateTopics, "create-topics", false, "create missing topics at start (-topic-partitions, -topic-replication) instead of refusing to start")
 	fs.StringVar(&c.WeChatURL, "wechat-url", wechat.DefaultBaseURL, "WeChat API base `URL`")
 	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required)")
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key")
-	fs.BoolVar(&parking, "parking", true, "park events that must wait on delay topics instead of holding their partition (-parking=false: wait in place)")
-	fs.Var(&tiers, "parking-tiers", "comma-separated ascending `delays` of the delay topics")
-	fs.StringVar(&prefix, "parking-prefix", "", "`prefix` of the delay topics (default <input-topic>.delay.)")
 	fs.Int64Var(&c.Limits.AppDaily, "app-daily", ratelimit.DefaultAppDaily, "daily calls per appid; negative: no limit")
 	fs.Int64Var(&c.Limits.UserDaily, "user-daily", ratelimit.DefaultUserDaily, "daily calls per buyer and appid; negative: no limit")
 	fs.Float64Var(&c.Limits.Rate, "rate", ratelimit.DefaultRate, "smooth calls per second per appid; negative: no limit")
@@ -127,12 +124,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.Var((*appLimits)(&c.AppLimits), "app-limits", "per-appid overrides `appid:key=value:...,...` with keys app_daily, user_daily, rate, burst")
 	fs.DurationVar(&c.ClaimTTL, "claim-ttl", 15*time.Second, "how long a crashed process's claim on a waybill blocks others (live claims are renewed every third of it)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "`level`: debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "`format` of the log: text (key=value) or json (one object a line, for log shippers)")
 	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight events may finish after SIGINT or SIGTERM")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n       waybill %[1]s [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n       waybill %[1]s [flags]\n       waybill %[3]s check|create [flags]\n\n"+
 			"The service's flags follow; every flag -x-y falls back to the environment variable %[2]sX_Y.\n"+
-			"waybill %[1]s -h lists the flags of the command that sends dead letters back.\n\n", replayCommand, envPrefix)
+			"waybill %[1]s -h lists the flags of the command that sends dead letters back;\n"+
+			"waybill %[3]s check|create checks or creates the topics these flags name.\n\n", replayCommand, envPrefix, topicsCommand)
 		fs.PrintDefaults()
 	}
 
@@ -144,9 +143,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if err := kf.apply(&c.Kafka); err != nil {
 		errs = append(errs, err)
 	}
-	if parking {
-		c.Parking = &waybill.ParkingConfig{Tiers: tiers, TopicPrefix: prefix}
-	}
+	c.InputTopic, c.TracedTopic, c.DeadLetterTopic = tf.input, tf.traced, tf.dead
+	c.Parking = tf.parkingConfig()
+	c.TopicPartitions, c.TopicReplication = tf.partitions, tf.replication
 	if err := errors.Join(append(errs, c.validate())...); err != nil {
 		fmt.Fprintln(stderr, "waybill:", err)
 		return c, errUsage
@@ -159,6 +158,9 @@ func (c *config) validate() error {
 	var errs []error
 	if len(c.Kafka.Brokers) == 0 {
 		errs = append(errs, errors.New("-brokers is empty"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("-log-format %q is not text or json", c.LogFormat))
 	}
 	if c.SecretsFile == "" {
 		errs = append(errs, fmt.Errorf("-secrets-file (or %s) is required", envName("secrets-file")))

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -184,4 +185,44 @@ func TestEveryFlagDocumented(t *testing.T) {
 	}
 	assert.Len(t, regexp.MustCompile(`(?m)^//\t-[a-z-]+ +WAYBILL_`).FindAllString(string(src), -1), len(flags),
 		"the package comment lists a flag that does not exist")
+}
+
+// TestDeployFilesNameRealFlags: every WAYBILL_* variable the systemd unit
+// and its example environment file set is a flag's variable, so a typo in
+// a deployment file is caught here rather than silently ignored.
+func TestDeployFilesNameRealFlags(t *testing.T) {
+	var usage bytes.Buffer
+	_, err := parseConfig([]string{"-h"}, env(nil), &usage)
+	require.ErrorIs(t, err, errHelp)
+	known := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z-]+)`).FindAllStringSubmatch(usage.String(), -1) {
+		known[envName(m[1])] = true
+	}
+	seen := 0
+	for _, f := range []string{"../../deploy/waybill.service", "../../deploy/waybill.env.example"} {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		for _, m := range regexp.MustCompile(`(?m)^(?:Environment=)?(WAYBILL_[A-Z_]+)=`).FindAllStringSubmatch(string(b), -1) {
+			seen++
+			assert.True(t, known[m[1]], "%s sets %s, which no flag reads", f, m[1])
+		}
+	}
+	assert.Greater(t, seen, 5, "the deployment files set the service's variables")
+}
+
+// TestLogFormat: -log-format json writes one JSON object a line; anything
+// but text or json is a usage error.
+func TestLogFormat(t *testing.T) {
+	var logs bytes.Buffer
+	// No secrets file on disk: the service logs why it cannot start, as JSON.
+	code := run(context.Background(), []string{"-secrets-file", filepath.Join(t.TempDir(), "none"), "-log-format", "json"}, env(nil), &logs)
+	assert.Equal(t, 1, code)
+	var line map[string]any
+	require.NoError(t, json.Unmarshal(bytes.SplitN(logs.Bytes(), []byte("\n"), 2)[0], &line), logs.String())
+	assert.Equal(t, "waybill cannot start", line["msg"])
+
+	var out bytes.Buffer
+	_, err := parseConfig([]string{"-secrets-file", "s", "-log-format", "xml"}, env(nil), &out)
+	require.ErrorIs(t, err, errUsage)
+	assert.Contains(t, out.String(), `-log-format "xml" is not text or json`)
 }

@@ -32,6 +32,9 @@
 //	-parking            WAYBILL_PARKING            park waiting events on delay topics (true)
 //	-parking-tiers      WAYBILL_PARKING_TIERS      delays of the delay topics (1m,10m,1h)
 //	-parking-prefix     WAYBILL_PARKING_PREFIX     delay topic prefix (<input-topic>.delay.)
+//	-create-topics      WAYBILL_CREATE_TOPICS      create missing topics at start instead of refusing to start (false)
+//	-topic-partitions   WAYBILL_TOPIC_PARTITIONS   partitions of each topic created (6)
+//	-topic-replication  WAYBILL_TOPIC_REPLICATION  replicas of each topic created (3)
 //	-app-daily          WAYBILL_APP_DAILY          calls per appid a day (100000; negative: no limit)
 //	-user-daily         WAYBILL_USER_DAILY         calls per buyer and appid a day (100; negative: no limit)
 //	-rate               WAYBILL_RATE               calls per second per appid (20; negative: no limit)
@@ -39,6 +42,7 @@
 //	-app-limits         WAYBILL_APP_LIMITS         per-appid overrides, e.g. wx1:app_daily=5000:rate=2,wx2:rate=1
 //	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (15s)
 //	-log-level          WAYBILL_LOG_LEVEL          debug, info, warn or error (info)
+//	-log-format         WAYBILL_LOG_FORMAT         text or json (text)
 //	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
 //	-shutdown-timeout   WAYBILL_SHUTDOWN_TIMEOUT   how long in-flight events may finish after a signal (30s)
 //
@@ -58,8 +62,15 @@
 // waybills stay blocked; keep it under the 25 s a delivery may wait in
 // place, so that the events behind them resume within that.
 //
-// The topics must exist, or the brokers must create them. Parking is on by
-// default, because a service provider's topic mixes merchants: events that
+// Every topic the flags name must exist: at start the service checks them
+// (input, traced, dead letter and each delay tier) and refuses to start,
+// naming the missing ones, unless -create-topics makes them. `waybill
+// topics check` lists them with their partitions and replication; `waybill
+// topics create` makes the missing ones, idempotently, with
+// -topic-partitions and -topic-replication. It takes the service's Kafka
+// and topic flags.
+//
+// Parking is on by default, because a service provider's topic mixes merchants: events that
 // must wait (a spent quota, WeChat not knowing the waybill yet, an appid's
 // breaker open) move to the delay topics <prefix><tier> and <prefix>window,
 // which must exist too, and a delay runner in the same process (consumer
@@ -111,6 +122,8 @@
 //	-since        RFC 3339 time: last failure at or after it
 //	-until        RFC 3339 time: last failure before it
 //	-dry-run      print what would move; publish and commit nothing
+//	-json         one JSON object a line on stdout: each record read
+//	              ({"type":"record",…}), then the report ({"type":"report",…})
 //	-rate         events per second at most (0: no cap)
 //	-max-replays  skip events replayed this often already (default 3)
 //	-batch        records between two commits of the position (default 100)
@@ -145,6 +158,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if len(os.Args) > 1 && os.Args[1] == topicsCommand {
+		os.Exit(topicsMain(os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
+	}
 	if len(os.Args) > 1 && os.Args[1] == replayCommand {
 		// Every signal only interrupts a replay, which then commits what it
 		// republished and exits 1.
@@ -167,7 +183,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(h)
 	svc, err := build(ctx, cfg, log)
 	if err != nil {
 		log.Error("waybill cannot start", "err", err)

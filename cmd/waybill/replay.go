@@ -45,9 +45,12 @@ func isTerminal(f *os.File) bool {
 // runReplay parses the arguments of `waybill replay`, replays, and writes
 // results to stdout and progress to stderr (a bar when tty is true).
 func runReplay(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, tty bool) error {
-	cfg, err := parseReplayFlags(args, getenv, stderr)
+	cfg, asJSON, err := parseReplayFlags(args, getenv, stderr)
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		return replayJSON(ctx, cfg, stdout, stderr, tty)
 	}
 	verb := "replaying"
 	if cfg.DryRun {
@@ -67,11 +70,10 @@ func runReplay(ctx context.Context, args []string, getenv func(string) string, s
 
 // parseReplayFlags reads the flags of `waybill replay`. Errors are printed
 // to stderr and reported as errUsage.
-func parseReplayFlags(args []string, getenv func(string) string, stderr io.Writer) (replay.Config, error) {
+func parseReplayFlags(args []string, getenv func(string) string, stderr io.Writer) (cfg replay.Config, asJSON bool, err error) {
 	fs := flag.NewFlagSet("waybill replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		cfg                   replay.Config
 		kf                    kafkaFlags
 		reasons, codes, appid string
 		orders, since, until  string
@@ -86,6 +88,7 @@ func parseReplayFlags(args []string, getenv func(string) string, stderr io.Write
 	fs.StringVar(&since, "since", "", "RFC 3339 time: last failure at or after it")
 	fs.StringVar(&until, "until", "", "RFC 3339 time: last failure before it")
 	fs.BoolVar(&cfg.DryRun, "dry-run", false, "print what would move; publish and commit nothing")
+	fs.BoolVar(&asJSON, "json", false, "write one JSON object a line: every record read, then the report")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "events per second at most (0: no cap)")
 	fs.IntVar(&cfg.MaxReplays, "max-replays", replay.DefaultMaxReplays, "skip events replayed this often already")
 	fs.IntVar(&cfg.Batch, "batch", replay.DefaultBatch, "records between two commits of the position")
@@ -95,7 +98,7 @@ func parseReplayFlags(args []string, getenv func(string) string, stderr io.Write
 		fs.PrintDefaults()
 	}
 	if err := parseArgs(fs, args); err != nil {
-		return cfg, err
+		return cfg, asJSON, err
 	}
 
 	errs := fallBackToEnv(fs, getenv)
@@ -130,9 +133,9 @@ func parseReplayFlags(args []string, getenv func(string) string, stderr io.Write
 	}
 	if len(errs) > 0 {
 		fmt.Fprintln(stderr, errors.Join(errs...))
-		return cfg, errUsage
+		return cfg, asJSON, errUsage
 	}
-	return cfg, nil
+	return cfg, asJSON, nil
 }
 
 // describe is the one-line account of an event. It holds no personal data:

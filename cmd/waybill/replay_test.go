@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"regexp"
@@ -153,7 +154,7 @@ func TestReplayBadFlags(t *testing.T) {
 
 func TestReplayFlagsBuildTheConfig(t *testing.T) {
 	var stderr bytes.Buffer
-	cfg, err := parseReplayFlags([]string{"-brokers", "127.0.0.1:1,127.0.0.1:2", "-topic", "d", "-to", "o",
+	cfg, _, err := parseReplayFlags([]string{"-brokers", "127.0.0.1:1,127.0.0.1:2", "-topic", "d", "-to", "o",
 		"-reason", "configuration,permanent", "-errcode", "48001, 61007", "-appid", "wxA", "-order-id", "O1,O2",
 		"-since", "2026-11-01T00:00:00Z", "-until", "2026-11-02T08:00:00+08:00", "-dry-run", "-rate", "50",
 		"-max-replays", "5", "-batch", "10", "-group", "g"}, env(nil), &stderr)
@@ -202,7 +203,7 @@ func TestReplayExitStatus(t *testing.T) {
 // comment in step with the flags of waybill replay.
 func TestReplayEveryFlagDocumented(t *testing.T) {
 	var usage bytes.Buffer
-	_, err := parseReplayFlags([]string{"-h"}, env(nil), &usage)
+	_, _, err := parseReplayFlags([]string{"-h"}, env(nil), &usage)
 	require.ErrorIs(t, err, errHelp)
 	assert.Equal(t, 0, replayMain(context.Background(), []string{"-h"}, env(nil), &bytes.Buffer{}, &bytes.Buffer{}, false), "-h is no error")
 	assert.True(t, strings.HasPrefix(usage.String(), "Usage: waybill replay [flags]\n"), usage.String())
@@ -221,4 +222,37 @@ func TestReplayEveryFlagDocumented(t *testing.T) {
 		return out
 	}
 	assert.ElementsMatch(t, names(flags), names(documented))
+}
+
+// TestReplayJSONIsMachineReadable: with -json every stdout line is a JSON
+// object, one per record read and the report last, with the same counts
+// the text output gives.
+func TestReplayJSONIsMachineReadable(t *testing.T) {
+	broker := deadLettered(t)
+	stdout, _, err := runReplayCmd(t, false, "-brokers", broker, "-reason", "configuration", "-errcode", "48001", "-dry-run", "-json")
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	require.Len(t, lines, 5, "four records and the report")
+	would := 0
+	for _, l := range lines[:4] {
+		var rec jsonRecord
+		require.NoError(t, json.Unmarshal([]byte(l), &rec), l)
+		assert.Equal(t, "record", rec.Type)
+		if rec.Outcome == "would_replay" {
+			would++
+			assert.Equal(t, "configuration", rec.Reason)
+			require.NotNil(t, rec.Errcode)
+			assert.Equal(t, 48001, *rec.Errcode)
+			assert.Equal(t, demo.SportShop, rec.AppID)
+			assert.Equal(t, event.OrderShippedTopic, rec.To)
+		}
+	}
+	assert.Equal(t, 2, would)
+	var rep jsonReport
+	require.NoError(t, json.Unmarshal([]byte(lines[4]), &rep))
+	assert.Equal(t, "report", rep.Type)
+	assert.True(t, rep.DryRun)
+	assert.Equal(t, jsonCounts{Scanned: 4, Replayed: 2, SkippedByFilter: 2}, rep.Counts)
+	assert.Equal(t, 2, rep.ByReason["configuration"].Replayed)
+	assert.Empty(t, rep.Error)
 }

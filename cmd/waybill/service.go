@@ -61,6 +61,16 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	if err != nil {
 		return nil, err
 	}
+	// Before anything else touches Kafka: a wrong password or CA, or a
+	// missing delay topic, is said at once and by name.
+	created, err := ensureTopics(cfg.Kafka, neededTopics(cfg.InputTopic, cfg.TracedTopic, cfg.DeadLetterTopic, cfg.Parking),
+		cfg.CreateTopics, cfg.TopicPartitions, cfg.TopicReplication)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range created {
+		log.Info("created topic", "topic", t, "partitions", cfg.TopicPartitions, "replication", cfg.TopicReplication)
+	}
 
 	// Without Redis every store lives in this process; with it, processes
 	// sharing the prefix share tokens, quotas and traces.

@@ -1,0 +1,20 @@
+# The waybill service, built from this repository alone:
+#   docker build -t waybill .
+#   docker run --rm waybill -h
+# Build: the Go toolchain named by go.mod, modules from the proxy.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+# Static: no libc in the runtime image; -trimpath keeps build paths out.
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/waybill ./cmd/waybill
+
+# Runtime: CA roots for WeChat's and managed Kafka's TLS, tzdata is
+# embedded by the binary, and nothing else.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/waybill /usr/local/bin/waybill
+# Secrets (app secrets, the Kafka password) are mounted as files and named by
+# WAYBILL_SECRETS_FILE and WAYBILL_KAFKA_SASL_PASSWORD_FILE, never baked in.
+USER nonroot:nonroot
+ENTRYPOINT ["/usr/local/bin/waybill"]
