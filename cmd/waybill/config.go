@@ -31,6 +31,11 @@ type config struct {
 	WeChatURL                                string
 	// SecretsFile holds appid=secret lines; read at startup, never logged.
 	SecretsFile string
+	// ConfigFile is the YAML file whose keys are the flags' names, plus
+	// merchants; "" means none.
+	ConfigFile string
+	// Merchants come from the config file, their secrets resolved.
+	Merchants []merchant
 	// Redis is host:port or a redis:// (rediss://) URL; "" keeps every store
 	// in memory.
 	Redis       string
@@ -114,7 +119,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	tf.register(fs)
 	fs.BoolVar(&c.CreateTopics, "create-topics", false, "create missing topics at start (-topic-partitions, -topic-replication) instead of refusing to start")
 	fs.StringVar(&c.WeChatURL, "wechat-url", wechat.DefaultBaseURL, "WeChat API base `URL`")
-	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required)")
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML `file` with the flags' names as keys and a merchants list; the command line and WAYBILL_* override it")
+	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required unless the config file lists merchants)")
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key")
 	fs.Int64Var(&c.Limits.AppDaily, "app-daily", ratelimit.DefaultAppDaily, "daily calls per appid; negative: no limit")
@@ -139,7 +145,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return c, err
 	}
 	errs := fallBackToEnv(fs, getenv)
-
+	if c.ConfigFile != "" {
+		m, err := applyConfigFile(fs, c.ConfigFile, getenv)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Merchants = m
+		for _, mc := range m {
+			if _, ok := c.AppLimits[mc.AppID]; !ok && mc.Limits != (ratelimit.Limits{}) {
+				if c.AppLimits == nil {
+					c.AppLimits = map[string]ratelimit.Limits{}
+				}
+				c.AppLimits[mc.AppID] = mc.Limits // -app-limits, where given, wins
+			}
+		}
+	}
 	if err := kf.apply(&c.Kafka); err != nil {
 		errs = append(errs, err)
 	}
@@ -162,8 +182,8 @@ func (c *config) validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("-log-format %q is not text or json", c.LogFormat))
 	}
-	if c.SecretsFile == "" {
-		errs = append(errs, fmt.Errorf("-secrets-file (or %s) is required", envName("secrets-file")))
+	if c.SecretsFile == "" && len(c.Merchants) == 0 {
+		errs = append(errs, fmt.Errorf("-secrets-file (or %s, or merchants in -config) is required", envName("secrets-file")))
 	}
 	if c.Redis != "" {
 		if _, err := redisOptions(c.Redis); err != nil {
@@ -208,6 +228,25 @@ func redisOptions(s string) (*redis.Options, error) {
 // loadSecrets reads a file of appid=secret lines. Blank lines and lines
 // starting with # are skipped. Errors name the line, never its content, which
 // may be a secret.
+// secrets are the app secrets of -secrets-file and of the config file's
+// merchants; an appid in both is an error.
+func (c *config) secrets() (wechat.StaticSecrets, error) {
+	secrets := wechat.StaticSecrets{}
+	if c.SecretsFile != "" {
+		var err error
+		if secrets, err = loadSecrets(c.SecretsFile); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range c.Merchants {
+		if _, dup := secrets[m.AppID]; dup {
+			return nil, fmt.Errorf("appid %s is in both %s and the merchants of %s", m.AppID, c.SecretsFile, c.ConfigFile)
+		}
+		secrets[m.AppID] = m.Secret
+	}
+	return secrets, nil
+}
+
 func loadSecrets(path string) (wechat.StaticSecrets, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -305,25 +344,35 @@ func (a *appLimits) Set(s string) error {
 		var l ratelimit.Limits
 		for _, kv := range parts[1:] {
 			k, v, _ := strings.Cut(kv, "=")
-			var err error
-			switch k {
-			case "app_daily":
-				l.AppDaily, err = strconv.ParseInt(v, 10, 64)
-			case "user_daily":
-				l.UserDaily, err = strconv.ParseInt(v, 10, 64)
-			case "rate":
-				l.Rate, err = strconv.ParseFloat(v, 64)
-			case "burst":
-				l.Burst, err = strconv.Atoi(v)
-			default:
-				return fmt.Errorf("%q: unknown key %q (want app_daily, user_daily, rate or burst)", item, k)
-			}
-			if err != nil {
-				return fmt.Errorf("%q: %s: %w", item, k, err)
+			if err := setLimit(&l, k, v); err != nil {
+				return fmt.Errorf("%q: %w", item, err)
 			}
 		}
 		out[appid] = l
 	}
 	*a = out
+	return nil
+}
+
+// setLimit sets the limit named k (app_daily, user_daily, rate or burst)
+// of l to v: the keys of -app-limits and of a merchant's limits in the
+// config file.
+func setLimit(l *ratelimit.Limits, k, v string) error {
+	var err error
+	switch k {
+	case "app_daily":
+		l.AppDaily, err = strconv.ParseInt(v, 10, 64)
+	case "user_daily":
+		l.UserDaily, err = strconv.ParseInt(v, 10, 64)
+	case "rate":
+		l.Rate, err = strconv.ParseFloat(v, 64)
+	case "burst":
+		l.Burst, err = strconv.Atoi(v)
+	default:
+		return fmt.Errorf("unknown key %q (want app_daily, user_daily, rate or burst)", k)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", k, err)
+	}
 	return nil
 }

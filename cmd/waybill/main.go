@@ -26,7 +26,8 @@
 //	-traced-topic       WAYBILL_TRACED_TOPIC       waybill.traced events (waybill.traced)
 //	-dead-letter-topic  WAYBILL_DEAD_LETTER_TOPIC  dead letters (order.shipped.dead)
 //	-wechat-url         WAYBILL_WECHAT_URL         WeChat API base URL (https://api.weixin.qq.com)
-//	-secrets-file       WAYBILL_SECRETS_FILE       file of appid=secret lines; required
+//	-config             WAYBILL_CONFIG             YAML file: the flags' names as keys, plus merchants
+//	-secrets-file       WAYBILL_SECRETS_FILE       file of appid=secret lines; required unless -config lists merchants
 //	-redis              WAYBILL_REDIS              host:port or redis:// / rediss:// URL; empty: in memory
 //	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key (waybill:)
 //	-parking            WAYBILL_PARKING            park waiting events on delay topics (true)

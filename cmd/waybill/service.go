@@ -57,7 +57,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 			s.close()
 		}
 	}()
-	secrets, err := loadSecrets(cfg.SecretsFile)
+	secrets, err := cfg.secrets()
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/waybillkit/waybill/ratelimit"
+)
+
+// merchant is one entry of the config file's merchants: an appid, where its
+// secret is (by reference: a file or an environment variable, never the
+// secret itself) and its own limits.
+type merchant struct {
+	AppID  string
+	Secret string // resolved from SecretFile or SecretEnv
+	Limits ratelimit.Limits
+	line   int
+}
+
+// applyConfigFile sets, from the YAML file at path, every flag of fs not
+// already set (on the command line or by the environment), and returns the
+// file's merchants. Top-level keys are the flags' names; a list value is
+// joined with commas. Unknown keys, in the file or in a merchant, are
+// errors that name the line.
+func applyConfigFile(fs *flag.FlagSet, path string, getenv func(string) string) ([]merchant, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-config: %w", err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(root.Content) == 0 {
+		return nil, nil // an empty file
+	}
+	doc := root.Content[0]
+	if doc.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("config %s line %d: want a mapping of flag names to values", path, doc.Line)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	var merchants []merchant
+	at := func(n *yaml.Node, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config %s line %d: %s", path, n.Line, fmt.Sprintf(format, args...)))
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		if seen[k.Value] {
+			at(k, "key %q given twice", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		switch {
+		case k.Value == "merchants":
+			merchants = parseMerchants(v, getenv, at)
+			continue
+		case k.Value == "config":
+			at(k, "a config file cannot name another")
+			continue
+		case fs.Lookup(k.Value) == nil:
+			at(k, "unknown key %q (the keys are the flags' names, and merchants)", k.Value)
+			continue
+		}
+		value, ok := scalarOrList(v)
+		if !ok {
+			at(v, "%s: want a value or a list of values", k.Value)
+			continue
+		}
+		if set[k.Value] {
+			continue // the command line and the environment come first
+		}
+		if err := fs.Set(k.Value, value); err != nil {
+			at(v, "%s: %v", k.Value, err)
+		}
+	}
+	return merchants, errors.Join(errs...)
+}
+
+// scalarOrList is a node's value as a flag takes it.
+func scalarOrList(n *yaml.Node) (string, bool) {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		return n.Value, true
+	case yaml.SequenceNode:
+		items := make([]string, 0, len(n.Content))
+		for _, c := range n.Content {
+			if c.Kind != yaml.ScalarNode {
+				return "", false
+			}
+			items = append(items, c.Value)
+		}
+		return strings.Join(items, ","), true
+	}
+	return "", false
+}
+
+// parseMerchants reads the merchants list, resolving each secret.
+func parseMerchants(n *yaml.Node, getenv func(string) string, at func(*yaml.Node, string, ...any)) []merchant {
+	if n.Kind != yaml.SequenceNode {
+		at(n, "merchants: want a list")
+		return nil
+	}
+	var out []merchant
+	appids := map[string]bool{}
+	for _, m := range n.Content {
+		if m.Kind != yaml.MappingNode {
+			at(m, "merchant: want a mapping with appid and secret_file or secret_env")
+			continue
+		}
+		mc := merchant{line: m.Line}
+		var secretFile, secretEnv string
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			k, v := m.Content[i], m.Content[i+1]
+			switch k.Value {
+			case "appid":
+				mc.AppID = v.Value
+			case "secret_file":
+				secretFile = v.Value
+			case "secret_env":
+				secretEnv = v.Value
+			case "limits":
+				if v.Kind != yaml.MappingNode {
+					at(v, "limits: want a mapping of app_daily, user_daily, rate, burst")
+					continue
+				}
+				for j := 0; j+1 < len(v.Content); j += 2 {
+					if err := setLimit(&mc.Limits, v.Content[j].Value, v.Content[j+1].Value); err != nil {
+						at(v.Content[j], "limits: %v", err)
+					}
+				}
+			default:
+				at(k, "unknown merchant key %q (want appid, secret_file, secret_env, limits)", k.Value)
+			}
+		}
+		switch {
+		case mc.AppID == "":
+			at(m, "merchant without appid")
+			continue
+		case appids[mc.AppID]:
+			at(m, "merchant %s given twice", mc.AppID)
+			continue
+		case (secretFile == "") == (secretEnv == ""):
+			at(m, "merchant %s: give exactly one of secret_file and secret_env (the secret itself never goes in this file)", mc.AppID)
+			continue
+		}
+		appids[mc.AppID] = true
+		if secretFile != "" {
+			b, err := os.ReadFile(secretFile)
+			if err != nil {
+				at(m, "merchant %s: secret_file: %v", mc.AppID, err)
+				continue
+			}
+			mc.Secret = strings.TrimSpace(string(b))
+		} else {
+			mc.Secret = getenv(secretEnv)
+		}
+		if mc.Secret == "" {
+			at(m, "merchant %s: its secret (%s%s) is empty", mc.AppID, secretFile, secretEnv)
+			continue
+		}
+		out = append(out, mc)
+	}
+	return out
+}
