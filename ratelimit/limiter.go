@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"sync/atomic"
 	"time"
 )
 
@@ -215,8 +216,13 @@ var ErrExceedsCapacity = errors.New("ratelimit: n exceeds a limit's capacity")
 // that share a Redis store (ratelimit/redis: same server and key prefix)
 // share their counts.
 type Limiter struct {
-	store    Store
-	clock    clock
+	store  Store
+	clock  clock
+	limits atomic.Pointer[limitSet] // swapped whole by SetLimits
+}
+
+// limitSet is the limits a Limiter applies, replaced as one.
+type limitSet struct {
 	defaults Limits
 	apps     map[string]Limits
 }
@@ -232,19 +238,32 @@ func New(cfg Config) (*Limiter, error) {
 	if cfg.Location == nil {
 		cfg.Location = defaultLocation()
 	}
-	return &Limiter{
-		store:    cfg.Store,
-		clock:    newClock(cfg.Location, cfg.ResetAt),
-		defaults: cfg.Defaults,
-		apps:     maps.Clone(cfg.Apps),
-	}, nil
+	l := &Limiter{store: cfg.Store, clock: newClock(cfg.Location, cfg.ResetAt)}
+	l.limits.Store(&limitSet{defaults: cfg.Defaults, apps: maps.Clone(cfg.Apps)})
+	return l, nil
+}
+
+// SetLimits replaces the default and per-appid limits, as Config.Defaults
+// and Config.Apps, for every decision from now on, so that a running
+// service takes new merchants and changed limits without a restart.
+// Counts already made stay: a lower daily quota applies to the calls the
+// window has counted so far. Invalid limits change nothing and are
+// reported as Config.Validate reports them. Safe for concurrent use with
+// every other method.
+func (l *Limiter) SetLimits(defaults Limits, apps map[string]Limits) error {
+	if err := (Config{Defaults: defaults, Apps: apps}).Validate(); err != nil {
+		return err
+	}
+	l.limits.Store(&limitSet{defaults: defaults, apps: maps.Clone(apps)})
+	return nil
 }
 
 // LimitsFor returns the limits in force for appid, with every default
 // filled in. Unlimited daily quotas are -1; an unlimited Rate is +Inf with
 // Burst 0.
 func (l *Limiter) LimitsFor(appid string) Limits {
-	return l.apps[appid].inherit(l.defaults).resolved()
+	ls := l.limits.Load()
+	return ls.apps[appid].inherit(ls.defaults).resolved()
 }
 
 // Window returns the daily window that holds now: the last reset at or

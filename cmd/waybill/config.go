@@ -240,6 +240,9 @@ func (c *config) secrets() (wechat.StaticSecrets, error) {
 	}
 	for _, m := range c.Merchants {
 		if _, dup := secrets[m.AppID]; dup {
+			if c.SecretsFile == "" {
+				return nil, fmt.Errorf("appid %s is given twice among the merchants of %s", m.AppID, c.ConfigFile)
+			}
 			return nil, fmt.Errorf("appid %s is in both %s and the merchants of %s", m.AppID, c.SecretsFile, c.ConfigFile)
 		}
 		secrets[m.AppID] = m.Secret

@@ -80,6 +80,15 @@
 // the event is left for redelivery, which makes no WeChat call before the
 // event's time.
 //
+// -config names a YAML file whose keys are the flags' names, plus a merchants
+// list: appid, secret_file or secret_env (the secret by reference, never in
+// the file) and limits (app_daily, user_daily, rate, burst). The command line
+// and the environment override it; unknown keys are errors with their line.
+// SIGHUP rereads it: new merchants, rotated secrets and changed limits apply
+// from the next call, without dropping events in flight; settings that need a
+// restart are named in the log; a file that does not load is rejected and the
+// running configuration stays.
+//
 // SIGINT or SIGTERM stops it gracefully: no new events are taken, events in
 // flight may finish their WeChat call and publish for -shutdown-timeout, then
 // the rest are left for redelivery; the counters are logged and it exits 0.
@@ -195,6 +204,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		log.Error("waybill cannot start", "err", err)
 		return 1
 	}
+	stopReload := reloadOnHUP(ctx, svc, args, getenv, log)
+	defer stopReload()
 	if err := svc.run(ctx); err != nil {
 		log.Error("waybill stopped on an error", "err", err)
 		return 1

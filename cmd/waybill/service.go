@@ -40,6 +40,11 @@ type service struct {
 	router  *message.Router
 	runner  *kafka.DelayRunner
 	delays  []string // delay topics, with parking
+	// What a reload (SIGHUP) may change while events flow.
+	secrets               *liveSecrets
+	limiter, goodsLimiter *ratelimit.Limiter
+	reloadMu              sync.Mutex
+	applied               config // what reload compares with; under reloadMu
 	// hard ends in-flight events: it is cancelled once the shutdown timeout
 	// has passed after a signal.
 	hard     context.Context
@@ -50,7 +55,7 @@ type service struct {
 // build connects the stores, the WeChat client and Kafka, and wires the
 // handler. Nothing is consumed until run.
 func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err error) {
-	s := &service{cfg: cfg, log: log}
+	s := &service{cfg: cfg, log: log, applied: cfg}
 	s.hard, s.hardStop = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -95,8 +100,9 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		}
 	}
 
+	s.secrets = newLiveSecrets(secrets)
 	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{
-		BaseURL: cfg.WeChatURL, Secrets: secrets, Store: tokenStore, Logger: log})
+		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: tokenStore, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +118,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	if err != nil {
 		return nil, err
 	}
+	s.limiter, s.goodsLimiter = limiter, goodsLimiter
 
 	wlog := watermill.NewSlogLogger(log)
 	pub, err := kafka.NewPublisher(cfg.Kafka, wlog)

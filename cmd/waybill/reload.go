@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/signal"
+	"slices"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/waybillkit/waybill/ratelimit"
+	"github.com/waybillkit/waybill/wechat"
+)
+
+// liveSecrets are the app secrets the token source reads, replaced whole
+// on reload: a new merchant's secret, or a rotated one, is used from the
+// next token fetch on.
+type liveSecrets struct {
+	p atomic.Pointer[wechat.StaticSecrets]
+}
+
+func newLiveSecrets(s wechat.StaticSecrets) *liveSecrets {
+	l := &liveSecrets{}
+	l.p.Store(&s)
+	return l
+}
+
+// Secret implements wechat.Secrets.
+func (l *liveSecrets) Secret(ctx context.Context, appid string) (string, error) {
+	return (*l.p.Load()).Secret(ctx, appid)
+}
+
+// String never shows a secret.
+func (l *liveSecrets) String() string { return (*l.p.Load()).String() }
+
+// reload applies what a new configuration may change while events flow:
+// the merchants' secrets and every limit. Everything else (Kafka, topics,
+// parking, Redis, WeChat's address, timings) needs a restart; reload names
+// such changes and keeps running as it was. An invalid configuration
+// changes nothing and is returned as the reason.
+func (s *service) reload(next config) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	secrets, err := next.secrets()
+	if err != nil {
+		return err
+	}
+	if err := next.limiterConfig(nil).Validate(); err != nil {
+		return err
+	}
+	if err := errors.Join(
+		s.limiter.SetLimits(next.Limits, next.AppLimits),
+		s.goodsLimiter.SetLimits(next.Limits, next.AppLimits),
+	); err != nil {
+		return err // validated above: not reached
+	}
+	old := *s.secrets.p.Load()
+	s.secrets.p.Store(&secrets)
+
+	var added, rotated, removed, limits []string
+	for appid, secret := range secrets {
+		switch was, ok := old[appid]; {
+		case !ok:
+			added = append(added, appid)
+		case was != secret:
+			rotated = append(rotated, appid)
+		}
+	}
+	for appid := range old {
+		if _, ok := secrets[appid]; !ok {
+			removed = append(removed, appid)
+		}
+	}
+	for _, appid := range slices.Sorted(maps.Keys(unionKeys(s.applied.AppLimits, next.AppLimits))) {
+		if s.applied.AppLimits[appid] != next.AppLimits[appid] {
+			limits = append(limits, appid)
+		}
+	}
+	if s.applied.Limits != next.Limits {
+		limits = append(limits, "defaults")
+	}
+	for _, l := range [][]string{added, rotated, removed} {
+		sort.Strings(l)
+	}
+	s.log.Info("configuration reloaded", "merchants_added", added, "secrets_rotated", rotated,
+		"merchants_removed", removed, "limits_changed", limits, "restart_needed", restartNeeded(s.applied, next))
+	// Only what was applied: a setting that needs a restart is named again
+	// on the next reload, until the restart.
+	s.applied.Limits, s.applied.AppLimits = next.Limits, next.AppLimits
+	return nil
+}
+
+func unionKeys(a, b map[string]ratelimit.Limits) map[string]bool {
+	out := map[string]bool{}
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
+// restartNeeded names the settings that changed but take effect only on
+// a restart.
+func restartNeeded(cur, next config) []string {
+	var out []string
+	check := func(name string, changed bool) {
+		if changed {
+			out = append(out, name)
+		}
+	}
+	check("kafka", fmt.Sprint(cur.Kafka) != fmt.Sprint(next.Kafka))
+	check("topics", cur.InputTopic != next.InputTopic || cur.TracedTopic != next.TracedTopic || cur.DeadLetterTopic != next.DeadLetterTopic)
+	check("parking", fmt.Sprint(cur.Parking) != fmt.Sprint(next.Parking))
+	check("redis", cur.Redis != next.Redis || cur.RedisPrefix != next.RedisPrefix)
+	check("wechat-url", cur.WeChatURL != next.WeChatURL)
+	check("claim-ttl", cur.ClaimTTL != next.ClaimTTL)
+	check("log", cur.LogLevel != next.LogLevel || cur.LogFormat != next.LogFormat)
+	return out
+}
+
+// reloadOnHUP reparses the configuration (the same arguments, the
+// environment and the config file as they are now) on every SIGHUP and
+// applies it with reload; a configuration that does not parse or apply is
+// logged with its reason and the running one stays. stop ends it.
+func reloadOnHUP(ctx context.Context, s *service, args []string, getenv func(string) string, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				var why strings.Builder
+				next, err := parseConfig(args, getenv, &why)
+				if err == nil {
+					err = s.reload(next)
+				} else {
+					err = fmt.Errorf("%s", strings.TrimSpace(strings.TrimPrefix(why.String(), "waybill: ")))
+				}
+				if err != nil {
+					log.Error("reload rejected; the running configuration stays", "err", err)
+				}
+			}
+		}
+	}()
+	return func() { signal.Stop(hup) }
+}
