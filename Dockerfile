@@ -1,8 +1,9 @@
 # The waybill service, built from this repository alone:
 #   docker build -t waybill .
 #   docker run --rm waybill -h
-# Build: the Go toolchain named by go.mod, modules from the proxy.
-FROM golang:1.26 AS build
+# Build: the Go release go.mod names (the image sets GOTOOLCHAIN=local, so
+# the tag must match it), modules from the proxy.
+FROM golang:1.26.8 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -10,8 +11,8 @@ COPY . .
 # Static: no libc in the runtime image; -trimpath keeps build paths out.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/waybill ./cmd/waybill
 
-# Runtime: CA roots for WeChat's and managed Kafka's TLS, tzdata is
-# embedded by the binary, and nothing else.
+# Runtime: CA roots for WeChat's and managed Kafka's TLS and the zone
+# database (distroless ships both), and nothing else.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/waybill /usr/local/bin/waybill
 # Secrets (app secrets, the Kafka password) are mounted as files and named by

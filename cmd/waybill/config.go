@@ -80,13 +80,14 @@ func parseArgs(fs *flag.FlagSet, args []string) error {
 }
 
 // fallBackToEnv sets every flag of fs not given on the command line from
-// its environment variable, when that is set.
-func fallBackToEnv(fs *flag.FlagSet, getenv func(string) string) []error {
+// its environment variable, when that is set; with only, just the flags it
+// accepts.
+func fallBackToEnv(fs *flag.FlagSet, getenv func(string) string, only ...func(name string) bool) []error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
+		if given[f.Name] || (len(only) > 0 && !only[0](f.Name)) {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {

@@ -28,6 +28,17 @@ type merchant struct {
 // joined with commas. Unknown keys, in the file or in a merchant, are
 // errors that name the line.
 func applyConfigFile(fs *flag.FlagSet, path string, getenv func(string) string) ([]merchant, error) {
+	return loadConfigFile(fs, path, getenv, false)
+}
+
+// applyConfigFileOnly is applyConfigFile for a command that takes some of
+// the service's flags: the file's other keys (and its merchants) are the
+// service's, not errors, and are left alone.
+func applyConfigFileOnly(fs *flag.FlagSet, path string, getenv func(string) string) ([]merchant, error) {
+	return loadConfigFile(fs, path, getenv, true)
+}
+
+func loadConfigFile(fs *flag.FlagSet, path string, getenv func(string) string, subset bool) ([]merchant, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("-config: %w", err)
@@ -59,9 +70,13 @@ func applyConfigFile(fs *flag.FlagSet, path string, getenv func(string) string) 
 		}
 		seen[k.Value] = true
 		switch {
+		case k.Value == "merchants" && subset:
+			continue
 		case k.Value == "merchants":
 			merchants = parseMerchants(v, getenv, at)
 			continue
+		case subset && fs.Lookup(k.Value) == nil:
+			continue // a service flag this command does not take
 		case k.Value == "config":
 			at(k, "a config file cannot name another")
 			continue

@@ -19,6 +19,9 @@ type kafkaFlags struct {
 	noIdempotence                          bool
 }
 
+// isKafkaFlag reports whether name is one of kafkaFlags'.
+func isKafkaFlag(name string) bool { return name == "brokers" || strings.HasPrefix(name, "kafka-") }
+
 func (k *kafkaFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&k.brokers, "brokers", "127.0.0.1:9092", "comma-separated Kafka `brokers`")
 	fs.StringVar(&k.mechanism, "kafka-sasl-mechanism", "", "SASL `mechanism`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: no SASL)")

@@ -110,7 +110,9 @@
 // starts, then stops, and republishes each selected event to the topic it was
 // consumed from (or -to), as it was, with its waybill_replays header one
 // higher. Events replayed -max-replays times already are skipped and listed.
-// Its flags have no environment variables:
+// Of its flags only the Kafka ones (-brokers, -kafka-*) read the service's
+// WAYBILL_* variables, so that a replay run beside the service reaches the
+// same cluster but never joins the service's consumer group:
 //
 //	-brokers      comma-separated Kafka brokers (default 127.0.0.1:9092)
 //	-kafka-sasl-mechanism  SASL mechanism, as for the service
@@ -167,10 +169,11 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if len(os.Args) > 1 && os.Args[1] == topicsCommand {
+		// Short admin calls: SIGINT and SIGTERM end it at once.
 		os.Exit(topicsMain(os.Args[2:], os.Getenv, os.Stdout, os.Stderr))
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	if len(os.Args) > 1 && os.Args[1] == replayCommand {
 		// Every signal only interrupts a replay, which then commits what it
 		// republished and exits 1.
@@ -199,13 +202,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
+	// Caught from here on: a SIGHUP while the service starts must not end
+	// it (the default action); it is applied once it runs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	svc, err := build(ctx, cfg, log)
 	if err != nil {
 		log.Error("waybill cannot start", "err", err)
 		return 1
 	}
-	stopReload := reloadOnHUP(ctx, svc, args, getenv, log)
-	defer stopReload()
+	go reloadOnHUP(ctx, hup, svc, args, getenv, log)
 	if err := svc.run(ctx); err != nil {
 		log.Error("waybill stopped on an error", "err", err)
 		return 1

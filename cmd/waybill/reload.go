@@ -7,12 +7,10 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"os/signal"
 	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
@@ -116,41 +114,39 @@ func restartNeeded(cur, next config) []string {
 			out = append(out, name)
 		}
 	}
-	check("kafka", fmt.Sprint(cur.Kafka) != fmt.Sprint(next.Kafka))
+	ck, nk := cur.Kafka, next.Kafka
+	check("kafka", !slices.Equal(ck.Brokers, nk.Brokers) || ck.ConsumerGroup != nk.ConsumerGroup || ck.SASL != nk.SASL ||
+		ck.TLS != nk.TLS || ck.DisableIdempotence != nk.DisableIdempotence)
 	check("topics", cur.InputTopic != next.InputTopic || cur.TracedTopic != next.TracedTopic || cur.DeadLetterTopic != next.DeadLetterTopic)
-	check("parking", fmt.Sprint(cur.Parking) != fmt.Sprint(next.Parking))
+	check("parking", (cur.Parking == nil) != (next.Parking == nil) ||
+		(cur.Parking != nil && (!slices.Equal(cur.Parking.Tiers, next.Parking.Tiers) || cur.Parking.TopicPrefix != next.Parking.TopicPrefix)))
 	check("redis", cur.Redis != next.Redis || cur.RedisPrefix != next.RedisPrefix)
 	check("wechat-url", cur.WeChatURL != next.WeChatURL)
-	check("claim-ttl", cur.ClaimTTL != next.ClaimTTL)
+	check("timings", cur.ClaimTTL != next.ClaimTTL || cur.StatsInterval != next.StatsInterval || cur.ShutdownTimeout != next.ShutdownTimeout)
 	check("log", cur.LogLevel != next.LogLevel || cur.LogFormat != next.LogFormat)
 	return out
 }
 
 // reloadOnHUP reparses the configuration (the same arguments, the
-// environment and the config file as they are now) on every SIGHUP and
-// applies it with reload; a configuration that does not parse or apply is
-// logged with its reason and the running one stays. stop ends it.
-func reloadOnHUP(ctx context.Context, s *service, args []string, getenv func(string) string, log *slog.Logger) (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				var why strings.Builder
-				next, err := parseConfig(args, getenv, &why)
-				if err == nil {
-					err = s.reload(next)
-				} else {
-					err = fmt.Errorf("%s", strings.TrimSpace(strings.TrimPrefix(why.String(), "waybill: ")))
-				}
-				if err != nil {
-					log.Error("reload rejected; the running configuration stays", "err", err)
-				}
+// environment and the config file as it is now) on every signal from hup
+// and applies it with reload, until ctx ends; a configuration that does not
+// parse or apply is logged with its reason and the running one stays.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, s *service, args []string, getenv func(string) string, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			var why strings.Builder
+			next, err := parseConfig(args, getenv, &why)
+			if err == nil {
+				err = s.reload(next)
+			} else {
+				err = fmt.Errorf("%s", strings.TrimSpace(strings.TrimPrefix(why.String(), "waybill: ")))
+			}
+			if err != nil {
+				log.Error("reload rejected; the running configuration stays", "err", err)
 			}
 		}
-	}()
-	return func() { signal.Stop(hup) }
+	}
 }

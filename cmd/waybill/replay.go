@@ -94,14 +94,17 @@ func parseReplayFlags(args []string, getenv func(string) string, stderr io.Write
 	fs.IntVar(&cfg.Batch, "batch", replay.DefaultBatch, "records between two commits of the position")
 	fs.StringVar(&cfg.Kafka.ConsumerGroup, "group", "", "consumer group (default: named after the topic, -to and the filters)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: waybill replay [flags]\n\nEvery flag -x-y falls back to the environment variable %sX_Y.\n\n", envPrefix)
+		fmt.Fprintf(fs.Output(), "Usage: waybill replay [flags]\n\nThe Kafka flags (-brokers, -kafka-*) fall back to the service's %sBROKERS, %sKAFKA_*.\n\n", envPrefix, envPrefix)
 		fs.PrintDefaults()
 	}
 	if err := parseArgs(fs, args); err != nil {
 		return cfg, asJSON, err
 	}
 
-	errs := fallBackToEnv(fs, getenv)
+	// Only the Kafka flags read WAYBILL_*: the service's environment sets
+	// -group and -rate for itself, and a replay run in its container must
+	// not join the service's consumer group.
+	errs := fallBackToEnv(fs, getenv, isKafkaFlag)
 	if err := kf.apply(&cfg.Kafka); err != nil {
 		errs = append(errs, err)
 	}

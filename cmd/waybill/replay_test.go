@@ -256,3 +256,18 @@ func TestReplayJSONIsMachineReadable(t *testing.T) {
 	assert.Equal(t, 2, rep.ByReason["configuration"].Replayed)
 	assert.Empty(t, rep.Error)
 }
+
+// TestReplayReadsOnlyTheKafkaVariables: run beside the service, a replay
+// reaches the same cluster through WAYBILL_BROKERS and WAYBILL_KAFKA_*, but
+// the service's WAYBILL_GROUP and WAYBILL_RATE are not its own: it must
+// not join the service's consumer group.
+func TestReplayReadsOnlyTheKafkaVariables(t *testing.T) {
+	vars := map[string]string{"WAYBILL_BROKERS": "k1:9092,k2:9092", "WAYBILL_KAFKA_TLS": "true",
+		"WAYBILL_GROUP": "waybill", "WAYBILL_RATE": "20"}
+	cfg, _, err := parseReplayFlags(nil, env(vars), &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"k1:9092", "k2:9092"}, cfg.Kafka.Brokers)
+	assert.True(t, cfg.Kafka.TLS.Enable)
+	assert.Empty(t, cfg.Kafka.ConsumerGroup, "replay's own group, named after the selection")
+	assert.Zero(t, cfg.Rate)
+}

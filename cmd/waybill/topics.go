@@ -105,8 +105,10 @@ func topicsMain(args []string, getenv func(string) string, stdout, stderr io.Wri
 	fs.SetOutput(stderr)
 	var kf kafkaFlags
 	var tf topicFlags
+	var configFile string
 	kf.register(fs)
 	tf.register(fs)
+	fs.StringVar(&configFile, "config", "", "the service's YAML config `file`: its Kafka and topic keys apply here too")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
 	err := parseArgs(fs, args[1:])
 	if errors.Is(err, errHelp) {
@@ -117,6 +119,11 @@ func topicsMain(args []string, getenv func(string) string, stdout, stderr io.Wri
 	}
 	var kc kafka.Config
 	errs := fallBackToEnv(fs, getenv)
+	if configFile != "" {
+		if _, err := applyConfigFileOnly(fs, configFile, getenv); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := kf.apply(&kc); err != nil {
 		errs = append(errs, err)
 	}

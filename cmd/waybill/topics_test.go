@@ -45,6 +45,16 @@ func TestTopicsCreateThenCheck(t *testing.T) {
 	require.Equal(t, 0, topicsMain(append([]string{"check"}, args...), env(nil), &out, &errOut), errOut.String())
 	assert.Equal(t, len(names), strings.Count(out.String(), "ok       "))
 
+	// The service's config file names the same topics: check reads it,
+	// merchants and the service's other keys left to the service.
+	conf := filepath.Join(t.TempDir(), "waybill.yaml")
+	require.NoError(t, os.WriteFile(conf, []byte("brokers: ["+strings.Join(brokers, ", ")+"]\ninput-topic: "+in+
+		"\ntraced-topic: "+in+".traced\ndead-letter-topic: "+in+".dead\nparking-tiers: [1m, 1h]\nrate: 5\n"+
+		"merchants:\n  - appid: wx1\n    secret_env: NOT_NEEDED_HERE\n"), 0o600))
+	out.Reset()
+	require.Equal(t, 0, topicsMain([]string{"check", "-config", conf}, env(nil), &out, &errOut), errOut.String())
+	assert.Equal(t, len(names), strings.Count(out.String(), "ok       "))
+
 	assert.Equal(t, 0, topicsMain([]string{"-h"}, env(nil), &out, &errOut))
 	assert.Equal(t, 0, topicsMain([]string{"check", "-h"}, env(nil), &out, &errOut))
 	assert.Equal(t, 2, topicsMain([]string{"prune"}, env(nil), &out, &errOut))
