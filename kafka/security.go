@@ -7,8 +7,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/IBM/sarama"
 	"github.com/xdg-go/scram"
@@ -170,7 +172,10 @@ func (c Config) Explain(what string, err error) error {
 	var hostname x509.HostnameError
 	var verify *tls.CertificateVerificationError
 	var record tls.RecordHeaderError
+	var invalid x509.CertificateInvalidError
 	switch {
+	case errors.As(err, &invalid):
+		return fmt.Errorf("%s: the brokers' TLS certificate is not valid (%s): check the brokers' certificates and this machine's clock: %w", what, invalidReason(invalid), err)
 	case errors.As(err, &unknown) || (errors.As(err, &verify) && !errors.As(err, &hostname)):
 		ca := c.TLS.CAFile
 		if ca == "" {
@@ -183,6 +188,22 @@ func (c Config) Explain(what string, err error) error {
 		return fmt.Errorf("%s: TLS is on, but %s does not answer TLS: check TLS and the port: %w", what, strings.Join(c.Brokers, ","), err)
 	case errors.Is(err, sarama.ErrSASLAuthenticationFailed):
 		return fmt.Errorf("%s: SASL %s authentication as %q failed: check SASL.User and SASL.Password: %w", what, c.SASL.Mechanism, c.SASL.User, err)
+	case errors.Is(err, sarama.ErrClusterAuthorizationFailed) && !c.DisableIdempotence:
+		return fmt.Errorf("%s: the cluster refused the idempotent producer (InitProducerId): grant IDEMPOTENT_WRITE or set DisableIdempotence (-kafka-no-idempotence): %w", what, err)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+		// A listener of another protocol hangs up on the first bytes.
+		if c.TLS.enabled() {
+			return fmt.Errorf("%s: %s closed the connection: is it a TLS listener? check TLS and the port: %w", what, strings.Join(c.Brokers, ","), err)
+		}
+		return fmt.Errorf("%s: %s closed the connection: if it is a TLS (SASL_SSL) listener, set TLS: %w", what, strings.Join(c.Brokers, ","), err)
 	}
 	return fmt.Errorf("%s: %s: %w", what, strings.Join(c.Brokers, ","), err)
+}
+
+// invalidReason says why x509 found a certificate invalid.
+func invalidReason(e x509.CertificateInvalidError) string {
+	if e.Reason == x509.Expired {
+		return "expired or not yet valid"
+	}
+	return e.Error()
 }

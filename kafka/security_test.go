@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -88,11 +89,16 @@ func TestExplainNamesTheSetting(t *testing.T) {
 		{sarama.Wrap(sarama.ErrOutOfBrokers, x509.UnknownAuthorityError{}), "not signed by a CA in /etc/ca.pem: check TLS.CAFile"},
 		{sarama.Wrap(sarama.ErrOutOfBrokers, x509.HostnameError{Host: "k"}), "check the broker addresses or TLS.ServerName"},
 		{errors.New("connection refused"), "kafka publisher: k:9093: connection refused"},
+		{sarama.Wrap(sarama.ErrOutOfBrokers, io.EOF), "closed the connection: is it a TLS listener? check TLS and the port"},
+		{sarama.Wrap(sarama.ErrOutOfBrokers, x509.CertificateInvalidError{Reason: x509.Expired}), "not valid (expired or not yet valid)"},
+		{sarama.Wrap(sarama.ErrOutOfBrokers, sarama.ErrClusterAuthorizationFailed), "-kafka-no-idempotence"},
 	} {
 		err := c.Explain("kafka publisher", tc.err)
 		assert.ErrorContains(t, err, tc.want)
 		assert.ErrorIs(t, err, tc.err, "the cause stays reachable")
 	}
+	plain := Config{Brokers: []string{"k:9093"}}
+	assert.ErrorContains(t, plain.Explain("kafka", io.ErrUnexpectedEOF), "if it is a TLS (SASL_SSL) listener, set TLS")
 }
 
 // selfSignedPEM is a throwaway CA certificate, made for the test.
