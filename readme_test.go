@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/waybillkit/waybill/internal/textlist"
 )
 
 // TestReadmeSnippetsAreExamples: every Go snippet in README.md is, line for
@@ -26,7 +28,7 @@ func TestReadmeSnippetsAreExamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		code = append(code, trimmedLines(string(b))...)
+		code = append(code, textlist.Split(string(b), "\n")...)
 	}
 	joined := "\n" + strings.Join(code, "\n") + "\n"
 	snippets := regexp.MustCompile("(?s)```go\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
@@ -34,21 +36,9 @@ func TestReadmeSnippetsAreExamples(t *testing.T) {
 		t.Fatal("README.md has no Go snippet: this test checks nothing")
 	}
 	for _, m := range snippets {
-		snippet := strings.Join(trimmedLines(m[1]), "\n")
+		snippet := strings.Join(textlist.Split(m[1], "\n"), "\n")
 		if !strings.Contains(joined, "\n"+snippet+"\n") {
 			t.Errorf("README snippet is not the body of an example in %v:\n%s", files, m[1])
 		}
 	}
-}
-
-// trimmedLines splits s into lines without their indentation, dropping
-// blank ones.
-func trimmedLines(s string) []string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			out = append(out, l)
-		}
-	}
-	return out
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/internal/textlist"
 	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/ratelimit"
 	"github.com/waybillkit/waybill/wechat"
@@ -289,15 +290,7 @@ func parseSecrets(r io.Reader, name string) (wechat.StaticSecrets, error) {
 
 // splitList splits a comma-separated flag value, dropping blanks. Every
 // list flag of the service and of waybill replay goes through it.
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
-}
+func splitList(s string) []string { return textlist.Split(s, ",") }
 
 // durations is a comma-separated list of durations.
 type durations []time.Duration

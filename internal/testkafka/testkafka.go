@@ -26,6 +26,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/waybillkit/waybill/internal/testservice"
+	"github.com/waybillkit/waybill/internal/textlist"
 )
 
 // EnvBrokers names the environment variable with a comma-separated list of
@@ -49,7 +50,7 @@ const topicReadyTimeout = 30 * time.Second
 func Brokers(t testing.TB) []string {
 	t.Helper()
 	if env := os.Getenv(EnvBrokers); strings.TrimSpace(env) != "" {
-		return parseBrokers(env)
+		return textlist.Split(env, ",")
 	}
 	addrs, err := startOnce()
 	if err != nil {
@@ -64,19 +65,8 @@ var startOnce = sync.OnceValues(func() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseBrokers(addr), nil
+	return textlist.Split(addr, ","), nil
 })
-
-// parseBrokers splits a comma-separated address list, dropping blanks.
-func parseBrokers(s string) []string {
-	var out []string
-	for _, a := range strings.Split(s, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
-}
 
 // Config returns a sarama configuration for talking to the test broker. Kafka
 // 4 removed the protocol versions older clients default to, so the version is

@@ -124,19 +124,3 @@ func TestTopicNameLongKeepsSuffix(t *testing.T) {
 		t.Fatalf("topicName = %q (len %d), want %d chars ending in -abcdef", name, len(name), maxTopicLen)
 	}
 }
-
-func TestParseBrokers(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []string
-	}{
-		{"127.0.0.1:9092", []string{"127.0.0.1:9092"}},
-		{" 127.0.0.1:1, ,127.0.0.1:2 ", []string{"127.0.0.1:1", "127.0.0.1:2"}},
-		{" , ", nil},
-	} {
-		got := parseBrokers(tc.in)
-		if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
-			t.Errorf("parseBrokers(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
