@@ -55,6 +55,10 @@ func describe(admin sarama.ClusterAdmin, names []string) ([]TopicState, error) {
 		m, ok := byName[n]
 		switch {
 		case !ok || errors.Is(m.Err, sarama.ErrUnknownTopicOrPartition):
+		case errors.Is(m.Err, sarama.ErrLeaderNotAvailable):
+			// A topic just created, its leaders still being elected: it
+			// exists, and waitVisible waits for its partitions.
+			out[i].Exists, out[i].Partitions = true, 0
 		case m.Err != sarama.ErrNoError:
 			return nil, fmt.Errorf("describe topic %s: %w", n, m.Err)
 		default:

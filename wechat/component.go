@@ -110,6 +110,9 @@ func NewComponentTokenSource(cfg ComponentConfig) (*ComponentTokenSource, error)
 }
 
 func (s *ComponentTokenSource) ticketKey() string { return "component_verify_ticket:" + s.appid }
+func (s *ComponentTokenSource) authorizerKey(appid string) string {
+	return "authorizer_access_token:" + s.appid + ":" + appid
+}
 func (s *ComponentTokenSource) refreshKey(appid string) string {
 	return "authorizer_refresh_token:" + s.appid + ":" + appid
 }
@@ -140,6 +143,54 @@ func (s *ComponentTokenSource) SetRefreshToken(ctx context.Context, appid, refre
 	return nil
 }
 
+// SeedRefreshToken stores refreshToken as merchant appid's
+// authorizer_refresh_token unless one is stored already, and reports
+// whether it stored it. It is for a refresh token given in configuration,
+// which is only a starting point: once the source has rotated it, the
+// stored one is newer and the configured one dies 5 minutes later. It
+// holds the merchant's lock, so that it never overwrites a rotation in
+// progress in another process; it waits for that lock at most LockTTL.
+// After a merchant authorizes again, use SetRefreshToken.
+func (s *ComponentTokenSource) SeedRefreshToken(ctx context.Context, appid, refreshToken string) (bool, error) {
+	if appid == "" || refreshToken == "" {
+		return false, errors.New("wechat: SeedRefreshToken needs an appid and a refresh token")
+	}
+	stored := false
+	err := s.cache.locked(ctx, s.authorizerKey(appid), nil, func(ctx context.Context) error {
+		tok, ok, err := s.cache.store.Load(ctx, s.refreshKey(appid))
+		if err != nil {
+			return fmt.Errorf("load authorizer_refresh_token of %s: %w", appid, err)
+		}
+		if ok && tok.Value != "" {
+			return nil
+		}
+		if err := s.cache.store.Save(ctx, s.refreshKey(appid), Token{Value: refreshToken}); err != nil {
+			return fmt.Errorf("save authorizer_refresh_token of %s: %w", appid, err)
+		}
+		stored = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("wechat: seed refresh token: %w", err)
+	}
+	return stored, nil
+}
+
+// VerifyTicketExpiry returns when the stored component_verify_ticket
+// expires, or an error wrapping ErrNoVerifyTicket when none is stored or
+// it has expired: what a service checks before it calls for the platform's
+// merchants, since without a ticket every such call fails.
+func (s *ComponentTokenSource) VerifyTicketExpiry(ctx context.Context) (time.Time, error) {
+	tok, ok, err := s.cache.store.Load(ctx, s.ticketKey())
+	if err != nil {
+		return time.Time{}, fmt.Errorf("wechat: load component_verify_ticket: %w", err)
+	}
+	if !ok || tok.Value == "" || (!tok.Expiry.IsZero() && !s.cache.now().Before(tok.Expiry)) {
+		return time.Time{}, fmt.Errorf("platform %s: %w", s.appid, ErrNoVerifyTicket)
+	}
+	return tok.Expiry, nil
+}
+
 // ComponentAccessToken returns the platform's component_access_token, for the
 // platform's other calls.
 func (s *ComponentTokenSource) ComponentAccessToken(ctx context.Context) (string, error) {
@@ -165,8 +216,7 @@ func (s *ComponentTokenSource) String() string {
 func (s *ComponentTokenSource) GoString() string { return s.String() }
 
 func (s *ComponentTokenSource) authorizer(ctx context.Context, appid, stale string) (string, error) {
-	key := "authorizer_access_token:" + s.appid + ":" + appid
-	return s.cache.get(ctx, key, stale, func(ctx context.Context) (Token, error) {
+	return s.cache.get(ctx, s.authorizerKey(appid), stale, func(ctx context.Context) (Token, error) {
 		return s.fetchAuthorizer(ctx, appid)
 	})
 }

@@ -113,3 +113,69 @@ func TestComponentConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestComponentSeedRefreshToken: a configured refresh token is stored only
+// when none is, so a restart with the original one in its configuration
+// never overwrites the rotated one; and the seed waits for a fetch holding
+// the merchant's lock rather than racing it.
+func TestComponentSeedRefreshToken(t *testing.T) {
+	clock := newFakeClock()
+	srv := componentSandbox(t, clock)
+	store := new(MemoryStore)
+	src := newComponent(t, srv.URL, clock, store)
+	ctx := context.Background()
+
+	if _, err := src.VerifyTicketExpiry(ctx); !errors.Is(err, ErrNoVerifyTicket) {
+		t.Fatalf("VerifyTicketExpiry without a ticket: %v", err)
+	}
+	if err := src.SetVerifyTicket(ctx, "ticket-0001"); err != nil {
+		t.Fatal(err)
+	}
+	if exp, err := src.VerifyTicketExpiry(ctx); err != nil || !exp.Equal(clock.Now().Add(VerifyTicketTTL)) {
+		t.Fatalf("VerifyTicketExpiry: %v, %v", exp, err)
+	}
+	if stored, err := src.SeedRefreshToken(ctx, merchantID, "refresh-0001"); err != nil || !stored {
+		t.Fatalf("first seed: stored %v, %v", stored, err)
+	}
+	if _, err := src.Token(ctx, merchantID); err != nil {
+		t.Fatal(err)
+	}
+	rotated := srv.RefreshToken(merchantID)
+	// A restart: the configuration still names the original.
+	again := newComponent(t, srv.URL, clock, store)
+	if stored, err := again.SeedRefreshToken(ctx, merchantID, "refresh-0001"); err != nil || stored {
+		t.Fatalf("second seed: stored %v, %v", stored, err)
+	}
+	if saved, _, _ := store.Load(ctx, "authorizer_refresh_token:"+componentID+":"+merchantID); saved.Value != rotated {
+		t.Fatal("the seed overwrote the rotated refresh token")
+	}
+	clock.Advance(2*time.Hour + 10*time.Minute) // the original is dead now
+	if err := again.SetVerifyTicket(ctx, "ticket-0001"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := again.Token(ctx, merchantID); err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+
+	// Another process holds the merchant's lock: the seed waits for it.
+	unlock, ok, err := store.TryLock(ctx, "lock:authorizer_access_token:"+componentID+":wxother", time.Minute)
+	if err != nil || !ok {
+		t.Fatal("TryLock", ok, err)
+	}
+	done := make(chan bool)
+	go func() {
+		stored, err := src.SeedRefreshToken(ctx, "wxother", "refresh-other")
+		done <- stored && err == nil
+	}()
+	select {
+	case <-done:
+		t.Fatal("the seed did not wait for the lock")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !<-done {
+		t.Fatal("the seed failed once the lock was free")
+	}
+}

@@ -331,34 +331,57 @@ func (c *cache) remember(key string, tok Token) {
 // refresh takes the store's lock for key and fetches, unless the store turns
 // out to hold a usable token. While another process holds the lock it polls
 // the store with a backoff.
-func (c *cache) refresh(ctx context.Context, key, stale string, fetch func(context.Context) (Token, error)) (Token, error) {
+func (c *cache) refresh(ctx context.Context, key, stale string, fetch func(context.Context) (Token, error)) (tok Token, err error) {
+	err = c.locked(ctx, key, func(ctx context.Context) (bool, error) {
+		t, ok, err := c.store.Load(ctx, key)
+		if err != nil {
+			return false, fmt.Errorf("load %s: %w", key, err)
+		}
+		if ok && c.usable(t, stale) {
+			tok = t
+			return true, nil
+		}
+		return false, nil
+	}, func(ctx context.Context) error {
+		var err error
+		tok, err = c.fetchLocked(ctx, key, stale, fetch)
+		return err
+	})
+	return tok, err
+}
+
+// locked runs f holding the store's lock for key (the lock every fetch of
+// key takes), polling with a backoff while another process holds it, for
+// at most the lock TTL. Before each attempt, done (if not nil) may find the
+// work done by the holder, and end it.
+func (c *cache) locked(ctx context.Context, key string, done func(context.Context) (bool, error), f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, c.lockTTL)
+	defer cancel()
 	wait := minPoll
 	for {
-		tok, ok, err := c.store.Load(ctx, key)
-		if err != nil {
-			return Token{}, fmt.Errorf("load %s: %w", key, err)
-		}
-		if ok && c.usable(tok, stale) {
-			return tok, nil
+		if done != nil {
+			if ok, err := done(ctx); ok || err != nil {
+				return err
+			}
 		}
 		unlock, got, err := c.store.TryLock(ctx, "lock:"+key, c.lockTTL)
 		if err != nil {
-			return Token{}, fmt.Errorf("lock %s: %w", key, err)
+			return fmt.Errorf("lock %s: %w", key, err)
 		}
 		if got {
-			tok, err := c.fetchLocked(ctx, key, stale, fetch)
+			err := f(ctx)
 			if uerr := unlock(context.WithoutCancel(ctx)); uerr != nil {
 				c.log.LogAttrs(ctx, slog.LevelWarn, "wechat: releasing token lock failed",
 					slog.String("key", key), slog.String("error", uerr.Error()))
 			}
-			return tok, err
+			return err
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return Token{}, fmt.Errorf("waiting for another process to refresh %s: %w", key, ctx.Err())
+			return fmt.Errorf("waiting for another process to release %s: %w", key, ctx.Err())
 		}
 		wait = min(2*wait, maxPoll)
 	}

@@ -35,8 +35,15 @@ type config struct {
 	// ConfigFile is the YAML file whose keys are the flags' names, plus
 	// merchants; "" means none.
 	ConfigFile string
-	// Merchants come from the config file, their secrets resolved.
+	// Merchants come from the config file, their references resolved and
+	// each Token set (-token-api where the file names none).
 	Merchants []merchant
+	// TokenAPI is how the access tokens of -secrets-file's merchants, and of
+	// the file's merchants that name none, are obtained: tokenStable or
+	// tokenPlain.
+	TokenAPI string
+	// Component is the third-party platform; its AppID is "" without one.
+	Component componentConfig
 	// Redis is host:port or a redis:// (rediss://) URL; "" keeps every store
 	// in memory.
 	Redis       string
@@ -115,6 +122,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		c  config
 		kf kafkaFlags
 		tf topicFlags
+		pf providerFlags
 	)
 	kf.register(fs)
 	fs.StringVar(&c.Kafka.ConsumerGroup, "group", "waybill", "Kafka consumer `group`; parking adds <group>-delay")
@@ -123,6 +131,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.WeChatURL, "wechat-url", wechat.DefaultBaseURL, "WeChat API base `URL`")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML `file` with the flags' names as keys and a merchants list; the command line and WAYBILL_* override it")
 	fs.StringVar(&c.SecretsFile, "secrets-file", "", "`file` of appid=secret lines (required unless the config file lists merchants)")
+	fs.StringVar(&c.TokenAPI, "token-api", tokenStable, "how a merchant's access token is obtained with its app secret, unless its config entry says: stable_token, or token (cgi-bin/token, shared through -redis with the merchant's other systems)")
+	pf.register(fs)
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key")
 	fs.Int64Var(&c.Limits.AppDaily, "app-daily", ratelimit.DefaultAppDaily, "daily calls per appid; negative: no limit")
@@ -153,14 +163,28 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 			errs = append(errs, err)
 		}
 		c.Merchants = m
-		for _, mc := range m {
-			if _, ok := c.AppLimits[mc.AppID]; !ok && mc.Limits != (ratelimit.Limits{}) {
-				if c.AppLimits == nil {
-					c.AppLimits = map[string]ratelimit.Limits{}
-				}
-				c.AppLimits[mc.AppID] = mc.Limits // -app-limits, where given, wins
-			}
+	}
+	if c.TokenAPI != tokenStable && c.TokenAPI != tokenPlain {
+		errs = append(errs, fmt.Errorf("-token-api %q: want %s or %s", c.TokenAPI, tokenStable, tokenPlain))
+	}
+	authorizers := false
+	for i := range c.Merchants {
+		mc := &c.Merchants[i]
+		if mc.Token == "" {
+			mc.Token = c.TokenAPI
 		}
+		authorizers = authorizers || mc.Token == tokenAuthorizer
+		if mc.Limits != (ratelimit.Limits{}) {
+			if c.AppLimits == nil {
+				c.AppLimits = map[string]ratelimit.Limits{}
+			}
+			c.AppLimits[mc.AppID] = overlay(mc.Limits, c.AppLimits[mc.AppID]) // -app-limits, key by key, wins
+		}
+	}
+	if comp, err := pf.apply(c.Redis != "", authorizers); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.Component = comp
 	}
 	if err := kf.apply(&c.Kafka); err != nil {
 		errs = append(errs, err)
@@ -208,6 +232,23 @@ func (c *config) validate() error {
 	return errors.Join(errs...)
 }
 
+// overlay is base with every limit over sets (not 0) taking its place.
+func overlay(base, over ratelimit.Limits) ratelimit.Limits {
+	if over.AppDaily != 0 {
+		base.AppDaily = over.AppDaily
+	}
+	if over.UserDaily != 0 {
+		base.UserDaily = over.UserDaily
+	}
+	if over.Rate != 0 {
+		base.Rate = over.Rate
+	}
+	if over.Burst != 0 {
+		base.Burst = over.Burst
+	}
+	return base
+}
+
 // limiterConfig is the rate limiter's configuration on store (nil: memory).
 func (c *config) limiterConfig(store ratelimit.Store) ratelimit.Config {
 	return ratelimit.Config{Store: store, Defaults: c.Limits, Apps: c.AppLimits}
@@ -227,31 +268,45 @@ func redisOptions(s string) (*redis.Options, error) {
 	return opts, nil
 }
 
-// loadSecrets reads a file of appid=secret lines. Blank lines and lines
-// starting with # are skipped. Errors name the line, never its content, which
-// may be a secret.
-// secrets are the app secrets of -secrets-file and of the config file's
-// merchants; an appid in both is an error.
-func (c *config) secrets() (wechat.StaticSecrets, error) {
+// merchantTable is every merchant the service serves: the app secrets of
+// -secrets-file and of the config file's merchants, and how each appid's
+// token is obtained. An appid given twice is an error.
+func (c *config) merchantTable() (wechat.StaticSecrets, map[string]string, error) {
 	secrets := wechat.StaticSecrets{}
+	kinds := map[string]string{}
 	if c.SecretsFile != "" {
 		var err error
 		if secrets, err = loadSecrets(c.SecretsFile); err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		for appid := range secrets {
+			kinds[appid] = c.TokenAPI
 		}
 	}
 	for _, m := range c.Merchants {
-		if _, dup := secrets[m.AppID]; dup {
+		if _, dup := kinds[m.AppID]; dup {
 			if c.SecretsFile == "" {
-				return nil, fmt.Errorf("appid %s is given twice among the merchants of %s", m.AppID, c.ConfigFile)
+				return nil, nil, fmt.Errorf("appid %s is given twice among the merchants of %s", m.AppID, c.ConfigFile)
 			}
-			return nil, fmt.Errorf("appid %s is in both %s and the merchants of %s", m.AppID, c.SecretsFile, c.ConfigFile)
+			return nil, nil, fmt.Errorf("appid %s is in both %s and the merchants of %s", m.AppID, c.SecretsFile, c.ConfigFile)
 		}
-		secrets[m.AppID] = m.Secret
+		kinds[m.AppID] = m.Token
+		if m.Token != tokenAuthorizer {
+			secrets[m.AppID] = m.Secret
+		}
 	}
-	return secrets, nil
+	return secrets, kinds, nil
 }
 
+// secrets are the app secrets of merchantTable.
+func (c *config) secrets() (wechat.StaticSecrets, error) {
+	s, _, err := c.merchantTable()
+	return s, err
+}
+
+// loadSecrets reads a file of appid=secret lines. Blank lines and lines
+// starting with # are skipped. Errors name the line, never its content, which
+// may be a secret.
 func loadSecrets(path string) (wechat.StaticSecrets, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -12,14 +12,46 @@ import (
 	"github.com/waybillkit/waybill/ratelimit"
 )
 
-// merchant is one entry of the config file's merchants: an appid, where its
-// secret is (by reference: a file or an environment variable, never the
-// secret itself) and its own limits.
+// String shows the merchant without its secret or refresh token.
+func (m merchant) String() string {
+	return fmt.Sprintf("merchant{appid:%s token:%s limits:%+v}", m.AppID, m.Token, m.Limits)
+}
+
+// GoString is String: %#v must not print secrets either.
+func (m merchant) GoString() string { return m.String() }
+
+// How a merchant's access token is obtained: the merchants key token and
+// the -token-api flag.
+const (
+	// tokenStable is cgi-bin/stable_token with the app secret: safe for
+	// independent processes, the default.
+	tokenStable = "stable_token"
+	// tokenPlain is cgi-bin/token with the app secret: every call voids the
+	// previous token, so it is shared through the token store (-redis) with
+	// one refresher at a time — for a merchant whose other systems share
+	// that token through the same store.
+	tokenPlain = "token"
+	// tokenAuthorizer is the authorizer_access_token the third-party
+	// platform (-component-appid) obtains for a merchant that authorized it.
+	tokenAuthorizer = "authorizer"
+)
+
+// merchant is one entry of the config file's merchants: an appid, how its
+// access token is obtained, where its secret or refresh token is (by
+// reference: a file or an environment variable, never the value itself)
+// and its own limits.
 type merchant struct {
-	AppID  string
-	Secret string // resolved from SecretFile or SecretEnv
-	Limits ratelimit.Limits
-	line   int
+	AppID string
+	// Token is tokenStable, tokenPlain or tokenAuthorizer; "" means
+	// -token-api.
+	Token  string
+	Secret string // the app secret, resolved from secret_file or secret_env
+	// RefreshToken is the authorizer_refresh_token to start from, resolved
+	// from refresh_token_file or refresh_token_env; used only while the
+	// token store holds none (it rotates on every fetch).
+	RefreshToken string
+	Limits       ratelimit.Limits
+	line         int
 }
 
 // applyConfigFile sets, from the YAML file at path, every flag of fs not
@@ -117,7 +149,7 @@ func scalarOrList(n *yaml.Node) (string, bool) {
 	return "", false
 }
 
-// parseMerchants reads the merchants list, resolving each secret.
+// parseMerchants reads the merchants list, resolving each reference.
 func parseMerchants(n *yaml.Node, getenv func(string) string, at func(*yaml.Node, string, ...any)) []merchant {
 	if n.Kind != yaml.SequenceNode {
 		at(n, "merchants: want a list")
@@ -131,16 +163,21 @@ func parseMerchants(n *yaml.Node, getenv func(string) string, at func(*yaml.Node
 			continue
 		}
 		mc := merchant{line: m.Line}
-		var secretFile, secretEnv string
+		refs := map[string]string{} // secret_file, secret_env, refresh_token_file, refresh_token_env
 		for i := 0; i+1 < len(m.Content); i += 2 {
 			k, v := m.Content[i], m.Content[i+1]
 			switch k.Value {
 			case "appid":
 				mc.AppID = v.Value
-			case "secret_file":
-				secretFile = v.Value
-			case "secret_env":
-				secretEnv = v.Value
+			case "token":
+				switch v.Value {
+				case tokenStable, tokenPlain, tokenAuthorizer:
+					mc.Token = v.Value
+				default:
+					at(v, "token %q: want %s, %s or %s", v.Value, tokenStable, tokenPlain, tokenAuthorizer)
+				}
+			case "secret_file", "secret_env", "refresh_token_file", "refresh_token_env":
+				refs[k.Value] = v.Value
 			case "limits":
 				if v.Kind != yaml.MappingNode {
 					at(v, "limits: want a mapping of app_daily, user_daily, rate, burst")
@@ -152,7 +189,7 @@ func parseMerchants(n *yaml.Node, getenv func(string) string, at func(*yaml.Node
 					}
 				}
 			default:
-				at(k, "unknown merchant key %q (want appid, secret_file, secret_env, limits)", k.Value)
+				at(k, "unknown merchant key %q (want appid, token, secret_file, secret_env, refresh_token_file, refresh_token_env, limits)", k.Value)
 			}
 		}
 		switch {
@@ -162,26 +199,53 @@ func parseMerchants(n *yaml.Node, getenv func(string) string, at func(*yaml.Node
 		case appids[mc.AppID]:
 			at(m, "merchant %s given twice", mc.AppID)
 			continue
-		case (secretFile == "") == (secretEnv == ""):
-			at(m, "merchant %s: give exactly one of secret_file and secret_env (the secret itself never goes in this file)", mc.AppID)
-			continue
 		}
 		appids[mc.AppID] = true
-		if secretFile != "" {
-			b, err := os.ReadFile(secretFile)
-			if err != nil {
-				at(m, "merchant %s: secret_file: %v", mc.AppID, err)
-				continue
+		var err error
+		if mc.Token == tokenAuthorizer {
+			switch {
+			case refs["secret_file"] != "" || refs["secret_env"] != "":
+				err = errors.New("an authorizer has no app secret here: the platform's authorization stands for it")
+			case refs["refresh_token_file"] != "" && refs["refresh_token_env"] != "":
+				err = errors.New("give at most one of refresh_token_file and refresh_token_env")
+			case refs["refresh_token_file"] != "" || refs["refresh_token_env"] != "":
+				mc.RefreshToken, err = resolveRef(refs["refresh_token_file"], refs["refresh_token_env"], getenv)
 			}
-			mc.Secret = strings.TrimSpace(string(b))
 		} else {
-			mc.Secret = getenv(secretEnv)
+			switch {
+			case refs["refresh_token_file"] != "" || refs["refresh_token_env"] != "":
+				err = errors.New("a refresh token is for token: authorizer only")
+			case (refs["secret_file"] == "") == (refs["secret_env"] == ""):
+				err = errors.New("give exactly one of secret_file and secret_env (the secret itself never goes in this file)")
+			default:
+				mc.Secret, err = resolveRef(refs["secret_file"], refs["secret_env"], getenv)
+			}
 		}
-		if mc.Secret == "" {
-			at(m, "merchant %s: its secret (%s%s) is empty", mc.AppID, secretFile, secretEnv)
+		if err != nil {
+			at(m, "merchant %s: %v", mc.AppID, err)
 			continue
 		}
 		out = append(out, mc)
 	}
 	return out
+}
+
+// resolveRef reads a value given by reference: the trimmed content of file,
+// or the environment variable env. An empty value is an error naming the
+// reference, never the value.
+func resolveRef(file, env string, getenv func(string) string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", err
+		}
+		if v := strings.TrimSpace(string(b)); v != "" {
+			return v, nil
+		}
+		return "", fmt.Errorf("%s is empty", file)
+	}
+	if v := getenv(env); v != "" {
+		return v, nil
+	}
+	return "", fmt.Errorf("its secret (%s) is empty", env)
 }

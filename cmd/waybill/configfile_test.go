@@ -24,7 +24,10 @@ func exampleConfig(t *testing.T) (path string, dir string) {
 	dir = t.TempDir()
 	text := strings.ReplaceAll(string(b), "/run/secrets/", dir+"/")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "kafka-password"), []byte("kafka-pw\n"), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "wx5f3a9c1d2e4b6a80"), []byte("secret-tea\n"), 0o600))
+	for name, v := range map[string]string{"wx5f3a9c1d2e4b6a80": "secret-tea", "component-secret": "secret-platform",
+		"provider-token": "secret-bearer", "wx9e8d7c6b5a4f3e2d.refresh": "secret-refresh"} {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o600))
+	}
 	path = filepath.Join(dir, "waybill.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(text), 0o600))
 	return path, dir
@@ -47,11 +50,28 @@ func TestConfigFileExample(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "secret-tea", secrets["wx5f3a9c1d2e4b6a80"])
 	assert.Equal(t, "secret-sport", secrets["wx1a2b3c4d5e6f7a8b"])
+	_, kinds, err := c.merchantTable()
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"wx5f3a9c1d2e4b6a80": tokenStable, "wx1a2b3c4d5e6f7a8b": tokenPlain,
+		"wx9e8d7c6b5a4f3e2d": tokenAuthorizer}, kinds)
+	assert.Equal(t, "secret-refresh", c.Merchants[2].RefreshToken)
+	assert.Equal(t, componentConfig{AppID: "wx3c9d2a1b4e5f6a7b", SecretFile: c.Component.SecretFile, Secret: "secret-platform",
+		Listen: "10.0.0.5:8390", AuthFile: c.Component.AuthFile, Auth: "secret-bearer", TicketWait: 20 * time.Minute}, c.Component)
 	assert.NotContains(t, stderr.String(), "secret-")
 }
 
 // TestConfigFilePrecedence: the command line, then WAYBILL_*, then the
 // file, then the default.
+// TestReadmeShowsTheExampleConfig: the README's config file is the fixture
+// this file's tests load, word for word.
+func TestReadmeShowsTheExampleConfig(t *testing.T) {
+	example, err := os.ReadFile("../../deploy/waybill.example.yaml")
+	require.NoError(t, err)
+	readme, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	assert.Contains(t, string(readme), "```yaml\n"+string(example)+"```\n")
+}
+
 func TestConfigFilePrecedence(t *testing.T) {
 	path, _ := exampleConfig(t)
 	vars := map[string]string{"WECHAT_SECRET_SPORTSHOP": "s", "WAYBILL_GROUP": "from-env", "WAYBILL_RATE": "7"}
@@ -60,7 +80,8 @@ func TestConfigFilePrecedence(t *testing.T) {
 	assert.Equal(t, 9.0, c.Limits.Rate, "the command line wins")
 	assert.Equal(t, "from-env", c.Kafka.ConsumerGroup, "the environment beats the file")
 	assert.Equal(t, int64(100), c.Limits.UserDaily, "the file beats the default")
-	assert.Equal(t, ratelimit.Limits{Rate: 1}, c.AppLimits["wx5f3a9c1d2e4b6a80"], "-app-limits beats a merchant's limits")
+	assert.Equal(t, ratelimit.Limits{AppDaily: 50_000, Rate: 1}, c.AppLimits["wx5f3a9c1d2e4b6a80"],
+		"-app-limits beats a merchant's limits key by key")
 
 	// WAYBILL_CONFIG names the file too.
 	c, err = parseConfig(nil, env(map[string]string{"WAYBILL_CONFIG": path, "WECHAT_SECRET_SPORTSHOP": "s"}), &bytes.Buffer{})

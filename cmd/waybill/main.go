@@ -28,6 +28,14 @@
 //	-wechat-url         WAYBILL_WECHAT_URL         WeChat API base URL (https://api.weixin.qq.com)
 //	-config             WAYBILL_CONFIG             YAML file: the flags' names as keys, plus merchants
 //	-secrets-file       WAYBILL_SECRETS_FILE       file of appid=secret lines; required unless -config lists merchants
+//	-token-api          WAYBILL_TOKEN_API          stable_token, or token (cgi-bin/token shared through -redis) (stable_token)
+//	-component-appid    WAYBILL_COMPONENT_APPID    appid of the third-party platform, for merchants with token: authorizer
+//	-component-secret-file WAYBILL_COMPONENT_SECRET_FILE file holding the platform's appsecret
+//	-verify-ticket-file WAYBILL_VERIFY_TICKET_FILE file the platform's callback writes each component_verify_ticket to
+//	-verify-ticket-redis-key WAYBILL_VERIFY_TICKET_REDIS_KEY Redis key the platform's callback SETs to each ticket
+//	-provider-listen    WAYBILL_PROVIDER_LISTEN    address of the provider endpoint (tickets and refresh tokens over HTTP)
+//	-provider-auth-file WAYBILL_PROVIDER_AUTH_FILE file holding the bearer token the endpoint's callers send
+//	-verify-ticket-wait WAYBILL_VERIFY_TICKET_WAIT how long to wait at start for a ticket before failing (20m)
 //	-redis              WAYBILL_REDIS              host:port or redis:// / rediss:// URL; empty: in memory
 //	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key (waybill:)
 //	-parking            WAYBILL_PARKING            park waiting events on delay topics (true)
@@ -49,7 +57,37 @@
 //
 // The secrets file holds one appid=secret line per mini program; blank lines
 // and lines starting with # are skipped. Secrets, access tokens and Redis
-// passwords are never logged. Access tokens come from cgi-bin/stable_token.
+// passwords are never logged. Access tokens come from cgi-bin/stable_token,
+// or with -token-api token from cgi-bin/token, which voids the previous
+// token on every call: use it with -redis, for a merchant whose other
+// systems share that token through the same store.
+//
+// # Third-party platforms
+//
+// A service provider (第三方平台) names its platform with -component-appid
+// and -component-secret-file, and lists its merchants in the config file
+// with token: authorizer; other merchants keep their app secrets, in the
+// same file. The service obtains the component_access_token with the
+// component_verify_ticket and each merchant's authorizer_access_token with
+// its authorizer_refresh_token, and saves every rotated refresh token to
+// the token store (-redis: shared by every process, and kept across
+// restarts). WeChat pushes the ticket to the platform's callback every 10
+// minutes; the callback decrypts it and hands it over in one of three ways:
+//
+//   - it writes it to -verify-ticket-file (read every 30 s);
+//   - it SETs the Redis key -verify-ticket-redis-key to it (read every 30 s);
+//   - it calls the provider endpoint, -provider-listen:
+//     PUT /component_verify_ticket with the ticket as the body and
+//     "Authorization: Bearer <the token in -provider-auth-file>".
+//
+// The endpoint also takes a merchant's refresh token after it authorizes
+// (again): PUT /authorizers/{appid}/refresh_token. A merchant's
+// refresh_token_file or refresh_token_env in the config file is stored
+// only while the store holds none for it: once rotated, the stored one is
+// newer. With -redis, a process without any ticket source uses the tickets
+// another process stores. At start, with authorizer merchants, the service
+// consumes nothing until a ticket is stored, for at most -verify-ticket-wait,
+// then fails saying so.
 //
 // With -redis, every process using the same Redis and prefix shares the
 // access tokens (<prefix>wechat:), the quota and rate counters
@@ -81,8 +119,11 @@
 // event's time.
 //
 // -config names a YAML file whose keys are the flags' names, plus a merchants
-// list: appid, secret_file or secret_env (the secret by reference, never in
-// the file) and limits (app_daily, user_daily, rate, burst). The command line
+// list: appid; token (stable_token, token or authorizer; default
+// -token-api); secret_file or secret_env (the app secret by reference, never
+// in the file), or for an authorizer refresh_token_file or
+// refresh_token_env; and limits (app_daily, user_daily, rate, burst), each
+// key of which a -app-limits entry for the same appid overrides. The command line
 // and the environment override it; unknown keys are errors with their line.
 // SIGHUP rereads it: new merchants, rotated secrets and changed limits apply
 // from the next call, without dropping events in flight; settings that need a

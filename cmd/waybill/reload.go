@@ -38,18 +38,35 @@ func (l *liveSecrets) Secret(ctx context.Context, appid string) (string, error) 
 func (l *liveSecrets) String() string { return (*l.p.Load()).String() }
 
 // reload applies what a new configuration may change while events flow:
-// the merchants' secrets and every limit. Everything else (Kafka, topics,
+// the merchants, how each one's token is obtained, their secrets (the
+// platform's too, and the provider endpoint's bearer token), configured
+// refresh tokens, and every limit. Everything else (Kafka, topics,
 // parking, Redis, WeChat's address, timings) needs a restart; reload names
 // such changes and keeps running as it was. An invalid configuration
 // changes nothing and is returned as the reason.
 func (s *service) reload(next config) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	secrets, err := next.secrets()
+	secrets, kinds, err := next.merchantTable()
 	if err != nil {
 		return err
 	}
 	if err := next.limiterConfig(nil).Validate(); err != nil {
+		return err
+	}
+	restart := restartNeeded(s.applied, next)
+	cur := s.tokens.p.Load()
+	if next.Component.AppID != s.applied.Component.AppID {
+		// The platform's appid names its tokens in the store: a restart.
+		next.Component = s.applied.Component
+		for appid, kind := range kinds {
+			if kind == tokenAuthorizer && cur.kinds[appid] != tokenAuthorizer {
+				return fmt.Errorf("merchant %s: token: authorizer needs -component-appid %q, which a reload cannot change; restart", appid, next.Component.AppID)
+			}
+		}
+	}
+	table, err := s.routeTable(next, kinds, cur)
+	if err != nil {
 		return err
 	}
 	if err := errors.Join(
@@ -60,20 +77,33 @@ func (s *service) reload(next config) error {
 	}
 	old := *s.secrets.p.Load()
 	s.secrets.p.Store(&secrets)
+	s.tokens.p.Store(table)
+	if s.provider != nil {
+		s.provider.auth.Store(&next.Component.Auth)
+		if err := s.provider.seed(context.Background(), next.Merchants); err != nil {
+			// Applied all the same: the merchant's calls say what is missing.
+			s.log.Warn("reload: storing a configured refresh token failed", "err", err)
+		}
+	}
 
-	var added, rotated, removed, limits []string
-	for appid, secret := range secrets {
-		switch was, ok := old[appid]; {
+	var added, rotated, removed, tokens, limits []string
+	for appid, kind := range kinds {
+		switch was, ok := cur.kinds[appid]; {
 		case !ok:
 			added = append(added, appid)
-		case was != secret:
+		case was != kind:
+			tokens = append(tokens, appid)
+		case old[appid] != secrets[appid]:
 			rotated = append(rotated, appid)
 		}
 	}
-	for appid := range old {
-		if _, ok := secrets[appid]; !ok {
+	for appid := range cur.kinds {
+		if _, ok := kinds[appid]; !ok {
 			removed = append(removed, appid)
 		}
+	}
+	if table.component != cur.component && cur.component != nil {
+		rotated = append(rotated, next.Component.AppID)
 	}
 	for _, appid := range slices.Sorted(maps.Keys(unionKeys(s.applied.AppLimits, next.AppLimits))) {
 		if s.applied.AppLimits[appid] != next.AppLimits[appid] {
@@ -83,14 +113,16 @@ func (s *service) reload(next config) error {
 	if s.applied.Limits != next.Limits {
 		limits = append(limits, "defaults")
 	}
-	for _, l := range [][]string{added, rotated, removed} {
+	for _, l := range [][]string{added, rotated, removed, tokens} {
 		sort.Strings(l)
 	}
 	s.log.Info("configuration reloaded", "merchants_added", added, "secrets_rotated", rotated,
-		"merchants_removed", removed, "limits_changed", limits, "restart_needed", restartNeeded(s.applied, next))
+		"merchants_removed", removed, "limits_changed", limits, "restart_needed", restart,
+		"token_api_changed", tokens)
 	// Only what was applied: a setting that needs a restart is named again
 	// on the next reload, until the restart.
 	s.applied.Limits, s.applied.AppLimits = next.Limits, next.AppLimits
+	s.applied.Component.Secret, s.applied.Component.Auth = next.Component.Secret, next.Component.Auth
 	return nil
 }
 
@@ -123,6 +155,9 @@ func restartNeeded(cur, next config) []string {
 	check("redis", cur.Redis != next.Redis || cur.RedisPrefix != next.RedisPrefix)
 	check("wechat-url", cur.WeChatURL != next.WeChatURL)
 	check("timings", cur.ClaimTTL != next.ClaimTTL || cur.StatsInterval != next.StatsInterval || cur.ShutdownTimeout != next.ShutdownTimeout)
+	cc, nc := cur.Component, next.Component
+	check("component", cc.AppID != nc.AppID || cc.TicketFile != nc.TicketFile || cc.TicketRedisKey != nc.TicketRedisKey ||
+		cc.Listen != nc.Listen || cc.TicketWait != nc.TicketWait)
 	check("log", cur.LogLevel != next.LogLevel || cur.LogFormat != next.LogFormat)
 	return out
 }

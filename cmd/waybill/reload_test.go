@@ -18,6 +18,21 @@ import (
 // TestReloadAppliesMerchantsAndLimits: a reload adds a merchant, rotates a
 // secret and changes a limit in the running service, names what needs a
 // restart, and an invalid configuration changes nothing.
+// testService is a service with cfg's token sources and limiters, and no
+// Kafka.
+func testService(t *testing.T, cfg config, logs *bytes.Buffer) *service {
+	t.Helper()
+	secrets, kinds, err := cfg.merchantTable()
+	require.NoError(t, err)
+	s := &service{cfg: cfg, applied: cfg, log: slog.New(slog.NewTextHandler(logs, nil))}
+	require.NoError(t, s.wireTokens(cfg, secrets, kinds, new(wechat.MemoryStore)))
+	s.limiter, err = ratelimit.New(cfg.limiterConfig(nil))
+	require.NoError(t, err)
+	s.goodsLimiter, err = ratelimit.New(cfg.limiterConfig(nil))
+	require.NoError(t, err)
+	return s
+}
+
 func TestReloadAppliesMerchantsAndLimits(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -32,14 +47,8 @@ func TestReloadAppliesMerchantsAndLimits(t *testing.T) {
 	}
 	cfg, err := parse()
 	require.NoError(t, err)
-	secrets, err := cfg.secrets()
-	require.NoError(t, err)
 	var logs bytes.Buffer
-	s := &service{cfg: cfg, applied: cfg, log: slog.New(slog.NewTextHandler(&logs, nil)), secrets: newLiveSecrets(secrets)}
-	s.limiter, err = ratelimit.New(cfg.limiterConfig(nil))
-	require.NoError(t, err)
-	s.goodsLimiter, err = ratelimit.New(cfg.limiterConfig(nil))
-	require.NoError(t, err)
+	s := testService(t, cfg, &logs)
 	ctx := context.Background()
 
 	_, err = s.secrets.Secret(ctx, "wxB")

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,8 +41,12 @@ type service struct {
 	router  *message.Router
 	runner  *kafka.DelayRunner
 	delays  []string // delay topics, with parking
+	// provider feeds the platform's tokens; nil without -component-appid.
+	provider *provider
 	// What a reload (SIGHUP) may change while events flow.
 	secrets               *liveSecrets
+	tokens                *tokenRoutes
+	tokenStore            wechat.TokenStore // shared by every token source, old and new
 	limiter, goodsLimiter *ratelimit.Limiter
 	reloadMu              sync.Mutex
 	applied               config // what reload compares with; under reloadMu
@@ -62,7 +67,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 			s.close()
 		}
 	}()
-	secrets, err := cfg.secrets()
+	secrets, kinds, err := cfg.merchantTable()
 	if err != nil {
 		return nil, err
 	}
@@ -80,15 +85,15 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	// Without Redis every store lives in this process; with it, processes
 	// sharing the prefix share tokens, quotas and traces.
 	var (
-		tokenStore wechat.TokenStore
+		rdb        *redis.Client
+		tokenStore wechat.TokenStore = new(wechat.MemoryStore)
 		limitStore ratelimit.Store
 		goodsStore ratelimit.Store  // update_waybill_goods: counted apart from trace_waybill
 		traces     tracestore.Store = tracestore.NewMemory(tracestore.MemoryConfig{})
 		redisAddr  string
 	)
 	if cfg.Redis != "" {
-		rdb, err := s.connectRedis(ctx)
-		if err != nil {
+		if rdb, err = s.connectRedis(ctx); err != nil {
 			return nil, err
 		}
 		redisAddr = rdb.Options().Addr
@@ -100,13 +105,21 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		}
 	}
 
-	s.secrets = newLiveSecrets(secrets)
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{
-		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: tokenStore, Logger: log})
-	if err != nil {
+	if err := s.wireTokens(cfg, secrets, kinds, tokenStore); err != nil {
 		return nil, err
 	}
-	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: tokens, Logger: log})
+	if cfg.Component.AppID != "" {
+		if s.provider, err = newProvider(cfg.Component, s.tokens, rdb, log); err != nil {
+			return nil, err
+		}
+		if s.provider.ln != nil {
+			s.closers = append(s.closers, func() error { _ = s.provider.ln.Close(); return nil })
+		}
+		if err := s.provider.seed(ctx, cfg.Merchants); err != nil {
+			return nil, err
+		}
+	}
+	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: s.tokens, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +171,8 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	log.Info("waybill configured",
 		"brokers", cfg.Kafka.Brokers, "group", cfg.Kafka.ConsumerGroup,
 		"input_topic", cfg.InputTopic, "traced_topic", cfg.TracedTopic, "dead_letter_topic", cfg.DeadLetterTopic,
-		"wechat_url", cfg.WeChatURL, "appids", appids(secrets),
+		"wechat_url", cfg.WeChatURL, "appids", sortedKeys(kinds), "authorizers", countKind(kinds, tokenAuthorizer),
+		"component", orNone(cfg.Component.AppID),
 		"redis", orNone(redisAddr), "delay_topics", s.delays,
 		"app_daily", cfg.Limits.AppDaily, "user_daily", cfg.Limits.UserDaily, "rate", cfg.Limits.Rate,
 		"app_limits", len(cfg.AppLimits), "claim_ttl", cfg.ClaimTTL)
@@ -201,6 +215,20 @@ func (s *service) detach(h message.HandlerFunc) message.HandlerFunc {
 // shuts down: no new events, in-flight ones get cfg.ShutdownTimeout, and the
 // counters are logged.
 func (s *service) run(ctx context.Context) error {
+	if s.provider != nil {
+		// Its endpoint and ticket polls run until the service has stopped.
+		var pwg sync.WaitGroup
+		defer pwg.Wait()
+		pctx, stopProvider := context.WithCancel(ctx)
+		defer stopProvider()
+		if err := s.provider.start(pctx, &pwg, countKind(s.tokens.p.Load().kinds, tokenAuthorizer) > 0); err != nil {
+			s.close()
+			if ctx.Err() != nil {
+				return nil // a signal while waiting: a clean stop
+			}
+			return err
+		}
+	}
 	routerErr := make(chan error, 1)
 	go func() { routerErr <- s.router.Run(context.Background()) }()
 	var wg sync.WaitGroup
@@ -279,13 +307,61 @@ func (s *service) logStats(level slog.Level, msg string) {
 		"parked", st.Parked, "returned", returned)
 }
 
-func appids(s wechat.StaticSecrets) []string {
-	out := make([]string, 0, len(s))
-	for k := range s {
-		out = append(out, k)
+// wireTokens builds the token sources on store and routes cfg's merchants
+// to them.
+func (s *service) wireTokens(cfg config, secrets wechat.StaticSecrets, kinds map[string]string, store wechat.TokenStore) error {
+	s.secrets, s.tokenStore = newLiveSecrets(secrets), store
+	byStable, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{
+		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log})
+	if err != nil {
+		return err
 	}
-	sort.Strings(out)
-	return out
+	byToken, err := wechat.NewAccessTokenSource(wechat.AccessTokenConfig{
+		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	s.tokens = &tokenRoutes{stable: byStable, plain: byToken}
+	table, err := s.routeTable(cfg, kinds, nil)
+	if err != nil {
+		return err
+	}
+	s.tokens.p.Store(table)
+	return nil
+}
+
+// routeTable is the token routing of cfg's merchants. It keeps cur's
+// platform source when the platform's secret is unchanged (its tokens are
+// in the store either way; keeping it keeps its in-process copies).
+func (s *service) routeTable(cfg config, kinds map[string]string, cur *routeTable) (*routeTable, error) {
+	t := &routeTable{kinds: kinds}
+	c := cfg.Component
+	if c.AppID == "" {
+		return t, nil
+	}
+	if cur != nil && cur.component != nil && cur.secret == c.Secret {
+		t.component, t.secret = cur.component, cur.secret
+		return t, nil
+	}
+	comp, err := wechat.NewComponentTokenSource(wechat.ComponentConfig{BaseURL: cfg.WeChatURL,
+		ComponentAppID: c.AppID, ComponentSecret: c.Secret, Store: s.tokenStore, Logger: s.log})
+	if err != nil {
+		return nil, err
+	}
+	t.component, t.secret = comp, c.Secret
+	return t, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+func countKind(kinds map[string]string, kind string) int {
+	n := 0
+	for _, k := range kinds {
+		if k == kind {
+			n++
+		}
+	}
+	return n
 }
 
 func orNone(s string) string {
