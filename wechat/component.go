@@ -118,26 +118,58 @@ func (s *ComponentTokenSource) refreshKey(appid string) string {
 }
 
 // SetVerifyTicket stores the component_verify_ticket WeChat pushed (every 10
-// minutes, valid 12 hours). Call it from the platform's push handler after
-// decrypting the push.
+// minutes, valid 12 hours), as pushed now. Call it from the platform's push
+// handler after decrypting the push.
 func (s *ComponentTokenSource) SetVerifyTicket(ctx context.Context, ticket string) error {
+	_, err := s.SetVerifyTicketAt(ctx, ticket, s.cache.now())
+	return err
+}
+
+// SetVerifyTicketAt stores a component_verify_ticket WeChat pushed at
+// pushedAt, valid VerifyTicketTTL from then, unless the stored one lives
+// longer (a later push is stored already); it reports whether it stored it.
+// It is for a ticket relayed through a file or a key, whose age is known.
+func (s *ComponentTokenSource) SetVerifyTicketAt(ctx context.Context, ticket string, pushedAt time.Time) (bool, error) {
 	if ticket == "" {
-		return errors.New("wechat: empty component_verify_ticket")
+		return false, errors.New("wechat: empty component_verify_ticket")
 	}
-	tok := Token{Value: ticket, Expiry: s.cache.now().Add(VerifyTicketTTL)}
-	if err := s.cache.store.Save(ctx, s.ticketKey(), tok); err != nil {
-		return fmt.Errorf("wechat: save component_verify_ticket: %w", err)
+	tok := Token{Value: ticket, Expiry: pushedAt.Add(VerifyTicketTTL)}
+	if !s.cache.now().Before(tok.Expiry) {
+		return false, fmt.Errorf("wechat: component_verify_ticket pushed at %s has expired", pushedAt.UTC().Format(time.RFC3339))
 	}
-	return nil
+	stored := false
+	err := s.cache.locked(ctx, s.ticketKey(), nil, func(ctx context.Context) error {
+		cur, ok, err := s.cache.store.Load(ctx, s.ticketKey())
+		if err != nil {
+			return fmt.Errorf("load component_verify_ticket: %w", err)
+		}
+		if ok && (cur.Value == ticket || cur.Expiry.After(tok.Expiry)) {
+			return nil
+		}
+		if err := s.cache.store.Save(ctx, s.ticketKey(), tok); err != nil {
+			return fmt.Errorf("save component_verify_ticket: %w", err)
+		}
+		stored = true
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("wechat: %w", err)
+	}
+	return stored, nil
 }
 
 // SetRefreshToken stores the authorizer_refresh_token a merchant's
-// authorization produced. The source keeps it current from then on.
+// authorization produced. The source keeps it current from then on. It
+// holds the merchant's lock (waiting at most LockTTL), so that a rotation
+// in progress with the old one cannot overwrite it afterwards.
 func (s *ComponentTokenSource) SetRefreshToken(ctx context.Context, appid, refreshToken string) error {
 	if appid == "" || refreshToken == "" {
 		return errors.New("wechat: SetRefreshToken needs an appid and a refresh token")
 	}
-	if err := s.cache.store.Save(ctx, s.refreshKey(appid), Token{Value: refreshToken}); err != nil {
+	err := s.cache.locked(ctx, s.authorizerKey(appid), nil, func(ctx context.Context) error {
+		return s.cache.store.Save(ctx, s.refreshKey(appid), Token{Value: refreshToken})
+	})
+	if err != nil {
 		return fmt.Errorf("wechat: save authorizer_refresh_token of %s: %w", appid, err)
 	}
 	return nil

@@ -179,3 +179,36 @@ func TestComponentSeedRefreshToken(t *testing.T) {
 		t.Fatal("the seed failed once the lock was free")
 	}
 }
+
+// TestComponentVerifyTicketAt: a relayed ticket keeps the age it had when
+// WeChat pushed it; an expired one is refused, and an older push never
+// replaces a newer one.
+func TestComponentVerifyTicketAt(t *testing.T) {
+	clock := newFakeClock()
+	srv := componentSandbox(t, clock)
+	src := newComponent(t, srv.URL, clock, new(MemoryStore))
+	ctx := context.Background()
+	now := clock.Now()
+
+	if _, err := src.SetVerifyTicketAt(ctx, "ticket-old", now.Add(-VerifyTicketTTL)); err == nil {
+		t.Fatal("a ticket pushed 12 h ago was stored")
+	}
+	if stored, err := src.SetVerifyTicketAt(ctx, "ticket-2", now.Add(-time.Hour)); err != nil || !stored {
+		t.Fatalf("stored %v, %v", stored, err)
+	}
+	if exp, _ := src.VerifyTicketExpiry(ctx); !exp.Equal(now.Add(11 * time.Hour)) {
+		t.Fatalf("expiry %v: want the push time plus 12 h", exp)
+	}
+	if stored, err := src.SetVerifyTicketAt(ctx, "ticket-1", now.Add(-2*time.Hour)); err != nil || stored {
+		t.Fatalf("an older push: stored %v, %v", stored, err)
+	}
+	if stored, err := src.SetVerifyTicketAt(ctx, "ticket-2", now); err != nil || stored {
+		t.Fatalf("the same ticket again: stored %v, %v (its age must not be reset)", stored, err)
+	}
+	if err := src.SetVerifyTicket(ctx, "ticket-3"); err != nil {
+		t.Fatal(err)
+	}
+	if exp, _ := src.VerifyTicketExpiry(ctx); !exp.Equal(now.Add(VerifyTicketTTL)) {
+		t.Fatalf("a new push: expiry %v", exp)
+	}
+}

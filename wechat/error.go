@@ -16,7 +16,7 @@ const (
 	ClassDailyQuota                     // 45009: stop this appid until the daily reset
 	ClassNotYet                         // 931023 (and 9300559): retry hours later, bounded
 	ClassPermanent                      // bad input for this event: 40003, 47001, 9300507, unknown codes...
-	ClassConfiguration                  // operator must act: 48001, 48004, 61007, 40164, 61004, 61023
+	ClassConfiguration                  // operator must act: 48001, 48004, 61007, 40164, 61004, 61023, 61006
 )
 
 var classNames = [...]string{
@@ -67,6 +67,7 @@ var classTable = map[int]Class{
 	40164: ClassConfiguration, // caller IP not in the allow list
 	61004: ClassConfiguration, // caller IP not in the allow list (component)
 	61023: ClassConfiguration, // authorizer_refresh_token invalid: re-authorize
+	61006: ClassConfiguration, // component_verify_ticket invalid: the ticket push is not reaching the platform
 	40013: ClassConfiguration, // invalid appid
 	40125: ClassConfiguration, // invalid appsecret
 	40243: ClassConfiguration, // appsecret frozen
@@ -75,7 +76,7 @@ var classTable = map[int]Class{
 // DefaultClassify maps a WeChat errcode to its Class using the table in
 // ../shared/wechat-api.md: -1 is transient; 40001, 40014 and 42001 are token
 // errors; 45011 minute-rate; 45009 daily-quota; 931023 and 9300559 not-yet;
-// 48001, 48004, 61007, 40164, 61004, 61023 (and the token endpoints' 40013,
+// 48001, 48004, 61007, 40164, 61004, 61023, 61006 (and the token endpoints' 40013,
 // 40125, 40243) need an operator; everything else, known or not, is permanent.
 //
 // To extend it, wrap it:

@@ -28,6 +28,7 @@ func TestDefaultClassifyCodeByCode(t *testing.T) {
 		40164:   ClassConfiguration,
 		61004:   ClassConfiguration,
 		61023:   ClassConfiguration,
+		61006:   ClassConfiguration,
 		40013:   ClassConfiguration,
 		40125:   ClassConfiguration,
 		40243:   ClassConfiguration,

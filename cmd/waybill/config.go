@@ -134,7 +134,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.TokenAPI, "token-api", tokenStable, "how a merchant's access token is obtained with its app secret, unless its config entry says: stable_token, or token (cgi-bin/token, shared through -redis with the merchant's other systems)")
 	pf.register(fs)
 	fs.StringVar(&c.Redis, "redis", "", "Redis `address` (host:port or redis://user:pass@host:port/db) shared by tokens, rate limits and traces; empty keeps them in memory")
-	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "waybill:", "`prefix` of every Redis key waybill writes (-verify-ticket-redis-key is read as given)")
 	fs.Int64Var(&c.Limits.AppDaily, "app-daily", ratelimit.DefaultAppDaily, "daily calls per appid; negative: no limit")
 	fs.Int64Var(&c.Limits.UserDaily, "user-daily", ratelimit.DefaultUserDaily, "daily calls per buyer and appid; negative: no limit")
 	fs.Float64Var(&c.Limits.Rate, "rate", ratelimit.DefaultRate, "smooth calls per second per appid; negative: no limit")
@@ -167,19 +167,25 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	if c.TokenAPI != tokenStable && c.TokenAPI != tokenPlain {
 		errs = append(errs, fmt.Errorf("-token-api %q: want %s or %s", c.TokenAPI, tokenStable, tokenPlain))
 	}
-	authorizers := false
+	authorizers, plain := false, c.SecretsFile != "" && c.TokenAPI == tokenPlain
 	for i := range c.Merchants {
 		mc := &c.Merchants[i]
 		if mc.Token == "" {
 			mc.Token = c.TokenAPI
 		}
 		authorizers = authorizers || mc.Token == tokenAuthorizer
+		plain = plain || mc.Token == tokenPlain
 		if mc.Limits != (ratelimit.Limits{}) {
 			if c.AppLimits == nil {
 				c.AppLimits = map[string]ratelimit.Limits{}
 			}
 			c.AppLimits[mc.AppID] = overlay(mc.Limits, c.AppLimits[mc.AppID]) // -app-limits, key by key, wins
 		}
+	}
+	if plain && c.Redis == "" {
+		// Each process would void the others' token, and the merchant's other
+		// systems' too.
+		errs = append(errs, errors.New("merchants on cgi-bin/token (token: token, -token-api token) need -redis, where they share one token"))
 	}
 	if comp, err := pf.apply(c.Redis != "", authorizers); err != nil {
 		errs = append(errs, err)

@@ -247,5 +247,5 @@ func resolveRef(file, env string, getenv func(string) string) (string, error) {
 	if v := getenv(env); v != "" {
 		return v, nil
 	}
-	return "", fmt.Errorf("its secret (%s) is empty", env)
+	return "", fmt.Errorf("the variable %s is empty", env)
 }

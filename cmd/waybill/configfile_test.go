@@ -96,7 +96,7 @@ func TestConfigFileErrorsNameTheLine(t *testing.T) {
 		"unknown key":       {"brokers: k:9092\nbrokres: k:9093\n", "line 2: unknown key \"brokres\""},
 		"unknown merchant":  {"merchants:\n  - appid: wx1\n    secret: inline\n", "line 3: unknown merchant key \"secret\""},
 		"no secret":         {"merchants:\n  - appid: wx1\n", "line 2: merchant wx1: give exactly one of secret_file and secret_env"},
-		"empty secret env":  {"merchants:\n  - appid: wx1\n    secret_env: NOT_SET\n", "line 2: merchant wx1: its secret (NOT_SET) is empty"},
+		"empty secret env":  {"merchants:\n  - appid: wx1\n    secret_env: NOT_SET\n", "line 2: merchant wx1: the variable NOT_SET is empty"},
 		"bad value":         {"rate: fast\n", "line 1: rate:"},
 		"bad limit":         {"merchants:\n  - appid: wx1\n    secret_env: S\n    limits: {speed: 3}\n", "line 4: limits: unknown key \"speed\""},
 		"twice":             {"rate: 1\nrate: 2\n", "line 2: key \"rate\" given twice"},

@@ -37,7 +37,7 @@
 //	-provider-auth-file WAYBILL_PROVIDER_AUTH_FILE file holding the bearer token the endpoint's callers send
 //	-verify-ticket-wait WAYBILL_VERIFY_TICKET_WAIT how long to wait at start for a ticket before failing (20m)
 //	-redis              WAYBILL_REDIS              host:port or redis:// / rediss:// URL; empty: in memory
-//	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key (waybill:)
+//	-redis-prefix       WAYBILL_REDIS_PREFIX       prefix of every Redis key waybill writes (waybill:)
 //	-parking            WAYBILL_PARKING            park waiting events on delay topics (true)
 //	-parking-tiers      WAYBILL_PARKING_TIERS      delays of the delay topics (1m,10m,1h)
 //	-parking-prefix     WAYBILL_PARKING_PREFIX     delay topic prefix (<input-topic>.delay.)
@@ -74,49 +74,26 @@
 // restarts). WeChat pushes the ticket to the platform's callback every 10
 // minutes; the callback decrypts it and hands it over in one of three ways:
 //
-//   - it writes it to -verify-ticket-file (read every 30 s);
-//   - it SETs the Redis key -verify-ticket-redis-key to it (read every 30 s);
+//   - it writes it to -verify-ticket-file, atomically (read every 30 s; the
+//     file's modification time is the push time);
+//   - it runs SET <-verify-ticket-redis-key> <ticket> EX 43200 (read every
+//     30 s; the TTL tells the ticket's age; a key without one is refused);
 //   - it calls the provider endpoint, -provider-listen:
 //     PUT /component_verify_ticket with the ticket as the body and
 //     "Authorization: Bearer <the token in -provider-auth-file>".
 //
-// The endpoint also takes a merchant's refresh token after it authorizes
-// (again): PUT /authorizers/{appid}/refresh_token. A merchant's
-// refresh_token_file or refresh_token_env in the config file is stored
-// only while the store holds none for it: once rotated, the stored one is
-// newer. With -redis, a process without any ticket source uses the tickets
-// another process stores. At start, with authorizer merchants, the service
-// consumes nothing until a ticket is stored, for at most -verify-ticket-wait,
-// then fails saying so.
-//
-// With -redis, every process using the same Redis and prefix shares the
-// access tokens (<prefix>wechat:), the quota and rate counters
-// (<prefix>ratelimit:) and the waybill tokens of traced events
-// (<prefix>trace:), so that a redelivered or duplicate event republishes its
-// waybill.traced without calling WeChat again, whichever process sees it.
-// Without it each process keeps its own: right for a single process only.
-// In an -app-limits entry a key left out (or 0) inherits the flag above it.
-// A live process renews its claims every third of -claim-ttl for as long as
-// its calls take, so -claim-ttl is only how long a crashed process's
-// waybills stay blocked; keep it under the 25 s a delivery may wait in
-// place, so that the events behind them resume within that.
-//
-// Every topic the flags name must exist: at start the service checks them
-// (input, traced, dead letter and each delay tier) and refuses to start,
-// naming the missing ones, unless -create-topics makes them. `waybill
-// topics check` lists them with their partitions and replication; `waybill
-// topics create` makes the missing ones, idempotently, with
-// -topic-partitions and -topic-replication. It takes the service's Kafka
-// and topic flags.
-//
-// Parking is on by default, because a service provider's topic mixes merchants: events that
-// must wait (a spent quota, WeChat not knowing the waybill yet, an appid's
-// breaker open) move to the delay topics <prefix><tier> and <prefix>window,
-// which must exist too, and a delay runner in the same process (consumer
-// group <group>-delay) brings them back when due. With -parking=false they
-// wait in place, holding their partition: each delivery at most 25 s, then
-// the event is left for redelivery, which makes no WeChat call before the
-// event's time.
+// A ticket older than 12 hours, or than the one stored, is not used. The
+// endpoint also takes the refresh token of a merchant configured with
+// token: authorizer after it authorizes (again):
+// PUT /authorizers/{appid}/refresh_token. A merchant's refresh_token_file or
+// refresh_token_env in the config file is stored only while the store holds
+// none for it: once rotated, the stored one is newer. Authorizers (and
+// token: token merchants) need -redis, so that rotated refresh tokens
+// outlive a restart and every process sees the same tokens; a process
+// without any ticket source uses the tickets another stores. At start, with
+// authorizer merchants, the service consumes nothing until a ticket is
+// stored, for at most -verify-ticket-wait, then fails saying so; a reload
+// adding the first authorizers without a stored ticket is refused.
 //
 // -config names a YAML file whose keys are the flags' names, plus a merchants
 // list: appid; token (stable_token, token or authorizer; default

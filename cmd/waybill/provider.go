@@ -74,7 +74,7 @@ func (p *providerFlags) apply(hasRedis, hasAuthorizers bool) (componentConfig, e
 			errs = append(errs, errors.New("merchants with token: authorizer need -component-appid"))
 		}
 		for name, v := range map[string]string{"component-secret-file": c.SecretFile, "verify-ticket-file": c.TicketFile,
-			"verify-ticket-redis-key": c.TicketRedisKey, "provider-listen": c.Listen} {
+			"verify-ticket-redis-key": c.TicketRedisKey, "provider-listen": c.Listen, "provider-auth-file": c.AuthFile} {
 			if v != "" {
 				errs = append(errs, fmt.Errorf("-%s needs -component-appid", name))
 			}
@@ -98,6 +98,11 @@ func (p *providerFlags) apply(hasRedis, hasAuthorizers bool) (componentConfig, e
 			errs = append(errs, errors.New("-provider-auth-file needs -provider-listen"))
 		}
 		c.Auth = read("provider-listen", "provider-auth-file", c.AuthFile)
+	}
+	if hasAuthorizers && !hasRedis {
+		// In memory, a restart would start again from the configured refresh
+		// tokens, dead since their first rotation.
+		errs = append(errs, errors.New("merchants with token: authorizer need -redis, which keeps their rotated refresh tokens"))
 	}
 	if c.TicketRedisKey != "" && !hasRedis {
 		errs = append(errs, errors.New("-verify-ticket-redis-key needs -redis"))
@@ -175,13 +180,15 @@ type provider struct {
 	auth   atomic.Pointer[string] // the endpoint's bearer token; a reload may rotate it
 	ln     net.Listener           // the endpoint's, bound at build so a taken port fails the start
 
-	mu        sync.Mutex
-	last      map[string]string // source → the last ticket taken from it
-	staleSeen map[string]bool   // source → a stale ticket was reported
+	// stop ends the endpoint and the polls and waits for them; set by start.
+	stop func()
+
+	mu     sync.Mutex
+	warned map[string]bool // a warning said once per source until it clears
 }
 
 func newProvider(cfg componentConfig, tokens *tokenRoutes, rdb *redis.Client, log *slog.Logger) (*provider, error) {
-	p := &provider{cfg: cfg, tokens: tokens, rdb: rdb, log: log, last: map[string]string{}, staleSeen: map[string]bool{}}
+	p := &provider{cfg: cfg, tokens: tokens, rdb: rdb, log: log, warned: map[string]bool{}, stop: func() {}}
 	p.auth.Store(&cfg.Auth)
 	if cfg.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Listen)
@@ -193,12 +200,20 @@ func newProvider(cfg componentConfig, tokens *tokenRoutes, rdb *redis.Client, lo
 	return p, nil
 }
 
-// start serves the endpoint and polls the ticket sources until ctx ends,
-// and waits for a usable ticket (in this process's sources or in the
-// shared store) when some merchant needs one: at most TicketWait. Without
-// the wait every authorizer's first events would be dead-lettered for a
-// ticket that was on its way.
-func (p *provider) start(ctx context.Context, wg *sync.WaitGroup, needTicket bool) error {
+// start serves the endpoint and polls the ticket sources until stop, and
+// waits for a usable ticket (in this process's sources or in the shared
+// store) when some merchant needs one: at most TicketWait, or until ctx
+// ends. Without the wait every authorizer's first events would be
+// dead-lettered for a ticket that was on its way. The endpoint and polls
+// outlive ctx (a signal): the service calls stop once it has stopped
+// using the store, before closing it.
+func (p *provider) start(ctx context.Context, needTicket bool) error {
+	bg, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	p.stop = func() {
+		cancel()
+		wg.Wait()
+	}
 	if p.ln != nil {
 		srv := &http.Server{Handler: p.handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 			WriteTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelWarn)}
@@ -207,24 +222,26 @@ func (p *provider) start(ctx context.Context, wg *sync.WaitGroup, needTicket boo
 				p.log.Error("provider endpoint stopped", "err", err)
 			}
 		})
-		context.AfterFunc(ctx, func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		wg.Go(func() {
+			<-bg.Done()
+			// Requests in flight finish (each is bounded by the timeouts above).
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_ = srv.Shutdown(sctx)
 		})
 		p.log.Info("provider endpoint listening", "addr", p.ln.Addr().String())
 	}
 	if p.cfg.TicketFile != "" || p.cfg.TicketRedisKey != "" {
-		p.poll(ctx)
+		p.poll(bg)
 		wg.Go(func() {
 			t := time.NewTicker(ticketPoll)
 			defer t.Stop()
 			for {
 				select {
-				case <-ctx.Done():
+				case <-bg.Done():
 					return
 				case <-t.C:
-					p.poll(ctx)
+					p.poll(bg)
 				}
 			}
 		})
@@ -268,72 +285,83 @@ func (p *provider) awaitTicket(ctx context.Context) error {
 	}
 }
 
-// poll reads the ticket file and Redis key and stores a ticket that is new.
+// poll reads the ticket file and Redis key and stores a ticket newer than
+// the stored one, with the age it has: the file's modification time, the
+// key's remaining TTL. A ticket without a known age is not used, since
+// one re-stamped as new on every start would hide a callback that stopped.
 func (p *provider) poll(ctx context.Context) {
 	if f := p.cfg.TicketFile; f != "" {
-		ticket, err := p.readTicketFile(f)
-		p.take(ctx, "file", ticket, err)
+		ticket, pushed, err := readTicketFile(f)
+		p.take(ctx, "file", ticket, pushed, err)
 	}
 	if k := p.cfg.TicketRedisKey; k != "" && p.rdb != nil {
-		rctx, cancel := context.WithTimeout(ctx, redisTimeout)
-		ticket, err := p.rdb.Get(rctx, k).Result()
-		cancel()
-		if errors.Is(err, redis.Nil) {
-			ticket, err = "", nil
-		}
-		p.take(ctx, "redis", strings.TrimSpace(ticket), err)
+		ticket, pushed, err := p.readTicketKey(ctx, k)
+		p.take(ctx, "redis", ticket, pushed, err)
 	}
 }
 
-// readTicketFile returns the file's ticket, "" when the file is missing or
-// older than a ticket lives (the callback has stopped writing it).
-func (p *provider) readTicketFile(path string) (string, error) {
-	st, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	if age := time.Since(st.ModTime()); age >= wechat.VerifyTicketTTL {
-		p.mu.Lock()
-		seen := p.staleSeen["file"]
-		p.staleSeen["file"] = true
-		p.mu.Unlock()
-		if !seen {
-			p.log.Warn("the component_verify_ticket file is older than a ticket lives; is the platform's callback writing it?",
-				"file", path, "age", age.Round(time.Minute))
-		}
-		return "", nil
-	}
+// errTicketAge is a ticket source whose ticket has no known age or is older
+// than a ticket lives.
+var errTicketAge = errors.New("ticket")
+
+// readTicketFile returns the file's ticket and when it was written; ""
+// when the file is missing.
+func readTicketFile(path string) (string, time.Time, error) {
 	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
+	if errors.Is(err, os.ErrNotExist) {
+		return "", time.Time{}, nil
 	}
-	return strings.TrimSpace(string(b)), nil
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return strings.TrimSpace(string(b)), st.ModTime(), nil
 }
 
-// take stores ticket from source unless it is the one last taken from there.
-func (p *provider) take(ctx context.Context, source, ticket string, err error) {
+// readTicketKey returns the key's ticket and when it was pushed, told by
+// its TTL: the callback sets it with EX 43200 (the ticket's 12 hours).
+func (p *provider) readTicketKey(ctx context.Context, key string) (string, time.Time, error) {
+	rctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	var get *redis.StringCmd
+	var ttl *redis.DurationCmd
+	_, err := p.rdb.Pipelined(rctx, func(pl redis.Pipeliner) error {
+		get, ttl = pl.Get(rctx, key), pl.TTL(rctx, key)
+		return nil
+	})
+	if errors.Is(err, redis.Nil) || errors.Is(get.Err(), redis.Nil) {
+		return "", time.Time{}, nil
+	}
 	if err != nil {
-		p.log.Warn("reading the component_verify_ticket", "source", source, "err", err)
-		return
+		return "", time.Time{}, err
+	}
+	left := ttl.Val()
+	if left <= 0 || left > wechat.VerifyTicketTTL {
+		return "", time.Time{}, fmt.Errorf("%w in Redis key %s has no expiry (or one beyond 12 h) to tell its age: SET it with EX 43200", errTicketAge, key)
+	}
+	return strings.TrimSpace(get.Val()), time.Now().Add(left - wechat.VerifyTicketTTL), nil
+}
+
+// take stores ticket from source, pushed at pushed, unless the store
+// holds it or a later one; a failure is logged once until it clears.
+func (p *provider) take(ctx context.Context, source, ticket string, pushed time.Time, err error) {
+	if err == nil && ticket != "" {
+		var stored bool
+		stored, err = p.tokens.component().SetVerifyTicketAt(ctx, ticket, pushed)
+		if stored {
+			p.log.Info("component_verify_ticket stored", "source", source, "pushed", pushed.Round(time.Second))
+		}
 	}
 	p.mu.Lock()
-	same := ticket == "" || p.last[source] == ticket
+	warned := p.warned[source]
+	p.warned[source] = err != nil
 	p.mu.Unlock()
-	if same {
-		return
+	if err != nil && !warned {
+		p.log.Warn("component_verify_ticket not taken; is the platform's callback writing it?", "source", source, "err", err)
 	}
-	if err := p.tokens.component().SetVerifyTicket(ctx, ticket); err != nil {
-		p.log.Warn("storing the component_verify_ticket", "source", source, "err", err)
-		return
-	}
-	p.mu.Lock()
-	p.last[source] = ticket
-	p.staleSeen[source] = false
-	p.mu.Unlock()
-	p.log.Info("component_verify_ticket stored", "source", source)
 }
 
 // seed stores the configured refresh token of each authorizer merchant
@@ -385,6 +413,12 @@ func (p *provider) handler() http.Handler {
 		appid := r.PathValue("appid")
 		token, ok := p.body(w, r)
 		if !ok {
+			return
+		}
+		if p.tokens.p.Load().kinds[appid] != tokenAuthorizer {
+			// Kept nowhere else: say so rather than lose it. Add the merchant
+			// with token: authorizer first (a reload), then send it again.
+			http.Error(w, "no merchant "+appid+" with token: authorizer is configured", http.StatusNotFound)
 			return
 		}
 		if err := p.tokens.component().SetRefreshToken(r.Context(), appid, token); err != nil {

@@ -34,6 +34,8 @@ func providerFiles(t *testing.T, extra string) (conf, dir string) {
 	conf = filepath.Join(dir, "waybill.yaml")
 	text := "component-appid: wxcomp\ncomponent-secret-file: " + dir + "/component\n" +
 		"provider-listen: 127.0.0.1:0\nprovider-auth-file: " + dir + "/auth\n" + extra +
+		"redis: 127.0.0.1:1\n" + // required with these merchants; parsed only, the tests use a MemoryStore
+
 		"merchants:\n" +
 		"  - appid: wxshop\n    secret_file: " + dir + "/shop\n" +
 		"  - appid: wxplain\n    token: token\n    secret_env: PLAIN_SECRET\n" +
@@ -179,6 +181,8 @@ func TestProviderEndpoint(t *testing.T) {
 	_, err = s.tokens.component().VerifyTicketExpiry(ctx)
 	require.NoError(t, err)
 
+	assert.Equal(t, http.StatusNotFound, put("/authorizers/wxshop/refresh_token", "bearer-1", "refresh-x"), "not an authorizer")
+	assert.Equal(t, http.StatusNotFound, put("/authorizers/wxtypo/refresh_token", "bearer-1", "refresh-x"), "not a merchant")
 	assert.Equal(t, http.StatusNoContent, put("/authorizers/wxauthB/refresh_token", "bearer-1", "refresh-b0"))
 	_, err = s.tokens.Token(ctx, "wxauthB")
 	require.NoError(t, err, "traced with the refresh token the endpoint took")
@@ -193,13 +197,21 @@ func TestProviderEndpoint(t *testing.T) {
 	require.NoError(t, s.reload(next))
 	assert.Equal(t, http.StatusUnauthorized, put("/component_verify_ticket", "bearer-1", "ticket-9"))
 	assert.Equal(t, http.StatusNoContent, put("/component_verify_ticket", "bearer-2", "ticket-9"))
+	// A reload without the endpoint: it runs until a restart, on its token.
+	gone := next
+	gone.Component.Listen, gone.Component.AuthFile, gone.Component.Auth = "", "", ""
+	require.NoError(t, s.reload(gone))
+	assert.Equal(t, http.StatusNoContent, put("/component_verify_ticket", "bearer-2", "ticket-9"))
+	assert.Contains(t, logs.String(), "restart_needed=[component]")
 	assert.NotContains(t, logs.String(), "bearer-")
 	assert.NotContains(t, logs.String(), "ticket-9")
 }
 
 // TestProviderTicketSources: a ticket file and a Redis key are read at
-// start and polled; a new ticket is stored, a stale file is reported once
-// and not used, and the wait at start ends when a ticket arrives.
+// start and polled; a ticket is stored with the age it has (the file's
+// modification time, the key's TTL), once; a stale file or a key without
+// expiry is reported once and not used; an older ticket never replaces a
+// newer one.
 func TestProviderTicketSources(t *testing.T) {
 	sandbox := wechattest.NewServer(wechattest.Config{})
 	defer sandbox.Close()
@@ -210,31 +222,49 @@ func TestProviderTicketSources(t *testing.T) {
 	p.cfg.TicketFile = filepath.Join(dir, "ticket")
 	p.cfg.TicketRedisKey = testredis.Prefix(t) + "ticket"
 	p.rdb = testredis.Client(t)
+	expiry := func() time.Time {
+		t.Helper()
+		exp, err := s.tokens.component().VerifyTicketExpiry(ctx)
+		require.NoError(t, err)
+		return exp
+	}
 
 	p.poll(ctx) // neither exists yet
 	_, err := s.tokens.component().VerifyTicketExpiry(ctx)
 	require.ErrorIs(t, err, wechat.ErrNoVerifyTicket)
+	assert.NotContains(t, logs.String(), "not taken", "a source not written yet is no warning")
 
 	require.NoError(t, os.WriteFile(p.cfg.TicketFile, []byte("ticket-old\n"), 0o600))
 	old := time.Now().Add(-13 * time.Hour)
 	require.NoError(t, os.Chtimes(p.cfg.TicketFile, old, old))
 	p.poll(ctx)
 	p.poll(ctx)
-	assert.Equal(t, 1, strings.Count(logs.String(), "older than a ticket lives"), "a stale file is said once")
+	assert.Equal(t, 1, strings.Count(logs.String(), `not taken; is the platform's callback writing it?" source=file`), "a stale file is said once")
 	_, err = s.tokens.component().VerifyTicketExpiry(ctx)
 	require.ErrorIs(t, err, wechat.ErrNoVerifyTicket, "a stale ticket is not used")
 
 	require.NoError(t, p.rdb.Set(ctx, p.cfg.TicketRedisKey, "ticket-redis", 0).Err())
 	p.poll(ctx)
+	assert.Contains(t, logs.String(), "SET it with EX 43200", "a key without expiry has no age")
+	_, err = s.tokens.component().VerifyTicketExpiry(ctx)
+	require.ErrorIs(t, err, wechat.ErrNoVerifyTicket)
+
+	require.NoError(t, p.rdb.Set(ctx, p.cfg.TicketRedisKey, "ticket-redis", 10*time.Hour).Err()) // pushed 2 h ago
+	p.poll(ctx)
 	p.poll(ctx)
 	assert.Equal(t, 1, strings.Count(logs.String(), `component_verify_ticket stored" source=redis`), "a ticket is stored once")
-	_, err = s.tokens.component().VerifyTicketExpiry(ctx)
-	require.NoError(t, err)
+	assert.WithinDuration(t, time.Now().Add(10*time.Hour), expiry(), 5*time.Second, "the key's age is kept")
 
+	hourAgo := time.Now().Add(-time.Hour)
 	require.NoError(t, os.WriteFile(p.cfg.TicketFile, []byte("ticket-new\n"), 0o600))
+	require.NoError(t, os.Chtimes(p.cfg.TicketFile, hourAgo, hourAgo))
 	p.poll(ctx)
 	assert.Contains(t, logs.String(), `component_verify_ticket stored" source=file`)
+	assert.WithinDuration(t, hourAgo.Add(wechat.VerifyTicketTTL), expiry(), time.Second, "the file's age is kept")
+	p.poll(ctx) // the Redis key's older ticket stays out
+	assert.WithinDuration(t, hourAgo.Add(wechat.VerifyTicketTTL), expiry(), time.Second, "an older ticket never replaces a newer")
 	assert.NotContains(t, logs.String(), "ticket-new")
+	assert.NotContains(t, logs.String(), "ticket-redis")
 }
 
 // TestProviderAwaitTicket: with authorizers the service consumes nothing
@@ -290,6 +320,9 @@ func TestReloadProvider(t *testing.T) {
 	next.Merchants[0].Token = tokenPlain // wxshop: stable_token → token
 	next.Merchants = append(next.Merchants, merchant{AppID: "wxauthC", Token: tokenAuthorizer, RefreshToken: "refresh-c0"})
 	next.Component.Secret = "comp-secret-2"
+	require.ErrorContains(t, s.reload(next), "new authorizers, but platform wxcomp: wechat: no component_verify_ticket stored")
+	assert.NotContains(t, s.tokens.p.Load().kinds, "wxauthC", "refused: nothing changed")
+	require.NoError(t, s.tokens.component().SetVerifyTicket(context.Background(), "ticket-1"))
 	require.NoError(t, s.reload(next))
 	now := s.tokens.p.Load()
 	assert.Equal(t, tokenPlain, now.kinds["wxshop"])
@@ -305,7 +338,7 @@ func TestReloadProvider(t *testing.T) {
 	moved := next
 	moved.Component.AppID = "wxcomp2"
 	moved.Merchants = append(append([]merchant(nil), next.Merchants...), merchant{AppID: "wxauthD", Token: tokenAuthorizer})
-	require.ErrorContains(t, s.reload(moved), "merchant wxauthD: token: authorizer needs -component-appid")
+	require.ErrorContains(t, s.reload(moved), `merchant wxauthD: token: authorizer under -component-appid "wxcomp2", which a reload cannot change from "wxcomp"`)
 	assert.NotContains(t, s.tokens.p.Load().kinds, "wxauthD", "a refused reload changes nothing")
 	moved.Merchants = next.Merchants
 	require.NoError(t, s.reload(moved))
@@ -328,4 +361,26 @@ func TestConfigPrintsNoSecret(t *testing.T) {
 		}
 		assert.Contains(t, out, "wxauthA")
 	}
+}
+
+// TestProviderStartStop: start serves the endpoint on its listener; stop
+// ends it cleanly (no error logged) and the address is free again.
+func TestProviderStartStop(t *testing.T) {
+	sandbox := wechattest.NewServer(wechattest.Config{})
+	defer sandbox.Close()
+	s, logs := providerService(t, sandbox)
+	p := s.provider
+	require.NoError(t, p.start(context.Background(), false))
+	addr := p.ln.Addr().String()
+	req, err := http.NewRequest(http.MethodPut, "http://"+addr+"/component_verify_ticket", strings.NewReader("ticket-1"))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer bearer-1")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusNoContent, resp.StatusCode)
+	p.stop()
+	assert.NotContains(t, logs.String(), "level=ERROR")
+	_, err = http.Get("http://" + addr + "/component_verify_ticket")
+	assert.ErrorContains(t, err, "connection refused", "stopped")
 }

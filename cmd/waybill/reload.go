@@ -56,18 +56,36 @@ func (s *service) reload(next config) error {
 	}
 	restart := restartNeeded(s.applied, next)
 	cur := s.tokens.p.Load()
-	if next.Component.AppID != s.applied.Component.AppID {
+	if want := next.Component.AppID; want != s.applied.Component.AppID {
 		// The platform's appid names its tokens in the store: a restart.
-		next.Component = s.applied.Component
 		for appid, kind := range kinds {
 			if kind == tokenAuthorizer && cur.kinds[appid] != tokenAuthorizer {
-				return fmt.Errorf("merchant %s: token: authorizer needs -component-appid %q, which a reload cannot change; restart", appid, next.Component.AppID)
+				return fmt.Errorf("merchant %s: token: authorizer under -component-appid %q, which a reload cannot change from %q; restart",
+					appid, want, s.applied.Component.AppID)
 			}
 		}
+		next.Component = s.applied.Component
+	}
+	if next.Component.Listen != s.applied.Component.Listen || next.Component.Auth == "" {
+		// The endpoint keeps its address until a restart, and its token with it.
+		next.Component.Auth = s.applied.Component.Auth
 	}
 	table, err := s.routeTable(next, kinds, cur)
 	if err != nil {
 		return err
+	}
+	if s.provider != nil {
+		// Before the new routes: a new authorizer's first call must find
+		// its refresh token, and a ticket.
+		ctx := context.Background()
+		if err := s.provider.seed(ctx, next.Merchants); err != nil {
+			return fmt.Errorf("storing a configured refresh token: %w", err)
+		}
+		if countKind(kinds, tokenAuthorizer) > countKind(cur.kinds, tokenAuthorizer) {
+			if _, err := table.component.VerifyTicketExpiry(ctx); err != nil {
+				return fmt.Errorf("new authorizers, but %w: their events would be dead-lettered; wire the ticket push first", err)
+			}
+		}
 	}
 	if err := errors.Join(
 		s.limiter.SetLimits(next.Limits, next.AppLimits),
@@ -80,10 +98,6 @@ func (s *service) reload(next config) error {
 	s.tokens.p.Store(table)
 	if s.provider != nil {
 		s.provider.auth.Store(&next.Component.Auth)
-		if err := s.provider.seed(context.Background(), next.Merchants); err != nil {
-			// Applied all the same: the merchant's calls say what is missing.
-			s.log.Warn("reload: storing a configured refresh token failed", "err", err)
-		}
 	}
 
 	var added, rotated, removed, tokens, limits []string

@@ -216,12 +216,10 @@ func (s *service) detach(h message.HandlerFunc) message.HandlerFunc {
 // counters are logged.
 func (s *service) run(ctx context.Context) error {
 	if s.provider != nil {
-		// Its endpoint and ticket polls run until the service has stopped.
-		var pwg sync.WaitGroup
-		defer pwg.Wait()
-		pctx, stopProvider := context.WithCancel(ctx)
-		defer stopProvider()
-		if err := s.provider.start(pctx, &pwg, countKind(s.tokens.p.Load().kinds, tokenAuthorizer) > 0); err != nil {
+		// Closed first: its endpoint and polls use the token store (Redis)
+		// until then, events in flight included.
+		s.closers = append(s.closers, func() error { s.provider.stop(); return nil })
+		if err := s.provider.start(ctx, countKind(s.tokens.p.Load().kinds, tokenAuthorizer) > 0); err != nil {
 			s.close()
 			if ctx.Err() != nil {
 				return nil // a signal while waiting: a clean stop
