@@ -18,4 +18,7 @@ COPY --from=build /out/waybill /usr/local/bin/waybill
 # Secrets (app secrets, the Kafka password) are mounted as files and named by
 # WAYBILL_SECRETS_FILE and WAYBILL_KAFKA_SASL_PASSWORD_FILE, never baked in.
 USER nonroot:nonroot
+# /metrics, /healthz and /readyz for the orchestrator and Prometheus.
+ENV WAYBILL_ADMIN_LISTEN=:9464
+EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/waybill"]

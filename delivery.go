@@ -112,6 +112,9 @@ type delivery struct {
 	memoKey  string    // see memo; built when first needed, like fields
 	out      *outcome  // decided by an earlier delivery, not yet published
 	fields   watermill.LogFields
+	// fromStore marks a waybill.traced republished from the trace store.
+	fromStore bool
+	parkedOn  string // the delay topic the event was parked on
 }
 
 func (h *Handler) newDelivery(msg *message.Message) *delivery {
@@ -359,8 +362,7 @@ func (d *delivery) process() error {
 			return d.leaveErr(err, h.cfg.Now())
 		}
 		if ok && rec.GoodsHash == goods {
-			h.stats.deduped.Add(1)
-			return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+			return d.publishStored(rec)
 		}
 		var release func()
 		var won bool
@@ -372,11 +374,14 @@ func (d *delivery) process() error {
 			return d.leaveErr(err, h.cfg.Now())
 		}
 		if err != nil {
+			h.observe(ObservedTraceStore, d.ev.AppID, "error")
 			return fmt.Errorf("trace store claim %s: %w", key, err)
 		}
 		if won {
+			h.observe(ObservedTraceStore, d.ev.AppID, "claim_won")
 			return d.underClaim(key, goods, release)
 		}
+		h.observe(ObservedTraceStore, d.ev.AppID, "claim_lost")
 		// Another handler is tracing this waybill right now: wait for its
 		// record instead of making a second call, within the budget.
 		if waitingSince.IsZero() {
@@ -405,14 +410,12 @@ func (d *delivery) underClaim(key tracestore.Key, goods string, release func()) 
 	}
 	switch {
 	case ok && rec.GoodsHash == goods:
-		h.stats.deduped.Add(1)
-		return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+		return d.publishStored(rec)
 	case ok:
 		if done, err := d.updateGoods(key, rec, goods); done {
 			return err
 		}
-		h.stats.deduped.Add(1)
-		return d.publishTraced(rec.WaybillToken, rec.TracedAt)
+		return d.publishStored(rec)
 	}
 	token, done, err := d.trace()
 	if done {
@@ -426,8 +429,18 @@ func (d *delivery) underClaim(key tracestore.Key, goods string, release func()) 
 		// fault. A redelivery finds the outcome in the memo; another
 		// process would trace again, which WeChat answers with the token.
 		h.cfg.Logger.Error("trace store put", err, watermill.LogFields{"key": key.String()})
+		h.observe(ObservedTraceStore, d.ev.AppID, "error")
 	}
 	return d.publishTraced(token, rec.TracedAt)
+}
+
+// publishStored publishes the waybill.traced of a token the trace store
+// holds: deduplicated, no call.
+func (d *delivery) publishStored(rec tracestore.Record) error {
+	d.h.stats.deduped.Add(1)
+	d.h.observe(ObservedTraceStore, d.ev.AppID, "hit")
+	d.fromStore = true
+	return d.publishTraced(rec.WaybillToken, rec.TracedAt)
 }
 
 // get reads key's record. An unreadable record counts as none: tracing
@@ -444,9 +457,11 @@ func (d *delivery) get(key tracestore.Key) (tracestore.Record, bool, error) {
 	}
 	if errors.Is(err, tracestore.ErrBadRecord) {
 		d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
+		d.h.observe(ObservedTraceStore, d.ev.AppID, "error")
 		return tracestore.Record{}, false, nil
 	}
 	if err != nil {
+		d.h.observe(ObservedTraceStore, d.ev.AppID, "error")
 		return rec, false, fmt.Errorf("trace store get %s: %w", key, err)
 	}
 	return rec, ok, nil
@@ -517,6 +532,7 @@ func (d *delivery) updateGoods(key tracestore.Key, rec tracestore.Record, goods 
 		return true, err
 	}
 	d.h.stats.goodsUpdates.Add(1)
+	d.h.observe(ObservedGoodsUpdated, d.ev.AppID, "")
 	rec.GoodsHash = goods
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), settleTimeout)
 	defer cancel()
@@ -546,6 +562,11 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		admitted, admittedAt, err := d.admit(lim)
 		if err != nil {
 			return nil, true, d.leaveErr(err, admittedAt)
+		}
+		if !admitted.Allowed {
+			h.observe(ObservedLimited, ev.AppID, admitted.Reason.String())
+		} else if lim != nil && endpoint == endpointTrace && h.cfg.Observe != nil {
+			h.cfg.Observe(Observation{Kind: ObservedQuota, AppID: ev.AppID, Remaining: admitted.AppRemaining})
 		}
 		if !admitted.Allowed && admitted.Reason == ratelimit.ReasonRate {
 			// Its turn at the smooth rate comes after this delivery's budget.
@@ -652,12 +673,18 @@ func (d *delivery) apply(dec Verdict, callErr error, logFields watermill.LogFiel
 		return true, d.leave(now.Add(max(pause, 0)), dec.Window, callErr, logFields)
 	}
 	logFields = logFields.Add(watermill.LogFields{"action": dec.Action.String()})
+	class := "quota" // no call made: a spent local quota
+	if callErr != nil {
+		class = h.cfg.Classify(callErr).String()
+	}
 	if dec.Action == ActionPark {
 		h.cfg.Logger.Info("waiting before the next attempt", logFields.Add(watermill.LogFields{"until": dec.Until}))
 		h.stats.waits.Add(1)
+		h.observe(ObservedWaited, d.ev.AppID, class)
 	} else {
 		h.cfg.Logger.Debug("retrying after transient fault", logFields)
 		h.stats.retries.Add(1)
+		h.observe(ObservedRetried, d.ev.AppID, class)
 	}
 	if err := wait.Sleep(d.ctx, pause); err != nil {
 		return true, fmt.Errorf("order %s: %w", d.ev.OrderID, err)
@@ -766,6 +793,5 @@ func (d *delivery) tracedElsewhere() (done bool, err error) {
 	if err != nil || !ok || rec.GoodsHash != event.GoodsFingerprint(d.ev.Goods) {
 		return false, nil // the normal path will meet the store's error, if any
 	}
-	d.h.stats.deduped.Add(1)
-	return true, d.publishTraced(rec.WaybillToken, rec.TracedAt)
+	return true, d.publishStored(rec)
 }

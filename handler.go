@@ -138,6 +138,11 @@ type Config struct {
 	// outcome comes after it. Zero means 25 s.
 	MaxWaitInPlace time.Duration
 
+	// Observe, if not nil, is told what the handler does (see Observation),
+	// in the handling goroutine: it must be quick and safe for concurrent
+	// use. metrics.New(...).Observe is one.
+	Observe func(Observation)
+
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
 	// Logger: nil means no logging. Phone numbers, secrets and tokens are
@@ -301,6 +306,9 @@ func NewHandler(cfg Config) (*Handler, error) {
 	bc.OnStateChange = func(key string, from, to gobreaker.State) {
 		// Under the breaker's lock: logging is quick and never blocks on it.
 		cfg.Logger.Info("circuit breaker state change", watermill.LogFields{"breaker": key, "from": from.String(), "to": to.String()})
+		if cfg.Observe != nil {
+			cfg.Observe(Observation{Kind: ObservedBreaker, AppID: key, Detail: to.String()})
+		}
 		if user != nil {
 			user(key, from, to)
 		}
@@ -337,7 +345,11 @@ var ErrWaitLimit = errors.New("waited in place as long as allowed")
 func (h *Handler) Handle(msg *message.Message) error {
 	d := h.newDelivery(msg)
 	defer d.end()
-	if err := d.decode(); err != nil {
+	err := d.decode()
+	if r := msg.Metadata.Get(deadletter.HeaderReplays); r != "" && r != "0" {
+		h.observe(ObservedReplayed, d.appID(), "")
+	}
+	if err != nil {
 		h.cfg.Logger.Info("dead-lettering invalid event", watermill.LogFields{"uuid": msg.UUID, "reason": err.Error()})
 		return d.deadLetter(d.hist.deadLetter(d.src, deadletter.ReasonInvalidEvent, nil, err.Error(), h.cfg.Now()))
 	}
@@ -380,6 +392,11 @@ func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 	}
 	d.forget()
 	d.h.stats.traced.Add(1)
+	via := "call"
+	if d.fromStore {
+		via = "store"
+	}
+	d.h.observe(ObservedTraced, ev.AppID, via)
 	return nil
 }
 
@@ -395,6 +412,7 @@ func (d *delivery) deadLetter(dl *deadletter.Letter) error {
 	}
 	d.forget()
 	d.h.stats.dead.Add(1)
+	d.h.observe(ObservedDeadLettered, d.appID(), string(dl.Reason))
 	return nil
 }
 

@@ -139,6 +139,7 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 		return false, fmt.Errorf("park %s on %s: %w", msg.UUID, topic, err)
 	}
 	d.forget()
+	d.parkedOn = topic
 	return true, nil
 }
 
@@ -150,6 +151,7 @@ func (d *delivery) repark(now time.Time) error {
 	}
 	if parked {
 		d.h.stats.parked.Add(1)
+		d.h.observe(ObservedParked, d.ev.AppID, d.parkedOn)
 		return nil
 	}
 	return d.deadLetter(d.hist.deadLetter(d.src, deadletter.ReasonTooManyAttempts, nil, "parked too often", now))
@@ -166,6 +168,7 @@ func (d *delivery) parkOrDeadLetter(dec Verdict, callErr error, now time.Time, l
 	if parked {
 		d.h.cfg.Logger.Info("parked event", logFields.Add(watermill.LogFields{"until": dec.Until}))
 		d.h.stats.parked.Add(1)
+		d.h.observe(ObservedParked, d.ev.AppID, d.parkedOn)
 		return nil
 	}
 	d.h.cfg.Logger.Info("dead-lettering event parked too often", logFields)

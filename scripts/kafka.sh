@@ -39,6 +39,9 @@
 #   KAFKA_VERSION          broker version to fetch and run (default below)
 #   KAFKA_JAVA_OPTS        JVM options for the broker (default: a small heap)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to serve (default 120)
+#   KAFKA_RUN_DIR          the broker's state (pid, addresses, data, PKI); a
+#                          directory of its own makes a second, private broker
+#                          that only its caller uses (default .cache/kafka/run)
 #
 # When java (17 or later), mvn or openssl is missing it is installed from
 # Debian's packages (root, or sudo, needed), so a fresh CI machine needs nothing
@@ -60,7 +63,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 conf="$root/scripts/kafka"
 cache="$root/.cache/kafka"
 libs="$cache/$version/libs"
-run="$cache/run"
+run="${KAFKA_RUN_DIR:-$cache/run}"
 pidfile="$run/kafka.pid"
 addrfile="$run/addr"
 sasladdrfile="$run/sasladdr"

@@ -39,6 +39,11 @@ type Config struct {
 	// Logger receives one record per token refresh forced by WeChat rejecting
 	// a token. Tokens and secrets are never logged. nil means no logging.
 	Logger *slog.Logger
+
+	// OnCall, if not nil, is called after every HTTP request the client
+	// sends, retries included, in the calling goroutine: keep it quick.
+	// Package metrics counts and times calls with it.
+	OnCall func(CallInfo)
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -107,7 +112,9 @@ func NewClient(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{wire: newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify), tokens: cfg.Tokens, log: log}, nil
+	w := newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify)
+	w.onCall = cfg.OnCall
+	return &Client{wire: w, tokens: cfg.Tokens, log: log}, nil
 }
 
 // String describes the client without its token source's contents.
@@ -130,7 +137,7 @@ func (c *Client) post(ctx context.Context, appid, endpoint, path string, in, out
 		return notSent(fmt.Errorf("wechat %s: nil request", endpoint))
 	}
 	return authorized(ctx, c.tokens, appid, endpoint, c.log, func(tok string) error {
-		r := &request{method: http.MethodPost, endpoint: endpoint, path: path,
+		r := &request{appid: appid, method: http.MethodPost, endpoint: endpoint, path: path,
 			query: url.Values{"access_token": {tok}}, body: body}
 		return c.wire.do(ctx, r, out)
 	})

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
+
+	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
 func newTestClient(t *testing.T, base string, tokens TokenSource) *Client {
@@ -277,6 +280,50 @@ func TestAnswerWithoutWaybillTokenIsTransientError(t *testing.T) {
 					t.Errorf("message %q, want it to start with %q", err, want)
 				}
 			})
+		}
+	}
+}
+
+// TestOnCall: every request, token fetches included, is reported with its
+// endpoint, appid, errcode and class, and never with a token.
+func TestOnCall(t *testing.T) {
+	srv := wechattest.NewServer(wechattest.Config{})
+	defer srv.Close()
+	srv.AddApp("wxapp1", "secret-1")
+	srv.Inject(wechattest.Fault{Endpoint: "trace_waybill", Errcode: 931023, Times: 1})
+	var mu sync.Mutex
+	var calls []CallInfo
+	onCall := func(c CallInfo) { mu.Lock(); calls = append(calls, c); mu.Unlock() }
+	tokens, err := NewStableTokenSource(StableTokenConfig{BaseURL: srv.URL, Secrets: StaticSecrets{"wxapp1": "secret-1"}, OnCall: onCall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(Config{BaseURL: srv.URL, Tokens: tokens, OnCall: onCall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := c.TraceWaybill(ctx, "wxapp1", sampleTrace()); ClassOf(err) != ClassNotYet {
+		t.Fatalf("first call: %v", err)
+	}
+	if _, err := c.TraceWaybill(ctx, "wxapp1", sampleTrace()); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 3 {
+		t.Fatalf("%d calls reported, want 3: %+v", len(calls), calls)
+	}
+	want := []struct {
+		endpoint string
+		code     int
+		class    Class
+	}{{"stable_token", 0, 0}, {"trace_waybill", 931023, ClassNotYet}, {"trace_waybill", 0, 0}}
+	for i, w := range want {
+		got := calls[i]
+		if got.Endpoint != w.endpoint || got.AppID != "wxapp1" || got.Errcode != w.code || got.Class != w.class || got.Duration <= 0 {
+			t.Errorf("call %d: %+v, want %+v", i, got, w)
+		}
+		if strings.Contains(fmt.Sprintf("%+v", got), "secret-1") {
+			t.Errorf("call %d shows the secret", i)
 		}
 	}
 }

@@ -45,6 +45,9 @@ type ComponentConfig struct {
 	// Logger receives one record per token fetched (appids and expiry only).
 	// nil means no logging.
 	Logger *slog.Logger
+	// OnCall, if not nil, is called after every token request, as
+	// Config.OnCall.
+	OnCall func(CallInfo)
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -105,6 +108,7 @@ func NewComponentTokenSource(cfg ComponentConfig) (*ComponentTokenSource, error)
 		secret: cfg.ComponentSecret,
 		cache:  newCache(cfg.cacheSettings()),
 	}
+	s.wire.onCall = cfg.OnCall
 	s.component = componentTokens{s}
 	return s, nil
 }
@@ -275,7 +279,7 @@ func (s *ComponentTokenSource) fetchAuthorizer(ctx context.Context, appid string
 	}
 	const endpoint = "api_authorizer_token"
 	err = authorized(ctx, s.component, s.appid, endpoint, s.cache.log, func(ctok string) error {
-		return s.wire.do(ctx, &request{method: http.MethodPost, endpoint: endpoint,
+		return s.wire.do(ctx, &request{appid: appid, method: http.MethodPost, endpoint: endpoint,
 			path: "/cgi-bin/component/api_authorizer_token", query: url.Values{"component_access_token": {ctok}},
 			body: body, secrets: []string{refresh.Value}}, &a)
 	})
@@ -328,7 +332,7 @@ func (c componentTokens) get(ctx context.Context, stale string) (string, error) 
 			Token     string `json:"component_access_token"`
 			ExpiresIn int64  `json:"expires_in"`
 		}
-		r := &request{method: http.MethodPost, endpoint: "api_component_token",
+		r := &request{appid: s.appid, method: http.MethodPost, endpoint: "api_component_token",
 			path: "/cgi-bin/component/api_component_token", body: body, secrets: []string{s.secret, ticket.Value}}
 		if err := credentialCall(ctx, s.wire, r, &a); err != nil {
 			return Token{}, err

@@ -35,6 +35,9 @@ type StableTokenConfig struct {
 	// Logger receives one record per token fetched (appid and expiry only).
 	// nil means no logging.
 	Logger *slog.Logger
+	// OnCall, if not nil, is called after every token request, as
+	// Config.OnCall.
+	OnCall func(CallInfo)
 }
 
 // AccessTokenConfig configures an [AccessTokenSource]; its fields mean what
@@ -75,8 +78,10 @@ func newCredentialSource(cfg *StableTokenConfig, stable bool) (*credentialSource
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	w := newWire(cfg.BaseURL, cfg.HTTPClient, nil)
+	w.onCall = cfg.OnCall
 	return &credentialSource{
-		wire:    newWire(cfg.BaseURL, cfg.HTTPClient, nil),
+		wire:    w,
 		secrets: cfg.Secrets,
 		cache:   newCache(cfg.cacheSettings()),
 		stable:  stable,
@@ -107,7 +112,7 @@ func (s *credentialSource) fetch(ctx context.Context, appid string) (Token, erro
 	if err != nil {
 		return Token{}, err
 	}
-	r := &request{method: http.MethodGet, endpoint: "token", path: "/cgi-bin/token",
+	r := &request{appid: appid, method: http.MethodGet, endpoint: "token", path: "/cgi-bin/token",
 		query: url.Values{"grant_type": {"client_credential"}, "appid": {appid}, "secret": {secret}}}
 	if s.stable {
 		body, err := rawjson.Marshal(map[string]any{
@@ -115,7 +120,7 @@ func (s *credentialSource) fetch(ctx context.Context, appid string) (Token, erro
 		if err != nil {
 			return Token{}, err
 		}
-		r = &request{method: http.MethodPost, endpoint: "stable_token", path: "/cgi-bin/stable_token",
+		r = &request{appid: appid, method: http.MethodPost, endpoint: "stable_token", path: "/cgi-bin/stable_token",
 			body: body, secrets: []string{secret}}
 	}
 	var a tokenAnswer

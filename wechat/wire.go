@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // maxResponseBytes bounds how much of an answer is read. The largest known
@@ -71,10 +72,35 @@ type wire struct {
 	base     string // no trailing slash
 	hc       *http.Client
 	classify func(int) Class
+	onCall   func(CallInfo) // nil: none
+}
+
+// CallInfo describes one HTTP request to WeChat, for metrics and tracing
+// hooks (Config.OnCall and the token sources' OnCall). It holds no token,
+// secret or request body.
+type CallInfo struct {
+	// Endpoint is the call's name: "trace_waybill", "stable_token",
+	// "token", "api_component_token", "api_authorizer_token", ...
+	Endpoint string
+	// AppID is the appid the call acts for: the merchant's, or the
+	// platform's for api_component_token.
+	AppID string
+	// Duration is from sending the request to reading the answer.
+	Duration time.Duration
+	// Errcode is WeChat's errcode; 0 on success and for errors without
+	// one (network, HTTP status without a WeChat body).
+	Errcode int
+	// HTTPStatus is the answer's status; 0 when there was no answer.
+	HTTPStatus int
+	// Class is the error's class; 0 (ClassOf(nil)) on success.
+	Class Class
+	// Err is the call's error, nil on success.
+	Err error
 }
 
 // request is one call on the wire.
 type request struct {
+	appid    string // acted for, for CallInfo
 	method   string // GET or POST
 	endpoint string // name used in errors, e.g. "trace_waybill"
 	path     string // e.g. "/cgi-bin/stable_token"
@@ -87,6 +113,26 @@ type request struct {
 // an access_token or a secret) nor r.secrets ever appear in the returned error.
 // The error is marked ErrNotSent when r certainly did not reach WeChat.
 func (w *wire) do(ctx context.Context, r *request, out any) error {
+	if w.onCall == nil {
+		return w.send(ctx, r, out)
+	}
+	start := time.Now()
+	err := w.send(ctx, r, out)
+	info := CallInfo{Endpoint: r.endpoint, AppID: r.appid, Duration: time.Since(start), Err: err}
+	if err != nil {
+		info.Class = ClassOf(err)
+		var we *Error
+		if errors.As(err, &we) {
+			info.Errcode, info.HTTPStatus = we.Code, we.HTTPStatus
+		}
+	} else {
+		info.HTTPStatus = http.StatusOK
+	}
+	w.onCall(info)
+	return err
+}
+
+func (w *wire) send(ctx context.Context, r *request, out any) error {
 	if err := ctx.Err(); err != nil {
 		// Checked here because net/http may fail a done context before it
 		// reports GetConn, which would leave the error unmarked.

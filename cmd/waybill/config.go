@@ -64,6 +64,11 @@ type config struct {
 	// and TopicReplication; without it the service refuses to start.
 	CreateTopics                      bool
 	TopicPartitions, TopicReplication int
+	// AdminListen is the address of /metrics, /healthz and /readyz; ""
+	// serves none. Pprof adds /debug/pprof/ there.
+	AdminListen      string
+	Pprof            bool
+	MetricsMaxAppIDs int
 }
 
 // errUsage reports bad flags or environment; the reason has been printed.
@@ -141,6 +146,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&c.Limits.Burst, "burst", 0, "calls at once after an idle spell; 0: one second's worth")
 	fs.Var((*appLimits)(&c.AppLimits), "app-limits", "per-appid overrides `appid:key=value:...,...` with keys app_daily, user_daily, rate, burst")
 	fs.DurationVar(&c.ClaimTTL, "claim-ttl", 15*time.Second, "how long a crashed process's claim on a waybill blocks others (live claims are renewed every third of it)")
+	fs.StringVar(&c.AdminListen, "admin-listen", "", "`address` of /metrics, /healthz and /readyz, e.g. :9464 (empty: none)")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve /debug/pprof/ on -admin-listen")
+	fs.IntVar(&c.MetricsMaxAppIDs, "metrics-max-appids", 1000, "appids with series of their own; later ones are counted as other (negative: all as one)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "`level`: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "`format` of the log: text (key=value) or json (one object a line, for log shippers)")
 	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
@@ -210,6 +218,12 @@ func (c *config) validate() error {
 	var errs []error
 	if len(c.Kafka.Brokers) == 0 {
 		errs = append(errs, errors.New("-brokers is empty"))
+	}
+	if c.Pprof && c.AdminListen == "" {
+		errs = append(errs, errors.New("-pprof needs -admin-listen"))
+	}
+	if c.MetricsMaxAppIDs == 0 {
+		errs = append(errs, errors.New("-metrics-max-appids 0: give a positive bound, or negative for one series"))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("-log-format %q is not text or json", c.LogFormat))

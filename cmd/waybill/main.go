@@ -50,6 +50,9 @@
 //	-burst              WAYBILL_BURST              calls at once after an idle spell (0: one second's worth)
 //	-app-limits         WAYBILL_APP_LIMITS         per-appid overrides, e.g. wx1:app_daily=5000:rate=2,wx2:rate=1
 //	-claim-ttl          WAYBILL_CLAIM_TTL          how long a crashed process's claim on a waybill blocks others (15s)
+//	-admin-listen       WAYBILL_ADMIN_LISTEN       address of /metrics, /healthz and /readyz, e.g. :9464 (none)
+//	-pprof              WAYBILL_PPROF              serve /debug/pprof/ on -admin-listen (false)
+//	-metrics-max-appids WAYBILL_METRICS_MAX_APPIDS appids with series of their own, then "other" (1000; negative: one)
 //	-log-level          WAYBILL_LOG_LEVEL          debug, info, warn or error (info)
 //	-log-format         WAYBILL_LOG_FORMAT         text or json (text)
 //	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
@@ -106,6 +109,23 @@
 // from the next call, without dropping events in flight; settings that need a
 // restart are named in the log; a file that does not load is rejected and the
 // running configuration stays.
+//
+// # Operating it
+//
+// With -admin-listen the service serves, on that one address:
+//
+//   - /metrics: Prometheus metrics (package metrics documents each and its
+//     labels), Watermill's router metrics (waybill_router_*), the consumer
+//     lag of the input and delay topics, Go and process metrics;
+//   - /healthz: 200 while the process runs;
+//   - /readyz: 200 when the router consumes, a Kafka broker answers, Redis
+//     answers (with -redis) and a WeChat token is obtainable; 503 with the
+//     failing checks otherwise (JSON). Each check is bounded by 5 s.
+//   - /debug/pprof/ with -pprof.
+//
+// deploy/prometheus holds alerting rules for these metrics and
+// deploy/grafana a dashboard; docs/RUNBOOK.md says what each alert means and
+// what to do.
 //
 // SIGINT or SIGTERM stops it gracefully: no new events are taken, events in
 // flight may finish their WeChat call and publish for -shutdown-timeout, then

@@ -8,14 +8,17 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/waybillkit/waybill"
 	"github.com/waybillkit/waybill/kafka"
+	"github.com/waybillkit/waybill/metrics"
 	"github.com/waybillkit/waybill/ratelimit"
 	limitredis "github.com/waybillkit/waybill/ratelimit/redis"
 	"github.com/waybillkit/waybill/tracestore"
@@ -43,6 +46,7 @@ type service struct {
 	delays  []string // delay topics, with parking
 	// provider feeds the platform's tokens; nil without -component-appid.
 	provider *provider
+	admin    *admin
 	// What a reload (SIGHUP) may change while events flow.
 	secrets               *liveSecrets
 	tokens                *tokenRoutes
@@ -71,6 +75,10 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	if err != nil {
 		return nil, err
 	}
+	if s.admin, err = newAdmin(cfg, log); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, s.admin.close) // closed last
 	// Before anything else touches Kafka: a wrong password or CA, or a
 	// missing delay topic, is said at once and by name.
 	created, err := ensureTopics(cfg.Kafka, neededTopics(cfg.InputTopic, cfg.TracedTopic, cfg.DeadLetterTopic, cfg.Parking),
@@ -119,7 +127,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 			return nil, err
 		}
 	}
-	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: s.tokens, Logger: log})
+	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: s.tokens, Logger: log, OnCall: s.onCall()})
 	if err != nil {
 		return nil, err
 	}
@@ -134,15 +142,21 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	s.limiter, s.goodsLimiter = limiter, goodsLimiter
 
 	wlog := watermill.NewSlogLogger(log)
-	pub, err := kafka.NewPublisher(cfg.Kafka, wlog)
+	kpub, err := kafka.NewPublisher(cfg.Kafka, wlog)
 	if err != nil {
 		return nil, err
 	}
-	s.closers = append(s.closers, pub.Close)
+	s.closers = append(s.closers, kpub.Close)
+	metricsBuilder := s.admin.routerMetrics()
+	pub, err := metricsBuilder.DecoratePublisher(kpub)
+	if err != nil {
+		return nil, err
+	}
 	s.handler, err = waybill.NewHandler(waybill.Config{
 		Client: client, Publisher: pub, Position: kafka.Position,
 		InputTopic: cfg.InputTopic, TracedTopic: cfg.TracedTopic, DeadLetterTopic: cfg.DeadLetterTopic,
 		Limiter: limiter, GoodsLimiter: goodsLimiter, Parking: cfg.Parking, TraceStore: traces, ClaimTTL: cfg.ClaimTTL, Logger: wlog,
+		Observe: s.admin.metrics.Observe,
 	})
 	if err != nil {
 		return nil, err
@@ -157,6 +171,7 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		return nil, err
 	}
 	s.handler.AddTo(s.router, sub).AddMiddleware(s.detach)
+	metricsBuilder.AddPrometheusRouterMetrics(s.router)
 
 	if cfg.Parking != nil {
 		s.delays = cfg.Parking.Topics(cfg.InputTopic)
@@ -166,6 +181,15 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		if err != nil {
 			return nil, err
 		}
+		for _, t := range s.delays {
+			if err := s.admin.metrics.CounterFunc("returned_total", "Parked events the delay runner returned to the input topic.",
+				prometheus.Labels{"topic": t}, func() float64 { return float64(s.runner.Returned(t)) }); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := s.watch(cfg, rdb, kinds); err != nil {
+		return nil, err
 	}
 
 	log.Info("waybill configured",
@@ -177,6 +201,66 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		"app_daily", cfg.Limits.AppDaily, "user_daily", cfg.Limits.UserDaily, "rate", cfg.Limits.Rate,
 		"app_limits", len(cfg.AppLimits), "claim_ttl", cfg.ClaimTTL)
 	return s, nil
+}
+
+// onCall is the WeChat clients' call hook: the metrics', once admin exists.
+func (s *service) onCall() func(wechat.CallInfo) {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin.metrics.ObserveCall
+}
+
+// readyTokenTries bounds how many merchants a readiness probe asks for a
+// token: with WeChat down, a probe must not become a storm of fetches.
+const readyTokenTries = 3
+
+// watch sets what /readyz checks and the consumer lag the metrics read.
+func (s *service) watch(cfg config, rdb *redis.Client, kinds map[string]string) error {
+	lag, err := kafka.NewLagReader(cfg.Kafka)
+	if err != nil {
+		return err
+	}
+	a := s.admin
+	a.kafka, a.rdb, a.running = lag, rdb, s.router.IsRunning
+	var next atomic.Uint64
+	a.token = func(ctx context.Context) error {
+		appids := sortedKeys(s.tokens.p.Load().kinds)
+		if len(appids) == 0 {
+			return errors.New("no merchant configured")
+		}
+		var errs []error
+		start := int(next.Add(1))
+		for i := range min(readyTokenTries, len(appids)) {
+			appid := appids[(start+i)%len(appids)]
+			if _, err := s.tokens.Token(ctx, appid); err == nil {
+				return nil
+			} else {
+				errs = append(errs, fmt.Errorf("%s: %w", appid, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	group, delayGroup := cfg.Kafka.ConsumerGroup, cfg.Kafka.ConsumerGroup+"-delay"
+	return a.metrics.Lag(func() ([]metrics.PartitionLag, error) {
+		var out []metrics.PartitionLag
+		for _, q := range []struct {
+			group  string
+			topics []string
+		}{{group, []string{cfg.InputTopic}}, {delayGroup, s.delays}} {
+			if len(q.topics) == 0 {
+				continue
+			}
+			lags, err := lag.Lag(q.group, q.topics)
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range lags {
+				out = append(out, metrics.PartitionLag{Group: q.group, Topic: l.Topic, Partition: l.Partition, Lag: l.Lag})
+			}
+		}
+		return out, nil
+	})
 }
 
 // connectRedis opens the client and checks it answers.
@@ -215,6 +299,9 @@ func (s *service) detach(h message.HandlerFunc) message.HandlerFunc {
 // shuts down: no new events, in-flight ones get cfg.ShutdownTimeout, and the
 // counters are logged.
 func (s *service) run(ctx context.Context) error {
+	if s.admin != nil {
+		s.admin.serve() // alive (and not ready) from the start
+	}
 	if s.provider != nil {
 		// Closed first: its endpoint and polls use the token store (Redis)
 		// until then, events in flight included.
@@ -310,12 +397,12 @@ func (s *service) logStats(level slog.Level, msg string) {
 func (s *service) wireTokens(cfg config, secrets wechat.StaticSecrets, kinds map[string]string, store wechat.TokenStore) error {
 	s.secrets, s.tokenStore = newLiveSecrets(secrets), store
 	byStable, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{
-		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log})
+		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log, OnCall: s.onCall()})
 	if err != nil {
 		return err
 	}
 	byToken, err := wechat.NewAccessTokenSource(wechat.AccessTokenConfig{
-		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log})
+		BaseURL: cfg.WeChatURL, Secrets: s.secrets, Store: store, Logger: s.log, OnCall: s.onCall()})
 	if err != nil {
 		return err
 	}
@@ -342,7 +429,7 @@ func (s *service) routeTable(cfg config, kinds map[string]string, cur *routeTabl
 		return t, nil
 	}
 	comp, err := wechat.NewComponentTokenSource(wechat.ComponentConfig{BaseURL: cfg.WeChatURL,
-		ComponentAppID: c.AppID, ComponentSecret: c.Secret, Store: s.tokenStore, Logger: s.log})
+		ComponentAppID: c.AppID, ComponentSecret: c.Secret, Store: s.tokenStore, Logger: s.log, OnCall: s.onCall()})
 	if err != nil {
 		return nil, err
 	}

@@ -97,12 +97,15 @@ var saslOnce = sync.OnceValues(func() (SASLBroker, error) {
 // under startTimeout and returns its standard output. Errors name the script
 // and end with the tail of its error output. (testservice.Start runs only
 // "start", whose last word is the PLAINTEXT address.)
-func runScript(root, sub string) (string, error) {
+func runScript(root, sub string, env ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, script), sub)
 	cmd.Dir = root
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		return "", fmt.Errorf("%s %s: %w\n%s", script, sub, err, testservice.Tail(stderr.String(), 40))
