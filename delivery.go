@@ -8,6 +8,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/event"
@@ -212,6 +213,9 @@ func (d *delivery) log() watermill.LogFields {
 	if d.fields == nil {
 		ev := d.ev
 		d.fields = watermill.LogFields{"appid": ev.AppID, "order_id": ev.OrderID, "waybill_id": ev.WaybillID}
+		if sc := trace.SpanContextFromContext(d.ctx); sc.HasTraceID() {
+			d.fields["trace_id"] = sc.TraceID().String()
+		}
 	}
 	return d.fields
 }
@@ -563,9 +567,9 @@ func (d *delivery) call(endpoint string, fn func(ctx context.Context) (*wechat.T
 		if err != nil {
 			return nil, true, d.leaveErr(err, admittedAt)
 		}
-		if !admitted.Allowed {
+		if !admitted.Allowed && endpoint == endpointTrace {
 			h.observe(ObservedLimited, ev.AppID, admitted.Reason.String())
-		} else if lim != nil && endpoint == endpointTrace && h.cfg.Observe != nil {
+		} else if admitted.Allowed && lim != nil && endpoint == endpointTrace && h.cfg.Observe != nil {
 			h.cfg.Observe(Observation{Kind: ObservedQuota, AppID: ev.AppID, Remaining: admitted.AppRemaining})
 		}
 		if !admitted.Allowed && admitted.Reason == ratelimit.ReasonRate {

@@ -13,6 +13,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/event"
@@ -137,6 +140,19 @@ type Config struct {
 	// does not cancel a message's context on rebalance). Publishing the
 	// outcome comes after it. Zero means 25 s.
 	MaxWaitInPlace time.Duration
+
+	// TracerProvider makes the handler's spans: one per delivery ("waybill
+	// handle <topic>"), continuing the trace in the input's headers, with a
+	// child for each publish, park and dead letter. Nil means
+	// otel.GetTracerProvider() (a no-op unless the program set one). Give
+	// the wechat.Client the same provider, so that its calls nest under the
+	// delivery's span.
+	TracerProvider trace.TracerProvider
+	// Propagator reads the trace context from input headers and writes it
+	// into every message published (traced, dead letters, parked copies),
+	// so that a trace follows an order through delay tiers and replays. Nil
+	// means W3C Trace Context (traceparent, tracestate).
+	Propagator propagation.TextMapPropagator
 
 	// Observe, if not nil, is told what the handler does (see Observation),
 	// in the handling goroutine: it must be quick and safe for concurrent
@@ -285,6 +301,7 @@ type Handler struct {
 	active   sync.Map // claim owners of the deliveries in progress
 	seq      atomic.Uint64
 	stats    counters
+	tracing  tracing
 }
 
 // NewHandler validates cfg and builds a Handler.
@@ -315,9 +332,11 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
+	tr := newTracing(cfg.TracerProvider, cfg.Propagator)
 	return &Handler{
 		cfg:      cfg,
-		results:  results{pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic, maxDead: cfg.MaxDeadLetterBytes},
+		tracing:  tr,
+		results:  results{tr: tr, pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic, maxDead: cfg.MaxDeadLetterBytes},
 		breakers: newBreakers(bc),
 		memo:     newMemo(defaultMemoEntries),
 		instance: hex.EncodeToString(id[:]),
@@ -342,10 +361,16 @@ func (h *Handler) AddTo(router *message.Router, sub message.Subscriber) *message
 var ErrWaitLimit = errors.New("waited in place as long as allowed")
 
 // Handle processes one message. See Handler for the guarantee.
-func (h *Handler) Handle(msg *message.Message) error {
+func (h *Handler) Handle(msg *message.Message) (err error) {
+	ctx, span := h.tracing.start(msg, h.cfg.InputTopic)
+	defer func() { endDelivery(span, err) }()
+	msg.SetContext(ctx)
 	d := h.newDelivery(msg)
 	defer d.end()
-	err := d.decode()
+	err = d.decode()
+	if d.ev != nil {
+		span.SetAttributes(attribute.String("waybill.appid", d.ev.AppID), attribute.String("waybill.order_id", d.ev.OrderID))
+	}
 	if r := msg.Metadata.Get(deadletter.HeaderReplays); r != "" && r != "0" {
 		h.observe(ObservedReplayed, d.appID(), "")
 	}
@@ -386,8 +411,8 @@ func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 		WaybillID: ev.WaybillID, DeliveryID: ev.DeliveryID, WaybillToken: token,
 		TracedAt: tracedAt.UTC(),
 	}
-	if err := d.h.results.traced(ev, out); err != nil {
-		d.remember(&outcome{token: token, tracedAt: tracedAt})
+	if err := d.h.results.traced(d.ctx, ev, out); err != nil {
+		d.remember(&outcome{token: token, tracedAt: tracedAt, stored: d.fromStore})
 		return err
 	}
 	d.forget()
@@ -397,6 +422,7 @@ func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 		via = "store"
 	}
 	d.h.observe(ObservedTraced, ev.AppID, via)
+	d.outcome(attribute.String("waybill.outcome", "traced"), attribute.String("waybill.via", via))
 	return nil
 }
 
@@ -406,13 +432,14 @@ func (d *delivery) deadLetter(dl *deadletter.Letter) error {
 	if d.ev != nil {
 		key = d.ev.OrderID
 	}
-	if err := d.h.results.dead(d.msg, key, dl); err != nil {
+	if err := d.h.results.dead(d.ctx, d.msg, key, dl); err != nil {
 		d.remember(&outcome{dead: dl})
 		return err
 	}
 	d.forget()
 	d.h.stats.dead.Add(1)
 	d.h.observe(ObservedDeadLettered, d.appID(), string(dl.Reason))
+	d.outcome(attribute.String("waybill.outcome", "dead_lettered"), attribute.String("waybill.reason", string(dl.Reason)))
 	return nil
 }
 
@@ -421,6 +448,7 @@ func (d *delivery) republish() error {
 	if d.out.dead != nil {
 		return d.deadLetter(d.out.dead)
 	}
+	d.fromStore = d.out.stored
 	return d.publishTraced(d.out.token, d.out.tracedAt)
 }
 

@@ -214,6 +214,13 @@ type serviceProc struct {
 // if it fails. The process is killed when the test ends, if still running.
 func startService(t *testing.T, bin, name string, args []string) *serviceProc {
 	t.Helper()
+	return startServiceEnv(t, bin, name, args, nil)
+}
+
+// startServiceEnv is startService with env added to the process's
+// environment.
+func startServiceEnv(t *testing.T, bin, name string, args, env []string) *serviceProc {
+	t.Helper()
 	p := &serviceProc{log: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
 	f, err := os.Create(p.log)
 	require.NoError(t, err)
@@ -225,6 +232,7 @@ func startService(t *testing.T, bin, name string, args []string) *serviceProc {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	require.NoError(t, p.cmd.Start())
 	go func() {
 		p.err = p.cmd.Wait()

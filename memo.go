@@ -31,6 +31,7 @@ var keyEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
 type outcome struct {
 	token    string // waybill.traced with this token …
 	tracedAt time.Time
+	stored   bool               // the token came from the trace store
 	dead     *deadletter.Letter // … or this dead letter
 }
 

@@ -242,6 +242,9 @@ func TestIntegrationMetrics(t *testing.T) {
 	publishEvents(t, brokers, in, events, order[len(order)-1:])
 	add("wxlimited", "m-limited-2", "SFLIMITED2")
 	publishEvents(t, brokers, in, events, []int{len(events) - 1})
+	// The wrong secret again: the token request is refused a second time.
+	add("wxbadsecret", "m-bad-2", "SFBAD2")
+	publishEvents(t, brokers, in, events, []int{len(events) - 1})
 	// A steady stream on the small quota, scraped as it goes.
 	for i := range 20 {
 		add("wxshop", fmt.Sprintf("m-stream-%d", i), fmt.Sprintf("SFSTREAM%d", i))
@@ -253,6 +256,7 @@ func TestIntegrationMetrics(t *testing.T) {
 		{"waybill_traced_total", map[string]string{"appid": "wxshop", "via": "store"}, 1},
 		{"waybill_trace_store_total", map[string]string{"result": "hit"}, 1},
 		{"waybill_limited_total", map[string]string{"appid": "wxlimited", "reason": "app_daily"}, 1},
+		{"waybill_dead_letters_total", map[string]string{"appid": "wxbadsecret", "reason": "configuration"}, 2},
 		{"waybill_parked_total", map[string]string{"appid": "wxlimited", "topic": in + ".delay.window"}, 1},
 		{"waybill_quota_remaining", map[string]string{"appid": "wxshop"}, 200 - 26},
 		{"waybill_wechat_calls_total", map[string]string{"endpoint": "trace_waybill", "errcode": "45009", "class": "daily_quota"}, 1},

@@ -7,7 +7,8 @@ package waybill
 // phone number or a token.
 type Observation struct {
 	Kind ObservationKind
-	// AppID is the event's appid; "" for an event that did not decode. For
+	// AppID is the event's appid; "" for an event that did not decode or
+	// validate (its appid field may hold anything). For
 	// ObservedBreaker it is the breaker's key: the appid (Breaker.Key's
 	// answer), followed by " update_waybill_goods" for that endpoint's.
 	AppID string
@@ -25,8 +26,9 @@ type ObservationKind int
 // The kinds of Observation.
 const (
 	// ObservedTraced: a waybill.traced was published. Detail is "call"
-	// after a WeChat call, "store" when the trace store knew the token
-	// (deduplicated: no call).
+	// after a trace_waybill call, "store" when the trace store knew the
+	// token (deduplicated: no trace_waybill call; an update_waybill_goods
+	// call may have been made for changed goods).
 	ObservedTraced ObservationKind = iota + 1
 	// ObservedDeadLettered: a dead letter was published. Detail is its
 	// deadletter.Reason.
@@ -42,7 +44,8 @@ const (
 	ObservedWaited
 	// ObservedGoodsUpdated: update_waybill_goods succeeded for changed goods.
 	ObservedGoodsUpdated
-	// ObservedLimited: the limiter held a call back. Detail is the
+	// ObservedLimited: Config.Limiter held a trace_waybill call back
+	// (GoodsLimiter's denials are not reported). Detail is the
 	// ratelimit.Reason (app_daily, user_daily, rate).
 	ObservedLimited
 	// ObservedQuota: the limiter admitted a trace_waybill call; Remaining
@@ -90,9 +93,10 @@ func (h *Handler) observe(kind ObservationKind, appid, detail string) {
 	}
 }
 
-// appID is the delivery's appid, "" before it decoded.
+// appID is the delivery's appid; "" until the event decoded and
+// validated: an invalid event's appid field may hold anything.
 func (d *delivery) appID() string {
-	if d.ev == nil {
+	if d.ev == nil || !d.valid {
 		return ""
 	}
 	return d.ev.AppID

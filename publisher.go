@@ -1,6 +1,7 @@
 package waybill
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -14,21 +15,22 @@ import (
 // dead letter. Publishing happens before the input is acknowledged, so a
 // crash in between redelivers the input (at-least-once) instead of losing it.
 type results struct {
+	tr          tracing
 	pub         message.Publisher
 	tracedTopic string
 	deadTopic   string
 	maxDead     int // Config.MaxDeadLetterBytes; 0: no bound
 }
 
-// traced publishes the waybill.traced event for ev.
-func (r *results) traced(ev *event.OrderShipped, out *event.WaybillTraced) error {
+// traced publishes the waybill.traced event for ev, under ctx's trace.
+func (r *results) traced(ctx context.Context, ev *event.OrderShipped, out *event.WaybillTraced) error {
 	payload, err := rawjson.Marshal(out)
 	if err != nil {
 		return fmt.Errorf("encode waybill.traced for order %s: %w", ev.OrderID, err)
 	}
 	msg := message.NewMessage(event.TracedMessageID(ev.AppID, ev.OrderID, ev.WaybillID, ev.TransID), payload)
 	msg.Metadata.Set(deadletter.HeaderKey, ev.OrderID)
-	if err := r.pub.Publish(r.tracedTopic, msg); err != nil {
+	if err := r.tr.publish(ctx, "publish", r.tracedTopic, msg.Metadata, func() error { return r.pub.Publish(r.tracedTopic, msg) }); err != nil {
 		return fmt.Errorf("publish waybill.traced for order %s to %s: %w", ev.OrderID, r.tracedTopic, err)
 	}
 	return nil
@@ -36,8 +38,9 @@ func (r *results) traced(ev *event.OrderShipped, out *event.WaybillTraced) error
 
 // dead publishes the dead letter of orig; key is the partition key: the
 // order id when the event could be decoded.
-func (r *results) dead(orig *message.Message, key string, d *deadletter.Letter) error {
-	if err := r.pub.Publish(r.deadTopic, d.Message(orig, key, r.maxDead)); err != nil {
+func (r *results) dead(ctx context.Context, orig *message.Message, key string, d *deadletter.Letter) error {
+	msg := d.Message(orig, key, r.maxDead)
+	if err := r.tr.publish(ctx, "dead_letter", r.deadTopic, msg.Metadata, func() error { return r.pub.Publish(r.deadTopic, msg) }); err != nil {
 		return fmt.Errorf("publish dead letter %s to %s: %w", orig.UUID, r.deadTopic, err)
 	}
 	return nil

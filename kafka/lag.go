@@ -1,8 +1,10 @@
 package kafka
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -30,8 +32,9 @@ type PartitionLag struct {
 // LagReader reads consumer groups' lag over one long-lived connection, for
 // metrics and readiness. Safe for concurrent use.
 type LagReader struct {
-	client sarama.Client
-	admin  sarama.ClusterAdmin
+	client  sarama.Client
+	admin   sarama.ClusterAdmin
+	pinging atomic.Bool
 }
 
 // NewLagReader connects to the cluster c names.
@@ -40,6 +43,7 @@ func NewLagReader(c Config) (*LagReader, error) {
 		sc.Metadata.AllowAutoTopicCreation = false
 		sc.Net.DialTimeout, sc.Net.ReadTimeout, sc.Net.WriteTimeout = probeTimeout, probeTimeout, probeTimeout
 		sc.Metadata.Retry.Max = 1
+		sc.Metadata.Timeout = probeTimeout
 	})
 	if err != nil {
 		return nil, err
@@ -56,8 +60,9 @@ func NewLagReader(c Config) (*LagReader, error) {
 	return &LagReader{client: client, admin: admin}, nil
 }
 
-// Lag reports group's lag on every partition of topics.
-func (r *LagReader) Lag(group string, topics []string) ([]PartitionLag, error) {
+// Lag reports group's lag on every partition of topics. sarama's calls
+// cannot be cancelled: ctx is checked between them, each bounded by 5 s.
+func (r *LagReader) Lag(ctx context.Context, group string, topics []string) ([]PartitionLag, error) {
 	parts := make(map[string][]int32, len(topics))
 	for _, t := range topics {
 		ps, err := r.client.Partitions(t)
@@ -76,13 +81,23 @@ func (r *LagReader) Lag(group string, topics []string) ([]PartitionLag, error) {
 	var out []PartitionLag
 	for _, t := range topics {
 		for _, p := range parts[t] {
+			if err := ctx.Err(); err != nil {
+				return nil, fmt.Errorf("lag of %s: %w", group, err)
+			}
 			high, err := r.client.GetOffset(t, p, sarama.OffsetNewest)
 			if err != nil {
 				return nil, fmt.Errorf("lag of %s: high watermark of %s/%d: %w", group, t, p, err)
 			}
 			l := PartitionLag{Topic: t, Partition: p, Committed: -1, HighWatermark: high}
-			if b := committed.GetBlock(t, p); b != nil && b.Err == sarama.ErrNoError && b.Offset >= 0 {
-				l.Committed = b.Offset
+			if b := committed.GetBlock(t, p); b != nil {
+				if b.Err != sarama.ErrNoError {
+					// Not "no commit": counting the whole retention as lag
+					// would raise false alarms.
+					return nil, fmt.Errorf("lag of %s: committed offset of %s/%d: %w", group, t, p, b.Err)
+				}
+				if b.Offset >= 0 {
+					l.Committed = b.Offset
+				}
 			}
 			if l.Committed >= 0 {
 				l.Lag = max(0, high-l.Committed)
@@ -99,15 +114,28 @@ func (r *LagReader) Lag(group string, topics []string) ([]PartitionLag, error) {
 	return out, nil
 }
 
-// Ping reports whether a broker answers a metadata request now.
-func (r *LagReader) Ping() error {
-	if err := r.client.RefreshMetadata(); err != nil {
-		return fmt.Errorf("kafka: %w", err)
+// Ping reports whether a broker answers a metadata request for topics
+// before ctx ends. One ping runs at a time: while one hangs (sarama's
+// request cannot be cancelled), the next ones fail at once instead of
+// piling up.
+func (r *LagReader) Ping(ctx context.Context, topics ...string) error {
+	if !r.pinging.CompareAndSwap(false, true) {
+		return errors.New("kafka: the previous metadata request has not been answered")
 	}
-	if len(r.client.Brokers()) == 0 {
-		return errors.New("kafka: no broker known")
+	done := make(chan error, 1)
+	go func() {
+		defer r.pinging.Store(false)
+		done <- r.client.RefreshMetadata(topics...)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("kafka: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("kafka: no metadata answer: %w", ctx.Err())
 	}
-	return nil
 }
 
 // Close closes the connection.

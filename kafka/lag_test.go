@@ -1,6 +1,7 @@
 package kafka
 
 import (
+	"context"
 	"testing"
 
 	"github.com/IBM/sarama"
@@ -27,10 +28,10 @@ func TestLagReader(t *testing.T) {
 	r, err := NewLagReader(Config{Brokers: brokers})
 	require.NoError(t, err)
 	defer r.Close()
-	require.NoError(t, r.Ping())
+	require.NoError(t, r.Ping(context.Background(), topic))
 	group := topic + "-group"
 
-	lag, err := r.Lag(group, []string{topic})
+	lag, err := r.Lag(context.Background(), group, []string{topic})
 	require.NoError(t, err)
 	assert.Equal(t, []PartitionLag{{Topic: topic, Partition: 0, Committed: -1, HighWatermark: 5, Lag: 5}}, lag)
 
@@ -46,10 +47,10 @@ func TestLagReader(t *testing.T) {
 	require.NoError(t, pom.Close())
 	require.NoError(t, om.Close())
 
-	lag, err = r.Lag(group, []string{topic})
+	lag, err = r.Lag(context.Background(), group, []string{topic})
 	require.NoError(t, err)
 	assert.Equal(t, []PartitionLag{{Topic: topic, Partition: 0, Committed: 3, HighWatermark: 5, Lag: 2}}, lag)
 
-	_, err = r.Lag(group, []string{topic + ".missing"})
+	_, err = r.Lag(context.Background(), group, []string{topic + ".missing"})
 	assert.Error(t, err, "a topic that does not exist")
 }

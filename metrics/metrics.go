@@ -25,13 +25,18 @@
 package metrics
 
 import (
+	"context"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/waybillkit/waybill"
+	"github.com/waybillkit/waybill/internal/wait"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -45,6 +50,11 @@ type Config struct {
 	// MaxAppIDs bounds the appid label (see Cardinality). 0 means
 	// DefaultMaxAppIDs; negative folds every appid into "all".
 	MaxAppIDs int
+	// OnlyDeclared labels only the appids given to Declare by name; any
+	// other is counted as "unknown", so that an event for a merchant nobody
+	// configured, or with a made-up appid, takes no series of its own. The
+	// service sets it and declares its merchants.
+	OnlyDeclared bool
 }
 
 // DefaultMaxAppIDs is Config.MaxAppIDs's default.
@@ -89,6 +99,7 @@ func New(cfg Config) (*Metrics, error) {
 		cfg.MaxAppIDs = DefaultMaxAppIDs
 	}
 	m := &Metrics{reg: cfg.Registerer, ns: cfg.Namespace, appids: newFold(cfg.MaxAppIDs, "all"), codes: newFold(maxErrcodes, "")}
+	m.appids.onlyDeclared = cfg.OnlyDeclared
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: m.ns, Name: name, Help: help}, labels)
 	}
@@ -119,6 +130,40 @@ func New(cfg Config) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// deadReasons and limitReasons are the values Declare starts at zero.
+var (
+	deadReasons  = []string{"invalid_event", "permanent", "configuration", "not_yet_exhausted", "too_many_attempts"}
+	limitReasons = []string{"app_daily", "user_daily", "rate"}
+)
+
+// Declare names appids that get series of their own (within MaxAppIDs), and
+// starts their outcome counters at zero: an alert on increase() then sees
+// an appid's first dead letter or denial, which a counter created by that
+// very event would hide. It also starts the counters of events without a
+// (valid) appid ("none") and, with OnlyDeclared, of "unknown" appids. Call
+// it at start and again when merchants are added; it is idempotent.
+func (m *Metrics) Declare(appids ...string) {
+	labels := []string{"none"}
+	if m.appids.onlyDeclared {
+		labels = append(labels, "unknown")
+	}
+	for _, a := range appids {
+		if l := m.appids.declare(a); l != "" {
+			labels = append(labels, l)
+		}
+	}
+	for _, app := range labels {
+		for _, r := range deadReasons {
+			m.dead.WithLabelValues(app, r)
+		}
+		for _, r := range limitReasons {
+			m.limited.WithLabelValues(app, r)
+		}
+		m.traced.WithLabelValues(app, "call")
+		m.traced.WithLabelValues(app, "store")
+	}
 }
 
 // Observe records o: wire it to waybill.Config.Observe.
@@ -177,46 +222,119 @@ type PartitionLag struct {
 	Lag          int64
 }
 
-// Lag registers waybill_consumer_lag{group, topic, partition}: read from
-// read at each scrape (kafka.LagReader.Lag, for the service's groups and
-// topics). A failed read is reported as waybill_consumer_lag_up 0, and the
-// lag series are absent until the next read succeeds.
-func (m *Metrics) Lag(read func() ([]PartitionLag, error)) error {
-	c := &lagCollector{read: read,
+// LagEvery is how often Lag reads the consumer lag, and LagTimeout bounds
+// one read: a scrape serves the last read and never waits on Kafka.
+const (
+	LagEvery   = 15 * time.Second
+	LagTimeout = 10 * time.Second
+)
+
+// Lag registers waybill_consumer_lag{group, topic, partition}, read by read
+// (kafka.LagReader.Lag, for the service's groups and topics) every LagEvery
+// in the background until ctx ends; a scrape serves the last read.
+// waybill_consumer_lag_up is 1 when the last read succeeded within
+// LagTimeout, and waybill_consumer_lag_age_seconds is how old the lag
+// served is. After a failed read the lag series are absent.
+func (m *Metrics) Lag(ctx context.Context, read func(context.Context) ([]PartitionLag, error)) error {
+	c := &lagCollector{
 		desc: prometheus.NewDesc(prometheus.BuildFQName(m.ns, "", "consumer_lag"),
 			"Records between a consumer group's committed offset and the partition's high watermark.", []string{"group", "topic", "partition"}, nil),
 		up: prometheus.NewDesc(prometheus.BuildFQName(m.ns, "", "consumer_lag_up"),
-			"1 when the last read of the consumer lag succeeded.", nil, nil)}
-	return m.reg.Register(c)
+			"1 when the last read of the consumer lag succeeded.", nil, nil),
+		age: prometheus.NewDesc(prometheus.BuildFQName(m.ns, "", "consumer_lag_age_seconds"),
+			"Seconds since the consumer lag served was read.", nil, nil),
+	}
+	if err := m.reg.Register(c); err != nil {
+		return err
+	}
+	c.refresh(ctx, read) // the first scrape has a value
+	go wait.Every(ctx, LagEvery, func() { c.refresh(ctx, read) })
+	return nil
 }
 
 type lagCollector struct {
-	read     func() ([]PartitionLag, error)
-	desc, up *prometheus.Desc
+	desc, up, age *prometheus.Desc
+	busy          atomic.Bool // a read is running
+	mu            sync.Mutex
+	lags          []PartitionLag
+	ok            bool
+	at            time.Time // of the last successful read
 }
 
-func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.up }
-
-func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
-	lags, err := c.read()
-	if err != nil {
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+// refresh reads once, within LagTimeout. A read that overruns is
+// abandoned (its result dropped) and no other starts while it runs, so a
+// hung cluster costs one goroutine, not one per tick.
+func (c *lagCollector) refresh(ctx context.Context, read func(context.Context) ([]PartitionLag, error)) {
+	if !c.busy.CompareAndSwap(false, true) {
+		c.mu.Lock()
+		c.ok = false
+		c.mu.Unlock()
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
-	for _, l := range lags {
+	rctx, cancel := context.WithTimeout(ctx, LagTimeout)
+	defer cancel()
+	type result struct {
+		lags []PartitionLag
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer c.busy.Store(false)
+		lags, err := read(rctx)
+		done <- result{lags, err}
+	}()
+	var r result
+	select {
+	case r = <-done:
+	case <-rctx.Done():
+		r.err = rctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ok = r.err == nil
+	if c.ok {
+		c.lags, c.at = r.lags, time.Now()
+	}
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.up; ch <- c.age }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	up := 0.0
+	if c.ok {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+	if c.at.IsZero() {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(c.at).Seconds())
+	if !c.ok {
+		return
+	}
+	for _, l := range c.lags {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(l.Lag),
 			l.Group, l.Topic, strconv.Itoa(int(l.Partition)))
 	}
 }
 
+// maxLabelBytes bounds an appid label (WeChat's are 18 bytes): a longer
+// value is a producer's mistake, not a merchant.
+const maxLabelBytes = 64
+
 // fold bounds a label's values: the first max distinct values keep their
-// name, later ones become "other"; max < 0 maps every value to all.
+// name, later ones become "other"; max < 0 maps every value to all. With
+// onlyDeclared, values not declared become "unknown". A value that is not
+// valid UTF-8 or is too long becomes "invalid" (Prometheus refuses the
+// one, and the other is no appid).
 type fold struct {
-	max  int
-	all  string
-	mu   sync.Mutex
-	seen map[string]bool
+	max          int
+	all          string
+	onlyDeclared bool
+	mu           sync.Mutex
+	seen         map[string]bool
 }
 
 func newFold(max int, all string) *fold { return &fold{max: max, all: all, seen: map[string]bool{}} }
@@ -225,14 +343,41 @@ func (f *fold) get(v string) string {
 	if f.max < 0 {
 		return f.all
 	}
-	if v == "" {
+	switch {
+	case v == "":
 		return "none"
+	case len(v) > maxLabelBytes || !utf8.ValidString(v):
+		return "invalid"
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.seen[v] {
 		return v
 	}
+	if f.onlyDeclared {
+		return "unknown"
+	}
+	return f.addLocked(v)
+}
+
+// declare admits v as a value of its own and returns its label ("" when
+// every value folds into one).
+func (f *fold) declare(v string) string {
+	if f.max < 0 {
+		return ""
+	}
+	if v == "" || len(v) > maxLabelBytes || !utf8.ValidString(v) {
+		return ""
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.seen[v] {
+		return v
+	}
+	return f.addLocked(v)
+}
+
+func (f *fold) addLocked(v string) string {
 	if len(f.seen) >= f.max {
 		return "other"
 	}

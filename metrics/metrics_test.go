@@ -1,9 +1,11 @@
 package metrics
 
 import (
-	"errors"
+	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,11 +89,9 @@ func TestLag(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m, err := New(Config{Registerer: reg})
 	require.NoError(t, err)
-	fail := false
-	require.NoError(t, m.Lag(func() ([]PartitionLag, error) {
-		if fail {
-			return nil, errors.New("broker down")
-		}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	require.NoError(t, m.Lag(ctx, func(context.Context) ([]PartitionLag, error) {
 		return []PartitionLag{{Group: "g", Topic: "in", Partition: 3, Lag: 17}}, nil
 	}))
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
@@ -102,10 +102,62 @@ waybill_consumer_lag{group="g",partition="3",topic="in"} 17
 # TYPE waybill_consumer_lag_up gauge
 waybill_consumer_lag_up 1
 `), "waybill_consumer_lag", "waybill_consumer_lag_up"))
-	fail = true
-	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+}
+
+// TestLagHungRead: a read that never answers makes the lag unknown
+// (up 0) once it overruns LagTimeout, a scrape never waits for it, and no
+// second read starts while it hangs. Under synctest's clock.
+func TestLagHungRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		m, err := New(Config{Registerer: reg})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		release := make(chan struct{})
+		var reads atomic.Int32
+		go func() {
+			_ = m.Lag(ctx, func(context.Context) ([]PartitionLag, error) {
+				reads.Add(1)
+				<-release // ignores its context, as sarama does
+				return nil, nil
+			})
+		}()
+		time.Sleep(LagTimeout + time.Second)
+		synctest.Wait()
+		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
 # HELP waybill_consumer_lag_up 1 when the last read of the consumer lag succeeded.
 # TYPE waybill_consumer_lag_up gauge
 waybill_consumer_lag_up 0
 `), "waybill_consumer_lag", "waybill_consumer_lag_up"))
+		time.Sleep(5 * LagEvery)
+		synctest.Wait()
+		assert.Equal(t, int32(1), reads.Load(), "no read piles up behind a hung one")
+		close(release)
+		time.Sleep(LagEvery)
+		synctest.Wait()
+		assert.Equal(t, int32(2), reads.Load(), "reads resume")
+		cancel()
+	})
+}
+
+// TestDeclare: declared appids start at zero; with OnlyDeclared, others
+// are "unknown"; a value that cannot be an appid is "invalid".
+func TestDeclare(t *testing.T) {
+	m, err := New(Config{Registerer: prometheus.NewRegistry(), OnlyDeclared: true})
+	require.NoError(t, err)
+	m.Declare("wx1")
+	_, err = m.dead.GetMetricWithLabelValues("wx1", "configuration")
+	require.NoError(t, err)
+	assert.Equal(t, 0.0, testutil.ToFloat64(m.dead.WithLabelValues("wx1", "configuration")))
+	assert.Equal(t, 0.0, testutil.ToFloat64(m.dead.WithLabelValues("unknown", "configuration")))
+	before := testutil.CollectAndCount(m.dead)
+	assert.Equal(t, 3*5, before, "wx1, none and unknown, each reason")
+	for _, appid := range []string{"wx2", "wx\xff", strings.Repeat("x", 100)} {
+		m.Observe(waybill.Observation{Kind: waybill.ObservedDeadLettered, AppID: appid, Detail: "configuration"})
+	}
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.dead.WithLabelValues("unknown", "configuration")))
+	assert.Equal(t, 2.0, testutil.ToFloat64(m.dead.WithLabelValues("invalid", "configuration")), "no panic on invalid UTF-8")
+	m.Observe(waybill.Observation{Kind: waybill.ObservedDeadLettered, AppID: "wx1", Detail: "configuration"})
+	assert.Equal(t, 1.0, testutil.ToFloat64(m.dead.WithLabelValues("wx1", "configuration")))
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/waybillkit/waybill/internal/rawjson"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // DefaultBaseURL is WeChat's API host.
@@ -44,6 +45,10 @@ type Config struct {
 	// sends, retries included, in the calling goroutine: keep it quick.
 	// Package metrics counts and times calls with it.
 	OnCall func(CallInfo)
+
+	// TracerProvider makes a client span per request (see the package doc).
+	// Nil means otel.GetTracerProvider(): a no-op unless the program set one.
+	TracerProvider trace.TracerProvider
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -86,7 +91,9 @@ func newWire(base string, hc *http.Client, classify func(int) Class) *wire {
 	if classify == nil {
 		classify = DefaultClassify
 	}
-	return &wire{base: strings.TrimRight(base, "/"), hc: hc, classify: classify}
+	w := &wire{base: strings.TrimRight(base, "/"), hc: hc, classify: classify}
+	w.setTracing(nil)
+	return w
 }
 
 func defaultHTTPClient() *http.Client {
@@ -114,6 +121,7 @@ func NewClient(cfg Config) (*Client, error) {
 	}
 	w := newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify)
 	w.onCall = cfg.OnCall
+	w.setTracing(cfg.TracerProvider)
 	return &Client{wire: w, tokens: cfg.Tokens, log: log}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/waybillkit/waybill/internal/rawjson"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // VerifyTicketTTL is how long a component_verify_ticket is valid after
@@ -48,6 +49,8 @@ type ComponentConfig struct {
 	// OnCall, if not nil, is called after every token request, as
 	// Config.OnCall.
 	OnCall func(CallInfo)
+	// TracerProvider makes a span per token request, as Config's.
+	TracerProvider trace.TracerProvider
 }
 
 // Validate reports what is wrong with c, if anything.
@@ -109,6 +112,7 @@ func NewComponentTokenSource(cfg ComponentConfig) (*ComponentTokenSource, error)
 		cache:  newCache(cfg.cacheSettings()),
 	}
 	s.wire.onCall = cfg.OnCall
+	s.wire.setTracing(cfg.TracerProvider)
 	s.component = componentTokens{s}
 	return s, nil
 }

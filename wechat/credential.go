@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/waybillkit/waybill/internal/rawjson"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // StableTokenConfig configures a [StableTokenSource]. Only Secrets is required.
@@ -38,6 +39,8 @@ type StableTokenConfig struct {
 	// OnCall, if not nil, is called after every token request, as
 	// Config.OnCall.
 	OnCall func(CallInfo)
+	// TracerProvider makes a span per token request, as Config's.
+	TracerProvider trace.TracerProvider
 }
 
 // AccessTokenConfig configures an [AccessTokenSource]; its fields mean what
@@ -80,6 +83,7 @@ func newCredentialSource(cfg *StableTokenConfig, stable bool) (*credentialSource
 	}
 	w := newWire(cfg.BaseURL, cfg.HTTPClient, nil)
 	w.onCall = cfg.OnCall
+	w.setTracing(cfg.TracerProvider)
 	return &credentialSource{
 		wire:    w,
 		secrets: cfg.Secrets,

@@ -13,6 +13,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // maxResponseBytes bounds how much of an answer is read. The largest known
@@ -73,6 +79,18 @@ type wire struct {
 	hc       *http.Client
 	classify func(int) Class
 	onCall   func(CallInfo) // nil: none
+	tracer   trace.Tracer   // never nil: a no-op unless a provider was set
+}
+
+// tracerName names the client's spans' instrumentation scope.
+const tracerName = "github.com/waybillkit/waybill/wechat"
+
+// setTracing sets the tracer from tp (nil: otel's global provider).
+func (w *wire) setTracing(tp trace.TracerProvider) {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	w.tracer = tp.Tracer(tracerName)
 }
 
 // CallInfo describes one HTTP request to WeChat, for metrics and tracing
@@ -112,10 +130,16 @@ type request struct {
 // do sends r and decodes the answer into out. Neither the query (which may hold
 // an access_token or a secret) nor r.secrets ever appear in the returned error.
 // The error is marked ErrNotSent when r certainly did not reach WeChat.
+//
+// Each request has a client span, "wechat <endpoint>", whose attributes name
+// the endpoint, the appid, the path (never the query, which holds the
+// access_token) and the answer; its context travels in the traceparent
+// header.
 func (w *wire) do(ctx context.Context, r *request, out any) error {
-	if w.onCall == nil {
-		return w.send(ctx, r, out)
-	}
+	ctx, span := w.tracer.Start(ctx, "wechat "+r.endpoint, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("wechat.endpoint", r.endpoint), attribute.String("wechat.appid", r.appid),
+			attribute.String("http.request.method", r.method), attribute.String("url.path", r.path)))
+	defer span.End()
 	start := time.Now()
 	err := w.send(ctx, r, out)
 	info := CallInfo{Endpoint: r.endpoint, AppID: r.appid, Duration: time.Since(start), Err: err}
@@ -125,10 +149,18 @@ func (w *wire) do(ctx context.Context, r *request, out any) error {
 		if errors.As(err, &we) {
 			info.Errcode, info.HTTPStatus = we.Code, we.HTTPStatus
 		}
+		// The error is scrubbed of the query and the request's secrets.
+		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(attribute.Int("wechat.errcode", info.Errcode), attribute.String("wechat.class", info.Class.String()))
 	} else {
 		info.HTTPStatus = http.StatusOK
 	}
-	w.onCall(info)
+	if info.HTTPStatus != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", info.HTTPStatus))
+	}
+	if w.onCall != nil {
+		w.onCall(info)
+	}
 	return err
 }
 
@@ -162,6 +194,7 @@ func (w *wire) send(ctx context.Context, r *request, out any) error {
 		return notSent(fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err)))
 	}
 	req.Header.Set("Accept", "application/json")
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	if r.method == http.MethodPost {
 		req.Header.Set("Content-Type", "application/json")
 	}

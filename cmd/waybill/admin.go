@@ -47,17 +47,24 @@ type admin struct {
 	wg      sync.WaitGroup
 
 	// What /readyz checks, set by build.
-	running func() bool
-	kafka   *kafka.LagReader
-	rdb     *redis.Client
-	token   func(context.Context) error
+	running     func() bool
+	kafka       *kafka.LagReader
+	kafkaTopics []string // what the Kafka check asks metadata for
+	rdb         *redis.Client
+	token       func(context.Context) error
+	// stop ends the lag reads.
+	ctx  context.Context
+	stop context.CancelFunc
 }
 
 func newAdmin(cfg config, log *slog.Logger) (*admin, error) {
 	a := &admin{reg: prometheus.NewRegistry(), log: log}
+	a.ctx, a.stop = context.WithCancel(context.Background())
 	a.regs = &describing{Registerer: a.reg, names: map[string]bool{}}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := metrics.New(metrics.Config{Registerer: a.regs, MaxAppIDs: cfg.MetricsMaxAppIDs})
+	// Only configured merchants get series: an event with a made-up appid
+	// must not take one.
+	m, err := metrics.New(metrics.Config{Registerer: a.regs, MaxAppIDs: cfg.MetricsMaxAppIDs, OnlyDeclared: true})
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +75,8 @@ func newAdmin(cfg config, log *slog.Logger) (*admin, error) {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg,
+		Timeout: 10 * time.Second, MaxRequestsInFlight: 4}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", a.ready)
 	if cfg.Pprof {
@@ -147,6 +155,7 @@ func (a *admin) serve() {
 // close stops the endpoint: last, so that it answers (not ready) while the
 // service drains.
 func (a *admin) close() error {
+	a.stop()
 	if a.ln != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -162,47 +171,61 @@ func (a *admin) close() error {
 
 // ready answers 200 when the service consumes and reaches what it needs:
 // the router runs, a Kafka broker answers, Redis (when configured) answers,
-// and a WeChat token is obtainable; 503 otherwise. The body lists each
-// check, as JSON.
+// and a WeChat token is obtainable; 503 otherwise. The checks run side by
+// side, each bounded by probeTimeout, so that one hanging dependency is
+// named as such and the probe answers within that bound. The body lists
+// each check, as JSON.
 func (a *admin) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), probeTimeout)
-	defer cancel()
-	checks := map[string]string{}
-	ok := true
-	check := func(name string, err error) {
-		if err != nil {
-			ok = false
-			checks[name] = err.Error()
-		} else {
-			checks[name] = "ok"
-		}
-	}
-	if a.running == nil || !a.running() {
-		check("router", errors.New("not consuming"))
-	} else {
-		check("router", nil)
+	checks := map[string]func(context.Context) error{
+		"router": func(context.Context) error {
+			if a.running == nil || !a.running() {
+				return errors.New("not consuming")
+			}
+			return nil
+		},
 	}
 	if a.kafka != nil {
-		check("kafka", ping(ctx, a.kafka.Ping))
+		checks["kafka"] = func(ctx context.Context) error { return a.kafka.Ping(ctx, a.kafkaTopics...) }
 	}
 	if a.rdb != nil {
-		check("redis", a.rdb.Ping(ctx).Err())
+		checks["redis"] = func(ctx context.Context) error { return a.rdb.Ping(ctx).Err() }
 	}
 	if a.token != nil {
-		check("wechat_token", a.token(ctx))
+		checks["wechat_token"] = a.token
 	}
+	var (
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		result = map[string]string{}
+		ok     = true
+	)
+	for name, check := range checks {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(r.Context(), probeTimeout)
+			defer cancel()
+			err := bounded(ctx, check)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				ok = false
+				result[name] = err.Error()
+			} else {
+				result[name] = "ok"
+			}
+		})
+	}
+	wg.Wait()
 	w.Header().Set("Content-Type", "application/json")
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ok, "checks": checks})
+	_ = json.NewEncoder(w).Encode(map[string]any{"ready": ok, "checks": result})
 }
 
-// ping runs f, giving up when ctx ends (f's own bound, sarama's timeouts,
-// may be longer).
-func ping(ctx context.Context, f func() error) error {
+// bounded runs check, giving up when ctx ends even if check does not.
+func bounded(ctx context.Context, check func(context.Context) error) error {
 	done := make(chan error, 1)
-	go func() { done <- f() }()
+	go func() { done <- check(ctx) }()
 	select {
 	case err := <-done:
 		return err

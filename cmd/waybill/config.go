@@ -219,6 +219,9 @@ func (c *config) validate() error {
 	if len(c.Kafka.Brokers) == 0 {
 		errs = append(errs, errors.New("-brokers is empty"))
 	}
+	if c.Kafka.ConsumerGroup == "" {
+		errs = append(errs, errors.New("-group is empty"))
+	}
 	if c.Pprof && c.AdminListen == "" {
 		errs = append(errs, errors.New("-pprof needs -admin-listen"))
 	}

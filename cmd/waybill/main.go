@@ -127,6 +127,13 @@
 // deploy/grafana a dashboard; docs/RUNBOOK.md says what each alert means and
 // what to do.
 //
+// Traces (OpenTelemetry) are off unless the standard environment asks for
+// them: OTEL_TRACES_EXPORTER (otlp, console) or OTEL_EXPORTER_OTLP_ENDPOINT,
+// with OTEL_SERVICE_NAME (default waybill), OTEL_RESOURCE_ATTRIBUTES and
+// OTEL_TRACES_SAMPLER as usual. Each event's handling is a span continuing
+// the W3C traceparent of its input, with its WeChat calls as children, and
+// every message published carries the trace on.
+//
 // SIGINT or SIGTERM stops it gracefully: no new events are taken, events in
 // flight may finish their WeChat call and publish for -shutdown-timeout, then
 // the rest are left for redelivery; the counters are logged and it exits 0.
@@ -204,6 +211,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -240,6 +248,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
+	shutdownTracing, err := startTracing(ctx, getenv)
+	if err != nil {
+		log.Error("waybill cannot start", "err", err)
+		return 1
+	}
+	if shutdownTracing != nil {
+		defer func() {
+			// Spans still buffered are exported, within a bound.
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := shutdownTracing(sctx); err != nil {
+				log.Warn("flushing traces", "err", err)
+			}
+		}()
+	}
 	// Caught from here on: a SIGHUP while the service starts must not end
 	// it (the default action); it is applied once it runs.
 	hup := make(chan os.Signal, 1)

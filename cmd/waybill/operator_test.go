@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -29,7 +30,8 @@ func registeredNames(t *testing.T) map[string]bool {
 	b.NewRouterMiddleware()
 	_, err = b.DecoratePublisher(gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{}))
 	require.NoError(t, err)
-	require.NoError(t, a.metrics.Lag(func() ([]metrics.PartitionLag, error) { return nil, nil }))
+	require.NoError(t, a.metrics.Lag(a.ctx, func(context.Context) ([]metrics.PartitionLag, error) { return nil, nil }))
+	t.Cleanup(a.stop)
 	require.NoError(t, a.metrics.CounterFunc("returned_total", "h", prometheus.Labels{"topic": "t"}, func() float64 { return 0 }))
 	return a.metricNames()
 }

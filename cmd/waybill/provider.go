@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/waybillkit/waybill/internal/wait"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -233,18 +234,7 @@ func (p *provider) start(ctx context.Context, needTicket bool) error {
 	}
 	if p.cfg.TicketFile != "" || p.cfg.TicketRedisKey != "" {
 		p.poll(bg)
-		wg.Go(func() {
-			t := time.NewTicker(ticketPoll)
-			defer t.Stop()
-			for {
-				select {
-				case <-bg.Done():
-					return
-				case <-t.C:
-					p.poll(bg)
-				}
-			}
-		})
+		wg.Go(func() { wait.Every(bg, ticketPoll, func() { p.poll(bg) }) })
 	}
 	if !needTicket {
 		return nil

@@ -96,6 +96,9 @@ func (s *service) reload(next config) error {
 	old := *s.secrets.p.Load()
 	s.secrets.p.Store(&secrets)
 	s.tokens.p.Store(table)
+	if s.admin != nil {
+		s.admin.metrics.Declare(sortedKeys(kinds)...)
+	}
 	if s.provider != nil {
 		s.provider.auth.Store(&next.Component.Auth)
 	}

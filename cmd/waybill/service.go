@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -212,8 +211,13 @@ func (s *service) onCall() func(wechat.CallInfo) {
 }
 
 // readyTokenTries bounds how many merchants a readiness probe asks for a
-// token: with WeChat down, a probe must not become a storm of fetches.
-const readyTokenTries = 3
+// token, and readyRetryAfter how soon it asks again for one whose token
+// failed: with WeChat down or a secret wrong, probes must not become a
+// stream of token requests (cgi-bin/token allows about 2,000 a day).
+const (
+	readyTokenTries = 3
+	readyRetryAfter = 5 * time.Minute
+)
 
 // watch sets what /readyz checks and the consumer lag the metrics read.
 func (s *service) watch(cfg config, rdb *redis.Client, kinds map[string]string) error {
@@ -222,27 +226,49 @@ func (s *service) watch(cfg config, rdb *redis.Client, kinds map[string]string) 
 		return err
 	}
 	a := s.admin
-	a.kafka, a.rdb, a.running = lag, rdb, s.router.IsRunning
-	var next atomic.Uint64
+	a.kafka, a.kafkaTopics, a.rdb, a.running = lag, []string{cfg.InputTopic}, rdb, s.router.IsRunning
+	a.metrics.Declare(sortedKeys(kinds)...)
+	var (
+		mu     sync.Mutex
+		failed = map[string]time.Time{} // appid → when its token last failed
+		last   error
+	)
 	a.token = func(ctx context.Context) error {
 		appids := sortedKeys(s.tokens.p.Load().kinds)
 		if len(appids) == 0 {
 			return errors.New("no merchant configured")
 		}
-		var errs []error
-		start := int(next.Add(1))
-		for i := range min(readyTokenTries, len(appids)) {
-			appid := appids[(start+i)%len(appids)]
-			if _, err := s.tokens.Token(ctx, appid); err == nil {
-				return nil
-			} else {
-				errs = append(errs, fmt.Errorf("%s: %w", appid, err))
+		tried := 0
+		for _, appid := range appids {
+			if tried == readyTokenTries || ctx.Err() != nil {
+				break
 			}
+			mu.Lock()
+			recent := time.Since(failed[appid]) < readyRetryAfter
+			mu.Unlock()
+			if recent {
+				continue
+			}
+			tried++
+			_, err := s.tokens.Token(ctx, appid)
+			mu.Lock()
+			if err == nil {
+				delete(failed, appid)
+				mu.Unlock()
+				return nil
+			}
+			failed[appid], last = time.Now(), fmt.Errorf("%s: %w", appid, err)
+			mu.Unlock()
 		}
-		return errors.Join(errs...)
+		mu.Lock()
+		defer mu.Unlock()
+		if last == nil {
+			return errors.New("no token obtained")
+		}
+		return fmt.Errorf("no token for the merchants tried (each retried after %v): %w", readyRetryAfter, last)
 	}
 	group, delayGroup := cfg.Kafka.ConsumerGroup, cfg.Kafka.ConsumerGroup+"-delay"
-	return a.metrics.Lag(func() ([]metrics.PartitionLag, error) {
+	return a.metrics.Lag(a.ctx, func(ctx context.Context) ([]metrics.PartitionLag, error) {
 		var out []metrics.PartitionLag
 		for _, q := range []struct {
 			group  string
@@ -251,7 +277,7 @@ func (s *service) watch(cfg config, rdb *redis.Client, kinds map[string]string) 
 			if len(q.topics) == 0 {
 				continue
 			}
-			lags, err := lag.Lag(q.group, q.topics)
+			lags, err := lag.Lag(ctx, q.group, q.topics)
 			if err != nil {
 				return nil, err
 			}

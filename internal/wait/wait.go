@@ -1,6 +1,6 @@
-// Package wait holds the two waits every waybill package shares: a sleep
-// that ends with its context, and the exponential backoff with jitter.
-// The root package, kafka and replay import it.
+// Package wait holds the waits waybill's packages share: a sleep that
+// ends with its context, a periodic run that ends with it, and the
+// exponential backoff with jitter.
 package wait
 
 import (
@@ -36,4 +36,18 @@ func Backoff(attempt int) time.Duration {
 	d = min(d, ceiling)
 	jitter := time.Duration(rand.Int64N(int64(d)/5*2+1)) - d/5
 	return d + jitter
+}
+
+// Every runs f every d until ctx ends (the first run after d).
+func Every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
 }
