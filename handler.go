@@ -332,11 +332,11 @@ func NewHandler(cfg Config) (*Handler, error) {
 	}
 	var id [8]byte
 	_, _ = rand.Read(id[:])
-	tr := newTracing(cfg.TracerProvider, cfg.Propagator)
+	tr := newTracing(cfg.TracerProvider, cfg.Propagator, cfg.InputTopic)
 	return &Handler{
 		cfg:      cfg,
 		tracing:  tr,
-		results:  results{tr: tr, pub: cfg.Publisher, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic, maxDead: cfg.MaxDeadLetterBytes},
+		results:  results{tr: tr, pub: cfg.Publisher, tracedSpan: "waybill publish " + cfg.TracedTopic, deadSpan: "waybill dead_letter " + cfg.DeadLetterTopic, tracedTopic: cfg.TracedTopic, deadTopic: cfg.DeadLetterTopic, maxDead: cfg.MaxDeadLetterBytes},
 		breakers: newBreakers(bc),
 		memo:     newMemo(defaultMemoEntries),
 		instance: hex.EncodeToString(id[:]),
@@ -368,7 +368,7 @@ func (h *Handler) Handle(msg *message.Message) (err error) {
 	d := h.newDelivery(msg)
 	defer d.end()
 	err = d.decode()
-	if d.ev != nil {
+	if d.ev != nil && span.IsRecording() {
 		span.SetAttributes(attribute.String("waybill.appid", d.ev.AppID), attribute.String("waybill.order_id", d.ev.OrderID))
 	}
 	if r := msg.Metadata.Get(deadletter.HeaderReplays); r != "" && r != "0" {
@@ -422,7 +422,7 @@ func (d *delivery) publishTraced(token string, tracedAt time.Time) error {
 		via = "store"
 	}
 	d.h.observe(ObservedTraced, ev.AppID, via)
-	d.outcome(attribute.String("waybill.outcome", "traced"), attribute.String("waybill.via", via))
+	d.outcome("traced", "waybill.via", via)
 	return nil
 }
 
@@ -439,7 +439,7 @@ func (d *delivery) deadLetter(dl *deadletter.Letter) error {
 	d.forget()
 	d.h.stats.dead.Add(1)
 	d.h.observe(ObservedDeadLettered, d.appID(), string(dl.Reason))
-	d.outcome(attribute.String("waybill.outcome", "dead_lettered"), attribute.String("waybill.reason", string(dl.Reason)))
+	d.outcome("dead_lettered", "waybill.reason", string(dl.Reason))
 	return nil
 }
 

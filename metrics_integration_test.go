@@ -100,6 +100,7 @@ func adminURL(ctx context.Context, t *testing.T, p *serviceProc) string {
 // (Debian's) scrapes it all along, and each alert rule's expression,
 // evaluated on what it scraped, names what the run should have set off.
 func TestIntegrationMetrics(t *testing.T) {
+	t.Parallel() // its own topics, groups, sandbox and processes
 	brokers := testkafka.Brokers(t)
 	in := testkafka.Topic(t, "metrics.in")
 	sandbox := wechattest.NewServer(wechattest.Config{})
@@ -342,6 +343,7 @@ func alertRules(t *testing.T) []struct{ Alert, Expr string } {
 // TestIntegrationReadyzFollowsKafka: /readyz fails while the broker does
 // not answer and recovers when it does; /healthz answers throughout.
 func TestIntegrationReadyzFollowsKafka(t *testing.T) {
+	t.Parallel() // its own topics, groups, sandbox and processes
 	broker := testkafka.Private(t)
 	in := testkafka.Topic(t, "ready.in")
 	sandbox := wechattest.NewServer(wechattest.Config{AutoRegister: true})

@@ -8,7 +8,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/waybillkit/waybill/deadletter"
-	"go.opentelemetry.io/otel/attribute"
 )
 
 // Parking moves an event that cannot succeed now but can later (quota spent,
@@ -129,7 +128,7 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 		out.Metadata[k] = v
 	}
 	deadletter.Park(out.Metadata, hist, d.ev.OrderID, d.h.cfg.InputTopic, due)
-	if err := d.h.tracing.publish(d.ctx, "park", topic, out.Metadata, func() error { return d.h.cfg.Publisher.Publish(topic, out) }); err != nil {
+	if err := d.h.tracing.publish(d.ctx, "waybill park", topic, out.Metadata, func() error { return d.h.cfg.Publisher.Publish(topic, out) }); err != nil {
 		// The redelivery must not call before until either, and parks it
 		// the way this park meant to.
 		if until.After(d.hist.NotBefore) {
@@ -141,7 +140,7 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 	}
 	d.forget()
 	d.parkedOn = topic
-	d.outcome(attribute.String("waybill.outcome", "parked"), attribute.String("waybill.delay_topic", topic))
+	d.outcome("parked", "waybill.delay_topic", topic)
 	return true, nil
 }
 

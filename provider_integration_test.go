@@ -34,6 +34,7 @@ import (
 // is rotated once per wave, by one process for both, and the old one dies
 // 2 s after, so a process that used a stale refresh token would meet 61023.
 func TestIntegrationProviderMode(t *testing.T) {
+	t.Parallel() // its own topics, groups, sandbox and processes
 	brokers := testkafka.Brokers(t)
 	in := testkafka.Topic(t, "provider.in")
 	traced, dead := in+".traced", in+".dead"

@@ -15,11 +15,12 @@ import (
 // dead letter. Publishing happens before the input is acknowledged, so a
 // crash in between redelivers the input (at-least-once) instead of losing it.
 type results struct {
-	tr          tracing
-	pub         message.Publisher
-	tracedTopic string
-	deadTopic   string
-	maxDead     int // Config.MaxDeadLetterBytes; 0: no bound
+	tr                   tracing
+	tracedSpan, deadSpan string // the publish spans' names
+	pub                  message.Publisher
+	tracedTopic          string
+	deadTopic            string
+	maxDead              int // Config.MaxDeadLetterBytes; 0: no bound
 }
 
 // traced publishes the waybill.traced event for ev, under ctx's trace.
@@ -30,7 +31,7 @@ func (r *results) traced(ctx context.Context, ev *event.OrderShipped, out *event
 	}
 	msg := message.NewMessage(event.TracedMessageID(ev.AppID, ev.OrderID, ev.WaybillID, ev.TransID), payload)
 	msg.Metadata.Set(deadletter.HeaderKey, ev.OrderID)
-	if err := r.tr.publish(ctx, "publish", r.tracedTopic, msg.Metadata, func() error { return r.pub.Publish(r.tracedTopic, msg) }); err != nil {
+	if err := r.tr.publish(ctx, r.tracedSpan, r.tracedTopic, msg.Metadata, func() error { return r.pub.Publish(r.tracedTopic, msg) }); err != nil {
 		return fmt.Errorf("publish waybill.traced for order %s to %s: %w", ev.OrderID, r.tracedTopic, err)
 	}
 	return nil
@@ -40,7 +41,7 @@ func (r *results) traced(ctx context.Context, ev *event.OrderShipped, out *event
 // order id when the event could be decoded.
 func (r *results) dead(ctx context.Context, orig *message.Message, key string, d *deadletter.Letter) error {
 	msg := d.Message(orig, key, r.maxDead)
-	if err := r.tr.publish(ctx, "dead_letter", r.deadTopic, msg.Metadata, func() error { return r.pub.Publish(r.deadTopic, msg) }); err != nil {
+	if err := r.tr.publish(ctx, r.deadSpan, r.deadTopic, msg.Metadata, func() error { return r.pub.Publish(r.deadTopic, msg) }); err != nil {
 		return fmt.Errorf("publish dead letter %s to %s: %w", orig.UUID, r.deadTopic, err)
 	}
 	return nil

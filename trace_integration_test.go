@@ -25,6 +25,7 @@ import (
 // same trace, a parked copy in that trace too, log lines naming the trace
 // id, and the exported spans, flushed at shutdown.
 func TestIntegrationTraceThroughKafka(t *testing.T) {
+	t.Parallel() // its own topics, groups, sandbox and processes
 	brokers := testkafka.Brokers(t)
 	in := testkafka.Topic(t, "trace.in")
 	sandbox := wechattest.NewServer(wechattest.Config{})

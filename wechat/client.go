@@ -41,8 +41,10 @@ type Config struct {
 	// a token. Tokens and secrets are never logged. nil means no logging.
 	Logger *slog.Logger
 
-	// OnCall, if not nil, is called after every HTTP request the client
-	// sends, retries included, in the calling goroutine: keep it quick.
+	// OnCall, if not nil, is called after every request the client makes,
+	// retries included, and those that never reached WeChat (no connection:
+	// ErrNotSent, class transient), in the calling goroutine: keep it
+	// quick.
 	// Package metrics counts and times calls with it.
 	OnCall func(CallInfo)
 

@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +117,20 @@ type CallInfo struct {
 	Err error
 }
 
+// clientKind is the span kind as a start option, made once.
+var clientKind = trace.WithSpanKind(trace.SpanKindClient)
+
+// spanNames are the client spans' names, built once per endpoint.
+var spanNames sync.Map // endpoint → "wechat <endpoint>"
+
+func (r *request) spanName() string {
+	if n, ok := spanNames.Load(r.endpoint); ok {
+		return n.(string)
+	}
+	n, _ := spanNames.LoadOrStore(r.endpoint, "wechat "+r.endpoint)
+	return n.(string)
+}
+
 // request is one call on the wire.
 type request struct {
 	appid    string // acted for, for CallInfo
@@ -136,10 +151,13 @@ type request struct {
 // access_token) and the answer; its context travels in the traceparent
 // header.
 func (w *wire) do(ctx context.Context, r *request, out any) error {
-	ctx, span := w.tracer.Start(ctx, "wechat "+r.endpoint, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("wechat.endpoint", r.endpoint), attribute.String("wechat.appid", r.appid),
-			attribute.String("http.request.method", r.method), attribute.String("url.path", r.path)))
+	ctx, span := w.tracer.Start(ctx, r.spanName(), clientKind)
 	defer span.End()
+	recording := span.IsRecording()
+	if recording {
+		span.SetAttributes(attribute.String("wechat.endpoint", r.endpoint), attribute.String("wechat.appid", r.appid),
+			attribute.String("http.request.method", r.method), attribute.String("url.path", r.path))
+	}
 	start := time.Now()
 	err := w.send(ctx, r, out)
 	info := CallInfo{Endpoint: r.endpoint, AppID: r.appid, Duration: time.Since(start), Err: err}
@@ -149,13 +167,15 @@ func (w *wire) do(ctx context.Context, r *request, out any) error {
 		if errors.As(err, &we) {
 			info.Errcode, info.HTTPStatus = we.Code, we.HTTPStatus
 		}
-		// The error is scrubbed of the query and the request's secrets.
-		span.SetStatus(codes.Error, err.Error())
-		span.SetAttributes(attribute.Int("wechat.errcode", info.Errcode), attribute.String("wechat.class", info.Class.String()))
+		if recording {
+			// The error is scrubbed of the query and the request's secrets.
+			span.SetStatus(codes.Error, err.Error())
+			span.SetAttributes(attribute.Int("wechat.errcode", info.Errcode), attribute.String("wechat.class", info.Class.String()))
+		}
 	} else {
 		info.HTTPStatus = http.StatusOK
 	}
-	if info.HTTPStatus != 0 {
+	if recording && info.HTTPStatus != 0 {
 		span.SetAttributes(attribute.Int("http.response.status_code", info.HTTPStatus))
 	}
 	if w.onCall != nil {
