@@ -368,7 +368,8 @@ func (h *Handler) Handle(msg *message.Message) (err error) {
 	d := h.newDelivery(msg)
 	defer d.end()
 	err = d.decode()
-	if d.ev != nil && span.IsRecording() {
+	if d.valid && span.IsRecording() {
+		// Only a valid event's: an invalid one's fields may hold anything.
 		span.SetAttributes(attribute.String("waybill.appid", d.ev.AppID), attribute.String("waybill.order_id", d.ev.OrderID))
 	}
 	if r := msg.Metadata.Get(deadletter.HeaderReplays); r != "" && r != "0" {

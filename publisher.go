@@ -37,11 +37,37 @@ func (r *results) traced(ctx context.Context, ev *event.OrderShipped, out *event
 	return nil
 }
 
+// metadataSize is what md weighs on the broker, near enough.
+func metadataSize(md message.Metadata) int {
+	n := 0
+	for k, v := range md {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 // dead publishes the dead letter of orig; key is the partition key: the
 // order id when the event could be decoded.
+//
+// The trace headers it carries are the delivery's, never the input's, and
+// count within maxDead: the letter is reduced to leave room for them, so
+// that what is published fits the bound.
 func (r *results) dead(ctx context.Context, orig *message.Message, key string, d *deadletter.Letter) error {
-	msg := d.Message(orig, key, r.maxDead)
-	if err := r.tr.publish(ctx, r.deadSpan, r.deadTopic, msg.Metadata, func() error { return r.pub.Publish(r.deadTopic, msg) }); err != nil {
+	var msg *message.Message
+	build := func(carried message.Metadata) message.Metadata {
+		clean := message.NewMessage(orig.UUID, orig.Payload)
+		clean.Metadata = r.tr.without(orig.Metadata)
+		limit := r.maxDead
+		if limit > 0 {
+			limit = max(1, limit-metadataSize(carried))
+		}
+		msg = d.Message(clean, key, limit)
+		for k, v := range carried {
+			msg.Metadata[k] = v
+		}
+		return msg.Metadata
+	}
+	if err := r.tr.send(ctx, r.deadSpan, r.deadTopic, build, func() error { return r.pub.Publish(r.deadTopic, msg) }); err != nil {
 		return fmt.Errorf("publish dead letter %s to %s: %w", orig.UUID, r.deadTopic, err)
 	}
 	return nil

@@ -74,11 +74,13 @@ func TestIntegrationTraceThroughKafka(t *testing.T) {
 	tp, ok := testkafka.Header(traced[0], "traceparent")
 	require.True(t, ok, "waybill.traced carries a traceparent")
 	assert.Contains(t, tp, traceOK)
+	assert.NotContains(t, tp, "00f067aa0ba902b7", "the output's parent is the service's span, not the input's")
 	var parked []*sarama.ConsumerMessage
 	wait("a parked copy", func() bool { parked = testkafka.ReadTopic(t, brokers, in+".delay.1h0m0s"); return len(parked) == 1 })
 	tp, ok = testkafka.Header(parked[0], "traceparent")
 	require.True(t, ok)
 	assert.Contains(t, tp, traceLater, "the parked copy continues the order's trace")
+	assert.NotContains(t, tp, "00f067aa0ba902b7", "under the service's park span")
 	wait("a log line with the trace id", func() bool { return strings.Contains(svc.logText(t), "trace_id="+traceLater) })
 
 	require.NoError(t, svc.cmd.Process.Signal(syscall.SIGTERM))

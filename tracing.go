@@ -2,6 +2,8 @@ package waybill
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel"
@@ -57,19 +59,30 @@ func (t tracing) start(msg *message.Message, topic string) (context.Context, tra
 			attribute.String("messaging.system", "kafka"),
 			attribute.String("messaging.operation.type", "process"),
 			attribute.String("messaging.destination.name", topic),
-			attribute.String("messaging.message.id", msg.UUID),
+			attribute.String("messaging.message.id", spanText(msg.UUID)),
 		)
 	}
 	return ctx, span
 }
 
 // publish runs pub under a producer span, name (e.g. "waybill publish
-// waybill.traced"), with that span's context injected into md.
-// Under a delivery span that does not record (tracing off, or not
-// sampled), it only passes the context on.
+// waybill.traced"), with that span's context in md: the propagator's
+// headers md had (the input's, copied) are replaced, never mixed with
+// another trace's. Under a delivery span that does not record (tracing
+// off, or not sampled), it only passes the context on.
 func (t tracing) publish(ctx context.Context, name, topic string, md message.Metadata, pub func() error) error {
+	return t.send(ctx, name, topic, func(carried message.Metadata) message.Metadata {
+		t.replace(md, carried)
+		return md
+	}, pub)
+}
+
+// send is publish for a message built knowing the trace headers it will
+// carry (a bounded dead letter makes room for them): build gets them and
+// returns the metadata published.
+func (t tracing) send(ctx context.Context, name, topic string, build func(carried message.Metadata) message.Metadata, pub func() error) error {
 	if !trace.SpanFromContext(ctx).IsRecording() {
-		t.prop.Inject(ctx, propagation.MapCarrier(md))
+		build(t.carried(ctx))
 		return pub()
 	}
 	ctx, span := t.tracer.Start(ctx, name, producerKind)
@@ -77,15 +90,58 @@ func (t tracing) publish(ctx context.Context, name, topic string, md message.Met
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("messaging.system", "kafka"),
 			attribute.String("messaging.operation.type", "send"),
-			attribute.String("messaging.destination.name", topic))
+			attribute.String("messaging.destination.name", spanText(topic)))
 	}
-	t.prop.Inject(ctx, propagation.MapCarrier(md))
+	build(t.carried(ctx))
 	err := pub()
 	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
+		span.RecordError(errors.New(spanText(err.Error())))
+		span.SetStatus(codes.Error, spanText(err.Error()))
 	}
 	return err
+}
+
+// carried is the trace headers ctx's span context makes.
+func (t tracing) carried(ctx context.Context) message.Metadata {
+	md := message.Metadata{}
+	t.prop.Inject(ctx, propagation.MapCarrier(md))
+	return md
+}
+
+// replace puts carried in md instead of any header of the propagator's.
+func (t tracing) replace(md, carried message.Metadata) {
+	for _, k := range t.prop.Fields() {
+		delete(md, k)
+	}
+	for k, v := range carried {
+		md[k] = v
+	}
+}
+
+// without returns a copy of md without the propagator's headers.
+func (t tracing) without(md message.Metadata) message.Metadata {
+	out := make(message.Metadata, len(md))
+	for k, v := range md {
+		out[k] = v
+	}
+	for _, k := range t.prop.Fields() {
+		delete(out, k)
+	}
+	return out
+}
+
+// maxSpanText bounds a span attribute taken from input: a message id, an
+// error text. Exporters refuse invalid UTF-8 (a whole batch with it), and
+// an event's fields may be of any length.
+const maxSpanText = 256
+
+// spanText makes s fit for a span: valid UTF-8, at most maxSpanText bytes.
+func spanText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) > maxSpanText {
+		s = strings.ToValidUTF8(s[:maxSpanText], "") // a cut rune is dropped
+	}
+	return s
 }
 
 // endDelivery ends the delivery's span: an error means the message is
@@ -93,7 +149,7 @@ func (t tracing) publish(ctx context.Context, name, topic string, md message.Met
 func endDelivery(span trace.Span, err error) {
 	if err != nil && span.IsRecording() {
 		span.SetAttributes(attribute.String("waybill.outcome", "redelivered"))
-		span.SetStatus(codes.Error, err.Error())
+		span.SetStatus(codes.Error, spanText(err.Error()))
 	}
 	span.End()
 }
@@ -101,6 +157,6 @@ func endDelivery(span trace.Span, err error) {
 // outcome records on the delivery's span what became of the event.
 func (d *delivery) outcome(outcome, key, value string) {
 	if span := trace.SpanFromContext(d.ctx); span.IsRecording() {
-		span.SetAttributes(attribute.String("waybill.outcome", outcome), attribute.String(key, value))
+		span.SetAttributes(attribute.String("waybill.outcome", outcome), attribute.String(key, spanText(value)))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
@@ -114,6 +115,9 @@ func TestTracing(t *testing.T) {
 	}
 	require.NotNil(t, parked, "parked on a delay topic")
 	assert.Equal(t, traceB, traceOf(t, parked.Metadata).TraceID().String())
+	park := byName(spansOf(traceB), "waybill park")
+	require.Len(t, park, 1)
+	assert.Equal(t, park[0].SpanContext.SpanID(), traceOf(t, parked.Metadata).SpanID(), "the parked copy's parent is the park span, not the input's")
 	back := message.NewMessage(parked.UUID, parked.Payload)
 	back.Metadata = parked.Metadata
 	deadletter.Unpark(back.Metadata)
@@ -144,6 +148,52 @@ func TestTracing(t *testing.T) {
 					assert.NotContains(t, kv.Value.AsString(), "?", "no query in %s", s.Name)
 				}
 			}
+		}
+	}
+}
+
+// TestTracingHeadersAndBounds: the outputs' trace headers are the
+// delivery's only (an input's stray tracestate is not mixed into another
+// trace); a dead letter with trace headers still fits MaxDeadLetterBytes
+// and does not call them dropped; a message id that is not UTF-8 does not
+// reach a span as such.
+func TestTracingHeadersAndBounds(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	pub := &testpub.Recorder{}
+	const limit = 2000
+	h := newTestHandler(t, newScriptedTracer(), pub, func(c *Config) {
+		c.TracerProvider, c.MaxDeadLetterBytes = tp, limit
+	})
+
+	// A malformed traceparent and a foreign tracestate: a new trace, alone.
+	msg := msgOf(t, testevent.Valid("order-s", "SFS"))
+	msg.Metadata.Set("traceparent", "00-00000000000000000000000000000000-0000000000000000-01")
+	msg.Metadata.Set("tracestate", "foreign=abc")
+	require.NoError(t, h.Handle(msg))
+	out := pub.On(event.WaybillTracedTopic)
+	require.Len(t, out, 1)
+	assert.True(t, traceOf(t, out[0].Metadata).IsValid())
+	assert.Empty(t, out[0].Metadata.Get("tracestate"), "no foreign tracestate in another trace")
+
+	// An invalid event too large for the bound, with trace headers.
+	big := message.NewMessage("bad-\xff-uuid", []byte(strings.Repeat("x", 3*limit)))
+	big.Metadata.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	big.Metadata.Set("tracestate", "vendor="+strings.Repeat("v", 200))
+	require.NoError(t, h.Handle(big))
+	dead := pub.On(deadletter.DefaultTopic)
+	require.Len(t, dead, 1)
+	size := len(dead[0].Payload)
+	for k, v := range dead[0].Metadata {
+		size += len(k) + len(v)
+	}
+	assert.LessOrEqual(t, size, limit, "the published dead letter fits its bound, trace headers included")
+	assert.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", traceOf(t, dead[0].Metadata).TraceID().String())
+	assert.NotContains(t, dead[0].Metadata.Get(deadletter.HeaderDeadDropped), "traceparent")
+	for _, s := range exp.GetSpans() {
+		for _, kv := range s.Attributes {
+			assert.True(t, utf8.ValidString(kv.Value.Emit()), "span %s attribute %s", s.Name, kv.Key)
 		}
 	}
 }

@@ -214,7 +214,13 @@ func (w *wire) send(ctx context.Context, r *request, out any) error {
 		return notSent(fmt.Errorf("wechat %s: %w", r.endpoint, redactURLError(err)))
 	}
 	req.Header.Set("Accept", "application/json")
-	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	// traceparent only: tracestate may carry other vendors' data, which is
+	// none of WeChat's business.
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		carried := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, carried)
+		req.Header.Set("traceparent", carried.Get("traceparent"))
+	}
 	if r.method == http.MethodPost {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -248,10 +248,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		h = slog.NewJSONHandler(stderr, opts)
 	}
 	log := slog.New(h)
-	shutdownTracing, err := startTracing(ctx, getenv)
+	shutdownTracing, err := startTracing(ctx, getenv, log)
 	if err != nil {
 		log.Error("waybill cannot start", "err", err)
-		return 1
+		return 2 // bad environment: a restart cannot fix it
 	}
 	if shutdownTracing != nil {
 		defer func() {
