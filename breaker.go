@@ -132,6 +132,23 @@ func (b *breakers) execute(appid, endpoint string, call func() (*wechat.TraceWay
 	return resp, err
 }
 
+// states reports every breaker's state, by key. gobreaker moves an open
+// breaker to half-open only when asked, so this also reports (through
+// OnStateChange) the breakers whose open time has passed.
+func (b *breakers) states() map[string]gobreaker.State {
+	b.mu.Lock()
+	cbs := make(map[string]*gobreaker.CircuitBreaker[*wechat.TraceWaybillResponse], len(b.m))
+	for k, cb := range b.m {
+		cbs[k] = cb
+	}
+	b.mu.Unlock()
+	out := make(map[string]gobreaker.State, len(cbs))
+	for k, cb := range cbs {
+		out[k] = cb.State()
+	}
+	return out
+}
+
 // State reports the state of the breaker that guards appid's endpoint.
 func (b *breakers) state(appid, endpoint string) gobreaker.State {
 	if b.cfg.Disabled {

@@ -130,3 +130,24 @@ func TestHandlerWaitsOutOpenBreaker(t *testing.T) {
 		assert.Equal(t, []string{"closed→open", "open→half-open", "half-open→open", "open→half-open", "half-open→open", "open→half-open", "half-open→closed"}, changes)
 	})
 }
+
+// TestBreakerStatesReportsHalfOpen: an open breaker of an appid without
+// events is reported half-open once its open time has passed, through
+// Observe too, when BreakerStates asks.
+func TestBreakerStatesReportsHalfOpen(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := newScriptedTracer()
+		tr.On("SF1", busy(10)...)
+		rec := &recordObservations{}
+		h := newTestHandler(t, tr, &testpub.Recorder{}, func(c *Config) {
+			c.Breaker = BreakerConfig{ConsecutiveFailures: 2, OpenTimeout: 30 * time.Second}
+			c.Observe = rec.observe
+		})
+		_ = h.Handle(msgOf(t, testevent.Valid("order-1", "SF1")))
+		require.Equal(t, gobreaker.StateOpen, h.BreakerStates()["wxapp1"])
+		time.Sleep(31 * time.Second)
+		rec.take()
+		assert.Equal(t, gobreaker.StateHalfOpen, h.BreakerStates()["wxapp1"])
+		assert.Contains(t, rec.take(), Observation{Kind: ObservedBreaker, AppID: "wxapp1", Detail: "half-open"})
+	})
+}

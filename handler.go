@@ -349,6 +349,16 @@ func (h *Handler) BreakerState(appid string) gobreaker.State {
 	return h.breakers.state(appid, endpointTrace)
 }
 
+// BreakerStates reports the state of every circuit breaker used so far, by
+// its key (the appid, or the appid and " update_waybill_goods"). Asking
+// moves an open breaker whose OpenTimeout has passed to half-open and
+// reports that change to Config.Observe: call it now and then (the service
+// does every 15 s) so that a breaker of an appid without events does not
+// look open for ever.
+func (h *Handler) BreakerStates() map[string]gobreaker.State {
+	return h.breakers.states()
+}
+
 // AddTo registers the handler on router, consuming the input topic from sub,
 // under the name "waybill_trace_" + the input topic.
 func (h *Handler) AddTo(router *message.Router, sub message.Subscriber) *message.Handler {

@@ -116,7 +116,7 @@ func New(cfg Config) (*Metrics, error) {
 	m.quota = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: m.ns, Name: "quota_remaining",
 		Help: "trace_waybill calls left in the appid's daily window, as of its last admitted call (-1: no daily limit)."}, []string{"appid"})
 	m.breaker = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: m.ns, Name: "breaker_state",
-		Help: "Circuit breaker state by breaker (appid, or appid and endpoint): 0 closed, 1 half-open, 2 open."}, []string{"breaker"})
+		Help: "Circuit breaker state by breaker (appid, or appid and endpoint): 0 closed, 1 half-open, 2 open. Set on each change; call Handler.BreakerStates now and then so that an idle breaker's timeout shows."}, []string{"breaker"})
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: m.ns, Name: "wechat_call_duration_seconds",
 		Help: "Latency of HTTP requests to WeChat.", Buckets: CallBuckets}, []string{"endpoint"})
 	m.byDetail = map[waybill.ObservationKind]*prometheus.CounterVec{

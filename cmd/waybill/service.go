@@ -26,6 +26,11 @@ import (
 	"github.com/waybillkit/waybill/wechat/redisstore"
 )
 
+// breakerCheck is how often every breaker's state is asked for, so that
+// waybill_breaker_state leaves "open" once a breaker's open time has passed
+// even for an appid without events.
+const breakerCheck = 15 * time.Second
+
 // closeSlack is how much longer the router waits for its handlers than they
 // may run after a signal, so that a handler cut off at the shutdown timeout
 // still nacks its event and releases its claim before the router gives up.
@@ -350,6 +355,8 @@ func (s *service) run(ctx context.Context) error {
 	}
 	ticker := time.NewTicker(s.cfg.StatsInterval)
 	defer ticker.Stop()
+	breakerTicker := time.NewTicker(breakerCheck)
+	defer breakerTicker.Stop()
 	running := s.router.Running()
 
 	var err error
@@ -361,6 +368,8 @@ loop:
 			running = nil // closed: stop selecting it
 		case <-ticker.C:
 			s.logStats(slog.LevelDebug, "waybill stats")
+		case <-breakerTicker.C:
+			s.handler.BreakerStates() // an idle appid's breaker shows half-open once due
 		case <-ctx.Done():
 			s.log.Info("waybill shutting down", "timeout", s.cfg.ShutdownTimeout)
 			break loop
