@@ -327,3 +327,38 @@ func TestOnCall(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultClientReusesConnections: 16 callers at once, 10 calls each,
+// dial at most one connection each; with Go's default of 2 idle
+// connections per host they dialed over and over.
+func TestDefaultClientReusesConnections(t *testing.T) {
+	srv := wechattest.NewServer(wechattest.Config{OpenIDDailyQuota: -1})
+	defer srv.Close()
+	srv.AddApp("wxapp1", "secret-1")
+	tokens, err := NewStableTokenSource(StableTokenConfig{BaseURL: srv.URL, Secrets: StaticSecrets{"wxapp1": "secret-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(Config{BaseURL: srv.URL, Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, dialed := countDials(context.Background())
+	const callers, calls = 16, 10
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range calls {
+				if _, err := c.TraceWaybill(ctx, "wxapp1", sampleTrace()); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// One more for the token source's own client.
+	if n := dialed.Load(); n > callers+1 {
+		t.Fatalf("%d connections dialed for %d calls by %d callers: want at most one per caller", n, callers*calls, callers)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,4 +88,17 @@ func (f *fixedTokens) Refresh(_ context.Context, _ string, stale string) (string
 		f.refreshes++
 	}
 	return "tok-" + strconv.Itoa(f.gen), nil
+}
+
+// countDials returns ctx counting, in dialed, the connections its requests
+// did not reuse.
+func countDials(ctx context.Context) (context.Context, *atomic.Int64) {
+	dialed := new(atomic.Int64)
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
+			if !info.Reused {
+				dialed.Add(1)
+			}
+		},
+	}), dialed
 }
