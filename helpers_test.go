@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -247,6 +249,36 @@ func startServiceEnv(t *testing.T, bin, name string, args, env []string) *servic
 		}
 	})
 	return p
+}
+
+// waitFor polls cond every 50 ms until it holds. It fails the test when
+// ctx ends or the process exits first.
+func (p *serviceProc) waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("never: %s", what)
+		case <-p.done:
+			t.Fatalf("the service exited while waiting for %s: %v", what, p.err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// waitLogged waits for text in the process's log.
+func (p *serviceProc) waitLogged(ctx context.Context, t *testing.T, text string) {
+	t.Helper()
+	p.waitFor(ctx, t, "a log line with "+strconv.Quote(text), func() bool { return strings.Contains(p.logText(t), text) })
+}
+
+// waitLogMatch waits for a log line matching re and returns its submatches.
+func (p *serviceProc) waitLogMatch(ctx context.Context, t *testing.T, re string) []string {
+	t.Helper()
+	r := regexp.MustCompile(re)
+	var m []string
+	p.waitFor(ctx, t, "a log line matching "+re, func() bool { m = r.FindStringSubmatch(p.logText(t)); return m != nil })
+	return m
 }
 
 func (p *serviceProc) logText(t *testing.T) string {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -78,19 +77,7 @@ func sample(fams map[string]*dto.MetricFamily, name string, want map[string]stri
 // adminURL waits for the service to log its admin address.
 func adminURL(ctx context.Context, t *testing.T, p *serviceProc) string {
 	t.Helper()
-	re := regexp.MustCompile(`admin endpoint listening" addr=(\S+)`)
-	for {
-		if m := re.FindStringSubmatch(p.logText(t)); m != nil {
-			return "http://" + m[1]
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("the service never logged its admin address")
-		case <-p.done:
-			t.Fatalf("the service exited: %v", p.err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return "http://" + p.waitLogMatch(ctx, t, `admin endpoint listening" addr=(\S+)`)[1]
 }
 
 // TestIntegrationMetrics runs the service on the real broker with the
@@ -126,23 +113,11 @@ func TestIntegrationMetrics(t *testing.T) {
 		"-app-limits", "wxshop:app_daily=200,wxlimited:app_daily=1",
 		"-wechat-url", sandbox.URL, "-admin-listen", "127.0.0.1:0"})
 	base := adminURL(ctx, t, svc)
-	for !strings.Contains(svc.logText(t), "waybill running") {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the service never ran")
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	svc.waitLogged(ctx, t, "waybill running")
 	prom := testprom.Start(t, strings.TrimPrefix(base, "http://"))
 	waitQuery := func(expr string, ok func([]testprom.Series) bool) {
 		t.Helper()
-		for !ok(testprom.Query(t, prom, expr)) {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("Prometheus never saw %s", expr)
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
+		svc.waitFor(ctx, t, "Prometheus to see "+expr, func() bool { return ok(testprom.Query(t, prom, expr)) })
 	}
 	// Scraped before any event, so that the counters' increases show.
 	waitQuery(`count_over_time(up{job="waybill"}[1m]) >= 2`, func(v []testprom.Series) bool { return len(v) == 1 })
@@ -243,7 +218,10 @@ func TestIntegrationMetrics(t *testing.T) {
 	publishEvents(t, brokers, in, events, order[len(order)-1:])
 	add("wxlimited", "m-limited-2", "SFLIMITED2")
 	publishEvents(t, brokers, in, events, []int{len(events) - 1})
-	// The wrong secret again: the token request is refused a second time.
+	// The wrong secret again: the token request is refused a second time,
+	// once Prometheus has seen the first (the series is born with it, and
+	// only a later increase shows in increase()).
+	waitQuery(`waybill_wechat_calls_total{endpoint="stable_token",class="configuration"}`, func(v []testprom.Series) bool { return len(v) > 0 })
 	add("wxbadsecret", "m-bad-2", "SFBAD2")
 	publishEvents(t, brokers, in, events, []int{len(events) - 1})
 	// A steady stream on the small quota, scraped as it goes.
@@ -365,13 +343,7 @@ func TestIntegrationReadyzFollowsKafka(t *testing.T) {
 	}
 	waitStatus := func(path string, code int) {
 		t.Helper()
-		for status(path) != code {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s never answered %d:\n%s", path, code, svc.logText(t))
-			case <-time.After(200 * time.Millisecond):
-			}
-		}
+		svc.waitFor(ctx, t, fmt.Sprintf("%s answering %d", path, code), func() bool { return status(path) == code })
 	}
 	waitStatus("/readyz", http.StatusOK)
 	broker.Freeze()

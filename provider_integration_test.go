@@ -71,25 +71,9 @@ func TestIntegrationProviderMode(t *testing.T) {
 	bin := buildService(t)
 	a := startService(t, bin, "A", append([]string{"-provider-listen", "127.0.0.1:0", "-provider-auth-file", dir + "/auth"}, common...))
 	b := startService(t, bin, "B", common)
-	waitLog := func(p *serviceProc, re string) []string {
-		t.Helper()
-		r := regexp.MustCompile(re)
-		for {
-			if m := r.FindStringSubmatch(p.logText(t)); m != nil {
-				return m
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("the service never logged %q", re)
-			case <-p.done:
-				t.Fatalf("the service exited: %v", p.err)
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	endpoint := "http://" + waitLog(a, `provider endpoint listening" addr=(\S+)`)[1]
-	waitLog(a, "waiting for a component_verify_ticket before consuming")
-	waitLog(b, "waiting for a component_verify_ticket before consuming")
+	endpoint := "http://" + a.waitLogMatch(ctx, t, `provider endpoint listening" addr=(\S+)`)[1]
+	a.waitLogged(ctx, t, "waiting for a component_verify_ticket before consuming")
+	b.waitLogged(ctx, t, "waiting for a component_verify_ticket before consuming")
 	assert.NotContains(t, a.logText(t)+b.logText(t), "waybill running", "nothing consumed without a ticket")
 
 	put := func(path, body string) {
@@ -104,8 +88,8 @@ func TestIntegrationProviderMode(t *testing.T) {
 	}
 	put("/component_verify_ticket", "ticket-1")
 	put("/authorizers/wxauthB/refresh_token", "refresh-b0")
-	waitLog(a, "waybill running")
-	waitLog(b, "waybill running")
+	a.waitLogged(ctx, t, "waybill running")
+	b.waitLogged(ctx, t, "waybill running")
 
 	appids := []string{"wxshop", "wxauthA", "wxauthB"}
 	sent := 0

@@ -70,19 +70,7 @@ func TestIntegrationSIGHUPReloadsMerchants(t *testing.T) {
 
 	svc := startService(t, buildService(t), "service", []string{"-config", conf, "-brokers", strings.Join(brokers, ","),
 		"-group", in + "-group", "-input-topic", in, "-traced-topic", traced, "-dead-letter-topic", dead, "-wechat-url", sandbox.URL})
-	waitLog := func(what string) {
-		t.Helper()
-		for !strings.Contains(svc.logText(t), what) {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("the service never logged %q", what)
-			case <-svc.done:
-				t.Fatalf("the service exited: %v", svc.err)
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
-	waitLog("waybill running")
+	svc.waitLogged(ctx, t, "waybill running")
 	publish("wxshopA", 10)
 
 	// Events in flight while the merchant arrives and A's limit changes.
@@ -90,7 +78,7 @@ func TestIntegrationSIGHUPReloadsMerchants(t *testing.T) {
 	published := make(chan struct{})
 	go func() { defer close(published); publish("wxshopA", 10) }()
 	require.NoError(t, svc.cmd.Process.Signal(syscall.SIGHUP))
-	waitLog(`msg="configuration reloaded" merchants_added=[wxshopB] secrets_rotated=[] merchants_removed=[] limits_changed=[wxshopA]`)
+	svc.waitLogged(ctx, t, `msg="configuration reloaded" merchants_added=[wxshopB] secrets_rotated=[] merchants_removed=[] limits_changed=[wxshopA]`)
 	<-published
 	require.NoError(t, out.wait(ctx, func(s seen) bool { return len(s.tokens) == 20 }), "A's events, before and during the reload")
 	publish("wxshopB", 5)
@@ -99,7 +87,7 @@ func TestIntegrationSIGHUPReloadsMerchants(t *testing.T) {
 	// A broken file: rejected, and the service goes on as it was.
 	writeConf("merchants:\n  - appid: wxshopC\n    secret: inline-is-refused\n")
 	require.NoError(t, svc.cmd.Process.Signal(syscall.SIGHUP))
-	waitLog(`msg="reload rejected; the running configuration stays"`)
+	svc.waitLogged(ctx, t, `msg="reload rejected; the running configuration stays"`)
 	assert.Contains(t, svc.logText(t), `unknown merchant key \"secret\"`)
 	publish("wxshopB", 3)
 	require.NoError(t, out.wait(ctx, func(s seen) bool { return len(s.tokens) == 28 }), "still running on the old configuration")

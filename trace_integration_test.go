@@ -41,19 +41,7 @@ func TestIntegrationTraceThroughKafka(t *testing.T) {
 		[]string{"OTEL_TRACES_EXPORTER=console", "OTEL_SERVICE_NAME=waybill-test"})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	wait := func(what string, ok func() bool) {
-		t.Helper()
-		for !ok() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("never: %s", what)
-			case <-svc.done:
-				t.Fatalf("the service exited: %v", svc.err)
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
-	wait("running", func() bool { return strings.Contains(svc.logText(t), "waybill running") })
+	svc.waitLogged(ctx, t, "waybill running")
 
 	const traceOK, traceLater = "4bf92f3577b34da6a3ce929d0e0e4736", "7bf92f3577b34da6a3ce929d0e0e4736"
 	pc := testkafka.Config()
@@ -70,18 +58,18 @@ func TestIntegrationTraceThroughKafka(t *testing.T) {
 	}
 
 	var traced []*sarama.ConsumerMessage
-	wait("waybill.traced", func() bool { traced = testkafka.ReadTopic(t, brokers, in+".traced"); return len(traced) == 1 })
+	svc.waitFor(ctx, t, "waybill.traced", func() bool { traced = testkafka.ReadTopic(t, brokers, in+".traced"); return len(traced) == 1 })
 	tp, ok := testkafka.Header(traced[0], "traceparent")
 	require.True(t, ok, "waybill.traced carries a traceparent")
 	assert.Contains(t, tp, traceOK)
 	assert.NotContains(t, tp, "00f067aa0ba902b7", "the output's parent is the service's span, not the input's")
 	var parked []*sarama.ConsumerMessage
-	wait("a parked copy", func() bool { parked = testkafka.ReadTopic(t, brokers, in+".delay.1h0m0s"); return len(parked) == 1 })
+	svc.waitFor(ctx, t, "a parked copy", func() bool { parked = testkafka.ReadTopic(t, brokers, in+".delay.1h0m0s"); return len(parked) == 1 })
 	tp, ok = testkafka.Header(parked[0], "traceparent")
 	require.True(t, ok)
 	assert.Contains(t, tp, traceLater, "the parked copy continues the order's trace")
 	assert.NotContains(t, tp, "00f067aa0ba902b7", "under the service's park span")
-	wait("a log line with the trace id", func() bool { return strings.Contains(svc.logText(t), "trace_id="+traceLater) })
+	svc.waitLogged(ctx, t, "trace_id="+traceLater)
 
 	require.NoError(t, svc.cmd.Process.Signal(syscall.SIGTERM))
 	<-svc.done

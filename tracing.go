@@ -50,6 +50,7 @@ func newTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator, inp
 // start begins the delivery's span under the context msg's headers carry.
 func (t tracing) start(msg *message.Message, topic string) (context.Context, trace.Span) {
 	ctx := msg.Context()
+	// TraceContext.Extract costs two allocations even without a header.
 	if _, ok := msg.Metadata["traceparent"]; ok || t.prop != (propagation.TraceContext{}) {
 		ctx = t.prop.Extract(ctx, propagation.MapCarrier(msg.Metadata))
 	}

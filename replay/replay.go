@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/waybillkit/waybill/deadletter"
+	"github.com/waybillkit/waybill/internal/wait"
 )
 
 // Run reads the dead-letter topic cfg.Topic and republishes the events
@@ -294,20 +295,13 @@ const watchEvery = time.Second
 // watch ends the session once every partition is done, counting those that
 // other members of the group finished (their committed position reached the
 // end offset), so that several replays in one group all stop.
+// ctx is the session's, which r.cancel ends.
 func (r *replayer) watch(ctx context.Context) {
-	t := time.NewTicker(watchEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	wait.Every(ctx, watchEvery, func() {
 		if err := r.refreshDone(); err == nil && r.allDone() {
 			r.cancel()
-			return
 		}
-	}
+	})
 }
 
 // Cleanup implements sarama.ConsumerGroupHandler.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/waybillkit/waybill/internal/rawjson"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -84,8 +85,15 @@ func validateBaseURL(s string) error {
 	return nil
 }
 
+// wireHooks are the observers every config offers: OnCall and
+// TracerProvider.
+type wireHooks struct {
+	onCall func(CallInfo)
+	tp     trace.TracerProvider // nil: otel's global provider
+}
+
 // newWire builds the shared plumbing from the common settings.
-func newWire(base string, hc *http.Client, classify func(int) Class) *wire {
+func newWire(base string, hc *http.Client, classify func(int) Class, hooks wireHooks) *wire {
 	if base == "" {
 		base = DefaultBaseURL
 	}
@@ -95,9 +103,12 @@ func newWire(base string, hc *http.Client, classify func(int) Class) *wire {
 	if classify == nil {
 		classify = DefaultClassify
 	}
-	w := &wire{base: strings.TrimRight(base, "/"), hc: hc, classify: classify}
-	w.setTracing(nil)
-	return w
+	tp := hooks.tp
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return &wire{base: strings.TrimRight(base, "/"), hc: hc, classify: classify,
+		onCall: hooks.onCall, tracer: tp.Tracer(tracerName)}
 }
 
 // MaxIdleConnsPerHost is how many idle connections the default HTTP client
@@ -134,9 +145,7 @@ func NewClient(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify)
-	w.onCall = cfg.OnCall
-	w.setTracing(cfg.TracerProvider)
+	w := newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify, wireHooks{cfg.OnCall, cfg.TracerProvider})
 	return &Client{wire: w, tokens: cfg.Tokens, log: log}, nil
 }
 

@@ -106,13 +106,11 @@ func NewComponentTokenSource(cfg ComponentConfig) (*ComponentTokenSource, error)
 		return nil, err
 	}
 	s := &ComponentTokenSource{
-		wire:   newWire(cfg.BaseURL, cfg.HTTPClient, nil),
+		wire:   newWire(cfg.BaseURL, cfg.HTTPClient, nil, wireHooks{cfg.OnCall, cfg.TracerProvider}),
 		appid:  cfg.ComponentAppID,
 		secret: cfg.ComponentSecret,
 		cache:  newCache(cfg.cacheSettings()),
 	}
-	s.wire.onCall = cfg.OnCall
-	s.wire.setTracing(cfg.TracerProvider)
 	s.component = componentTokens{s}
 	return s, nil
 }

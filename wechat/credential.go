@@ -81,11 +81,8 @@ func newCredentialSource(cfg *StableTokenConfig, stable bool) (*credentialSource
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	w := newWire(cfg.BaseURL, cfg.HTTPClient, nil)
-	w.onCall = cfg.OnCall
-	w.setTracing(cfg.TracerProvider)
 	return &credentialSource{
-		wire:    w,
+		wire:    newWire(cfg.BaseURL, cfg.HTTPClient, nil, wireHooks{cfg.OnCall, cfg.TracerProvider}),
 		secrets: cfg.Secrets,
 		cache:   newCache(cfg.cacheSettings()),
 		stable:  stable,

@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
@@ -85,14 +84,6 @@ type wire struct {
 
 // tracerName names the client's spans' instrumentation scope.
 const tracerName = "github.com/waybillkit/waybill/wechat"
-
-// setTracing sets the tracer from tp (nil: otel's global provider).
-func (w *wire) setTracing(tp trace.TracerProvider) {
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	w.tracer = tp.Tracer(tracerName)
-}
 
 // CallInfo describes one HTTP request to WeChat, for metrics and tracing
 // hooks (Config.OnCall and the token sources' OnCall). It holds no token,

@@ -297,14 +297,21 @@ var errTicketAge = errors.New("ticket")
 // readTicketFile returns the file's ticket and when it was written; ""
 // when the file is missing.
 func readTicketFile(path string) (string, time.Time, error) {
-	b, err := os.ReadFile(path)
+	// One open file: the content and the time are the same file's, even
+	// when the callback renames a new one into place meanwhile.
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", time.Time{}, nil
 	}
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	st, err := os.Stat(path)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return "", time.Time{}, err
 	}
