@@ -140,21 +140,25 @@ func NewSubscriber(c Config, logger watermill.LoggerAdapter) (*wmkafka.Subscribe
 	if group == "" {
 		group = "waybill"
 	}
-	nack := c.NackResendSleep
-	if nack == 0 {
-		nack = time.Second
-	}
 	sub, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
 		Brokers:               c.Brokers,
 		Unmarshaler:           NewMarshaler(),
 		OverwriteSaramaConfig: sc,
 		ConsumerGroup:         group,
-		NackResendSleep:       nack,
+		NackResendSleep:       c.nackResendSleep(),
 	}, logger)
 	if err != nil {
 		return nil, c.Explain("kafka subscriber", err)
 	}
 	return sub, nil
+}
+
+// nackResendSleep is NackResendSleep with its default.
+func (c Config) nackResendSleep() time.Duration {
+	if c.NackResendSleep == 0 {
+		return time.Second
+	}
+	return c.NackResendSleep
 }
 
 // NewPublisher returns a synchronous publisher that waits for all

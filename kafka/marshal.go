@@ -1,6 +1,9 @@
 package kafka
 
 import (
+	"encoding/json"
+
+	"github.com/IBM/sarama"
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -25,14 +28,33 @@ func NewMarshaler() wmkafka.MarshalerUnmarshaler {
 }
 
 // Position is the Handler's Config.Position for messages consumed through
-// watermill-kafka: the record's partition and offset, which name it in dead
-// letters and tell one record's redeliveries from another record's.
+// an OrderedSubscriber or watermill-kafka's subscriber: the record's
+// partition and offset, which name it in dead letters and tell one record's
+// redeliveries from another record's.
 func Position(msg *message.Message) (partition int32, offset int64, ok bool) {
 	ctx := msg.Context()
+	if pos, ok := ctx.Value(recordPositionKey{}).(*recordPosition); ok {
+		return pos.partition, pos.offset, true
+	}
 	p, okp := wmkafka.MessagePartitionFromCtx(ctx)
 	o, oko := wmkafka.MessagePartitionOffsetFromCtx(ctx)
 	if !okp || !oko {
 		return -1, -1, false
 	}
 	return p, o, true
+}
+
+// OrderIDKey is the OrderedConfig.Key for order.shipped events: their
+// order_id, so that the events of one order are handled one at a time, in
+// order, whatever the producer keyed them by. A record whose value has no
+// order_id (it is not valid JSON, say: the handler will dead-letter it) falls
+// back to RecordKey.
+func OrderIDKey(rec *sarama.ConsumerMessage) string {
+	var v struct {
+		OrderID string `json:"order_id"`
+	}
+	if json.Unmarshal(rec.Value, &v) == nil && v.OrderID != "" {
+		return v.OrderID
+	}
+	return RecordKey(rec)
 }
