@@ -81,3 +81,32 @@ func BenchmarkHandleSandbox(b *testing.B) {
 	}
 	benchHandle(b, client, nil)
 }
+
+// BenchmarkHandleSandboxRouterGoroutine is BenchmarkHandleSandbox with each
+// message handled on a goroutine of its own, as Watermill's Router does:
+// the cost a goroutine's stack growth adds.
+func BenchmarkHandleSandboxRouterGoroutine(b *testing.B) {
+	srv := wechattest.NewServer(wechattest.Config{AutoRegister: true, AppDailyQuota: -1, OpenIDDailyQuota: -1})
+	defer srv.Close()
+	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: srv.URL, Secrets: wechat.StaticSecrets{"wxapp1": "s"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := wechat.NewClient(wechat.Config{BaseURL: srv.URL, Tokens: tokens})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := NewHandler(Config{Client: client, Publisher: discard{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := testevent.JSON(b, func(*event.OrderShipped) {})
+	b.ReportAllocs()
+	done := make(chan error)
+	for b.Loop() {
+		go func() { done <- h.Handle(message.NewMessage("m", payload)) }()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+}

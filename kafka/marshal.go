@@ -44,12 +44,29 @@ func Position(msg *message.Message) (partition int32, offset int64, ok bool) {
 	return p, o, true
 }
 
+// MessageKey is the Kafka key of a message consumed through an
+// OrderedSubscriber or watermill-kafka's subscriber; ok is false for a
+// message from elsewhere.
+func MessageKey(msg *message.Message) (key []byte, ok bool) {
+	ctx := msg.Context()
+	if pos, ok := ctx.Value(recordPositionKey{}).(*recordPosition); ok {
+		return pos.key, true
+	}
+	return wmkafka.MessageKeyFromCtx(ctx)
+}
+
 // OrderIDKey is the OrderedConfig.Key for order.shipped events: their
 // order_id, so that the events of one order are handled one at a time, in
 // order, whatever the producer keyed them by. A record whose value has no
 // order_id (it is not valid JSON, say: the handler will dead-letter it) falls
 // back to RecordKey.
 func OrderIDKey(rec *sarama.ConsumerMessage) string {
+	if id, ok := topLevelString(rec.Value, "order_id"); ok {
+		if id != "" {
+			return id
+		}
+		return RecordKey(rec)
+	}
 	var v struct {
 		OrderID string `json:"order_id"`
 	}

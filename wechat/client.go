@@ -32,6 +32,11 @@ type Config struct {
 	// 30 s timeout per request. The request's context deadline applies
 	// either way.
 	HTTPClient *http.Client
+	// IdleConns is how many idle connections the default HTTP client keeps
+	// to WeChat: size it to the calls in flight at once (partitions ×
+	// concurrency per partition), or calls beyond it dial, a TLS handshake
+	// each. Zero means MaxIdleConnsPerHost. Ignored with HTTPClient.
+	IdleConns int
 
 	// Tokens gives the access token for each appid. Required.
 	Tokens TokenSource
@@ -98,7 +103,7 @@ func newWire(base string, hc *http.Client, classify func(int) Class, hooks wireH
 		base = DefaultBaseURL
 	}
 	if hc == nil {
-		hc = defaultHTTPClient()
+		hc = newHTTPClient(MaxIdleConnsPerHost)
 	}
 	if classify == nil {
 		classify = DefaultClassify
@@ -112,19 +117,20 @@ func newWire(base string, hc *http.Client, classify func(int) Class, hooks wireH
 }
 
 // MaxIdleConnsPerHost is how many idle connections the default HTTP client
-// keeps to WeChat: as many as calls are likely in flight at once (one per
-// partition and concurrent delivery), so that a busy client reuses its
-// connections instead of dialing.
+// keeps to WeChat unless Config.IdleConns says: as many as calls are likely
+// in flight at once, so that a busy client reuses its connections instead
+// of dialing.
 const MaxIdleConnsPerHost = 64
 
-func defaultHTTPClient() *http.Client {
+// newHTTPClient is the default HTTP client, keeping idle connections.
+func newHTTPClient(idle int) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	// Every call goes to one host: Go's default of 2 idle connections per
 	// host made calls beyond the second in flight dial (a TLS handshake
 	// each, against WeChat) and drop their connection afterwards.
-	t.MaxIdleConnsPerHost = MaxIdleConnsPerHost
-	t.MaxIdleConns = 4 * MaxIdleConnsPerHost
+	t.MaxIdleConnsPerHost = idle
+	t.MaxIdleConns = 4 * idle
 	return &http.Client{Transport: t, Timeout: 30 * time.Second}
 }
 
@@ -145,7 +151,11 @@ func NewClient(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := newWire(cfg.BaseURL, cfg.HTTPClient, cfg.Classify, wireHooks{cfg.OnCall, cfg.TracerProvider})
+	hc := cfg.HTTPClient
+	if hc == nil && cfg.IdleConns > 0 {
+		hc = newHTTPClient(cfg.IdleConns)
+	}
+	w := newWire(cfg.BaseURL, hc, cfg.Classify, wireHooks{cfg.OnCall, cfg.TracerProvider})
 	return &Client{wire: w, tokens: cfg.Tokens, log: log}, nil
 }
 

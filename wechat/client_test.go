@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
@@ -332,33 +333,48 @@ func TestOnCall(t *testing.T) {
 // dial at most one connection each; with Go's default of 2 idle
 // connections per host they dialed over and over.
 func TestDefaultClientReusesConnections(t *testing.T) {
-	srv := wechattest.NewServer(wechattest.Config{OpenIDDailyQuota: -1})
-	defer srv.Close()
-	srv.AddApp("wxapp1", "secret-1")
-	tokens, err := NewStableTokenSource(StableTokenConfig{BaseURL: srv.URL, Secrets: StaticSecrets{"wxapp1": "secret-1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewClient(Config{BaseURL: srv.URL, Tokens: tokens})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, dialed := countDials(context.Background())
-	const callers, calls = 16, 10
-	var wg sync.WaitGroup
-	for range callers {
-		wg.Go(func() {
+	for _, tc := range []struct {
+		name    string
+		idle    int
+		callers int
+	}{
+		{"default", 0, 16},
+		{"IdleConns sized to the callers", 128, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := wechattest.NewServer(wechattest.Config{OpenIDDailyQuota: -1})
+			defer srv.Close()
+			srv.AddApp("wxapp1", "secret-1")
+			// WeChat's tens of milliseconds keep every caller's call in
+			// flight at once, as a busy service's are.
+			srv.Inject(wechattest.Fault{Endpoint: "trace_waybill", Latency: 20 * time.Millisecond})
+			tokens, err := NewStableTokenSource(StableTokenConfig{BaseURL: srv.URL, Secrets: StaticSecrets{"wxapp1": "secret-1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := NewClient(Config{BaseURL: srv.URL, Tokens: tokens, IdleConns: tc.idle})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, dialed := countDials(context.Background())
+			// In rounds, every caller at once: all connections go idle
+			// together between rounds, the worst case for the idle limit.
+			const calls = 5
 			for range calls {
-				if _, err := c.TraceWaybill(ctx, "wxapp1", sampleTrace()); err != nil {
-					t.Error(err)
-					return
+				var wg sync.WaitGroup
+				for range tc.callers {
+					wg.Go(func() {
+						if _, err := c.TraceWaybill(ctx, "wxapp1", sampleTrace()); err != nil {
+							t.Error(err)
+						}
+					})
 				}
+				wg.Wait()
+			}
+			// One more for the token source's own client.
+			if n := dialed.Load(); n > int64(tc.callers)+1 {
+				t.Fatalf("%d connections dialed for %d calls by %d callers: want at most one per caller", n, tc.callers*calls, tc.callers)
 			}
 		})
-	}
-	wg.Wait()
-	// One more for the token source's own client.
-	if n := dialed.Load(); n > callers+1 {
-		t.Fatalf("%d connections dialed for %d calls by %d callers: want at most one per caller", n, callers*calls, callers)
 	}
 }

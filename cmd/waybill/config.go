@@ -60,6 +60,9 @@ type config struct {
 	StatsInterval time.Duration
 	// ShutdownTimeout is how long in-flight events may run after a signal.
 	ShutdownTimeout time.Duration
+	// Concurrency is how many events of one input partition are in flight
+	// at once, never two of one order.
+	Concurrency int
 	// CreateTopics creates missing topics at start, with TopicPartitions
 	// and TopicReplication; without it the service refuses to start.
 	CreateTopics                      bool
@@ -153,6 +156,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&c.LogFormat, "log-format", "text", "`format` of the log: text (key=value) or json (one object a line, for log shippers)")
 	fs.DurationVar(&c.StatsInterval, "stats-interval", time.Minute, "how often to log the counters at debug level")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long in-flight events may finish after SIGINT or SIGTERM")
+	fs.IntVar(&c.Concurrency, "concurrency", defaultConcurrency, "events of one input partition in flight at once, one per order id (1: one at a time, in partition order)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: waybill [flags]\n       waybill %[1]s [flags]\n       waybill %[3]s check|create [flags]\n\n"+
 			"The service's flags follow; every flag -x-y falls back to the environment variable %[2]sX_Y.\n"+
@@ -243,6 +247,9 @@ func (c *config) validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("-%s %v must be positive", name, d))
 		}
+	}
+	if c.Concurrency < 1 || c.Concurrency > maxConcurrency {
+		errs = append(errs, fmt.Errorf("-concurrency %d must be between 1 and %d", c.Concurrency, maxConcurrency))
 	}
 	if c.Parking != nil {
 		if err := c.Parking.Validate(); err != nil {

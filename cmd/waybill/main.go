@@ -57,6 +57,7 @@
 //	-log-format         WAYBILL_LOG_FORMAT         text or json (text)
 //	-stats-interval     WAYBILL_STATS_INTERVAL     how often the counters are logged at debug level (1m)
 //	-shutdown-timeout   WAYBILL_SHUTDOWN_TIMEOUT   how long in-flight events may finish after a signal (30s)
+//	-concurrency        WAYBILL_CONCURRENCY        events of one input partition in flight at once, one per order id (16)
 //
 // The secrets file holds one appid=secret line per mini program; blank lines
 // and lines starting with # are skipped. Secrets, access tokens and Redis

@@ -93,6 +93,10 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	for _, t := range created {
 		log.Info("created topic", "topic", t, "partitions", cfg.TopicPartitions, "replication", cfg.TopicReplication)
 	}
+	inputPartitions := 0
+	if states, err := kafka.DescribeTopics(cfg.Kafka, []string{cfg.InputTopic}); err == nil && len(states) == 1 {
+		inputPartitions = states[0].Partitions
+	}
 
 	// Without Redis every store lives in this process; with it, processes
 	// sharing the prefix share tokens, quotas and traces.
@@ -131,7 +135,8 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 			return nil, err
 		}
 	}
-	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: s.tokens, Logger: log, OnCall: s.onCall()})
+	client, err := wechat.NewClient(wechat.Config{BaseURL: cfg.WeChatURL, Tokens: s.tokens, Logger: log, OnCall: s.onCall(),
+		IdleConns: idleConns(cfg.Concurrency, inputPartitions)})
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +170,9 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 	if err != nil {
 		return nil, err
 	}
-	sub, err := kafka.NewSubscriber(cfg.Kafka, wlog)
+	sub, err := kafka.NewOrderedSubscriber(cfg.Kafka, kafka.OrderedConfig{
+		Concurrency: cfg.Concurrency, Key: kafka.OrderIDKey, DrainTimeout: drainTimeout(cfg.ShutdownTimeout),
+	}, wlog)
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +212,34 @@ func build(ctx context.Context, cfg config, log *slog.Logger) (_ *service, err e
 		"app_daily", cfg.Limits.AppDaily, "user_daily", cfg.Limits.UserDaily, "rate", cfg.Limits.Rate,
 		"app_limits", len(cfg.AppLimits), "claim_ttl", cfg.ClaimTTL)
 	return s, nil
+}
+
+// defaultConcurrency is -concurrency's default: at WeChat's tens of
+// milliseconds, 16 calls in flight per partition make a partition about 16
+// times faster than one at a time, while a partition's buffered events stay
+// a few hundred kilobytes.
+const defaultConcurrency = 16
+
+// maxConcurrency bounds -concurrency: beyond it, a partition's calls would
+// outrun any merchant's smooth rate long before they filled the slots.
+const maxConcurrency = 1024
+
+// drainTimeout is how long a revoked or closing partition's events in flight
+// may finish: the shutdown timeout, kept under sarama's 60 s rebalance
+// timeout, within which Kafka expects a revoked partition back.
+func drainTimeout(shutdown time.Duration) time.Duration {
+	return min(shutdown, 50*time.Second)
+}
+
+// idleConns sizes the WeChat client's idle connections to the calls that
+// can be in flight at once, if this process owns every input partition
+// (partitions unknown: 8), so that a burst after an idle spell reuses them
+// instead of dialing (a TLS handshake each).
+func idleConns(concurrency, partitions int) int {
+	if partitions <= 0 {
+		partitions = 8
+	}
+	return max(wechat.MaxIdleConnsPerHost, min(concurrency*partitions, 4096))
 }
 
 // onCall is the WeChat clients' call hook: the metrics', once admin exists.

@@ -113,7 +113,7 @@ func Start(ctx context.Context, cfg Config) (*Pipeline, error) {
 	if p.handler, err = waybill.NewHandler(hcfg); err != nil {
 		return nil, err
 	}
-	sub, err := kafka.NewSubscriber(cfg.Kafka, cfg.Logger)
+	sub, err := kafka.NewOrderedSubscriber(cfg.Kafka, kafka.OrderedConfig{Key: kafka.OrderIDKey}, cfg.Logger)
 	if err != nil {
 		return nil, err
 	}
