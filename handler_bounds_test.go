@@ -337,13 +337,109 @@ func TestSuccessNeedsAToken(t *testing.T) {
 // TestUnreadableRecordIsOverwritten: a record the store cannot read is
 // traced again and overwritten, not a partition stalled for ever.
 func TestUnreadableRecordIsOverwritten(t *testing.T) {
-	key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
-	store := &outageStore{Store: tracestore.NewMemory(tracestore.MemoryConfig{}), bad: map[tracestore.Key]bool{key: true}}
+	for _, oneStep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("one step %v", oneStep), func(t *testing.T) {
+			key := tracestore.Key{AppID: "wxapp1", WaybillID: "SF100", TransID: testevent.Valid("o", "w").TransID}
+			mem := tracestore.NewMemory(tracestore.MemoryConfig{})
+			outage := &outageStore{Store: mem, bad: map[tracestore.Key]bool{key: true}}
+			var store tracestore.Store = outage
+			if oneStep {
+				store = oneStepStore{outage, mem}
+			}
+			tr, pub := newScriptedTracer(), &testpub.Recorder{}
+			h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
+			require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
+			require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))), "a duplicate")
+			assert.Equal(t, 1, tr.callsFor("SF100"), "the second reads the overwritten record")
+			assert.Len(t, pub.On(event.WaybillTracedTopic), 2)
+		})
+	}
+}
+
+// oneStepStore is an outageStore with the one-step forms, made of its own
+// steps, so that its faults reach the handler's one-step path.
+type oneStepStore struct {
+	*outageStore
+	mem *tracestore.Memory
+}
+
+func (s oneStepStore) ClaimGet(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (func(), bool, tracestore.Record, bool, error) {
+	release, won, err := s.Claim(ctx, key, owner, ttl)
+	if err != nil {
+		return nil, false, tracestore.Record{}, false, err
+	}
+	rec, ok, err := s.Get(ctx, key)
+	if err != nil && won {
+		release()
+		return nil, false, tracestore.Record{}, false, err
+	}
+	return release, won, rec, ok, err
+}
+
+func (s oneStepStore) PutRelease(ctx context.Context, key tracestore.Key, rec tracestore.Record, owner string) error {
+	if err := s.outageStore.Put(ctx, key, rec); err != nil {
+		return err
+	}
+	return s.mem.PutRelease(ctx, key, rec, owner)
+}
+
+// countingStore counts the trace store's calls by method.
+type countingStore struct {
+	*tracestore.Memory
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (s *countingStore) count(m string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls[m]++
+}
+
+func (s *countingStore) Get(ctx context.Context, k tracestore.Key) (tracestore.Record, bool, error) {
+	s.count("Get")
+	return s.Memory.Get(ctx, k)
+}
+
+func (s *countingStore) Put(ctx context.Context, k tracestore.Key, r tracestore.Record) error {
+	s.count("Put")
+	return s.Memory.Put(ctx, k, r)
+}
+
+func (s *countingStore) Claim(ctx context.Context, k tracestore.Key, o string, ttl time.Duration) (func(), bool, error) {
+	s.count("Claim")
+	return s.Memory.Claim(ctx, k, o, ttl)
+}
+
+func (s *countingStore) ClaimGet(ctx context.Context, k tracestore.Key, o string, ttl time.Duration) (func(), bool, tracestore.Record, bool, error) {
+	s.count("ClaimGet")
+	release, won, rec, ok, err := s.Memory.ClaimGet(ctx, k, o, ttl)
+	if won {
+		inner := release
+		release = func() { s.count("release"); inner() }
+	}
+	return release, won, rec, ok, err
+}
+
+func (s *countingStore) PutRelease(ctx context.Context, k tracestore.Key, r tracestore.Record, o string) error {
+	s.count("PutRelease")
+	return s.Memory.PutRelease(ctx, k, r, o)
+}
+
+// TestTraceStoreRoundTrips: with a store that has the one-step forms, a new
+// event costs the store two calls (claim-and-read, put-and-release), where
+// look, claim, look, put and release were five; a duplicate costs one call
+// and a release.
+func TestTraceStoreRoundTrips(t *testing.T) {
+	store := &countingStore{Memory: tracestore.NewMemory(tracestore.MemoryConfig{}), calls: map[string]int{}}
 	tr, pub := newScriptedTracer(), &testpub.Recorder{}
 	h := newTestHandler(t, tr, pub, func(c *Config) { c.TraceStore = store })
 	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
+	assert.Equal(t, map[string]int{"ClaimGet": 1, "PutRelease": 1}, store.calls)
+	clear(store.calls)
 	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))), "a duplicate")
-	assert.Equal(t, 1, tr.callsFor("SF100"), "the second reads the overwritten record")
+	assert.Equal(t, map[string]int{"ClaimGet": 1, "release": 1}, store.calls)
+	assert.Equal(t, 1, tr.callsFor("SF100"))
 	assert.Len(t, pub.On(event.WaybillTracedTopic), 2)
 }
 

@@ -1,8 +1,8 @@
 package tracestore
 
 import (
-	"container/list"
 	"context"
+	"hash/maphash"
 	"errors"
 	"fmt"
 	"strconv"
@@ -55,26 +55,41 @@ func (c *MemoryConfig) Validate() error {
 // Memory is a Store for one process: a bounded LRU of records, each living
 // TTL after its Put, and claims that hold only within the process. Every
 // operation is O(1) (amortized for claims). It is safe for concurrent use.
+//
+// A record costs about 100 bytes beside its token and goods hash: records
+// live in one slice, linked by index, and are found by a 128-bit hash of
+// their Key (from seeds drawn when the store is made, so no input can be
+// chosen to collide; two keys share a hash with a chance of about n²/2¹²⁹).
 type Memory struct {
-	cfg MemoryConfig
+	cfg   MemoryConfig
+	seeds [2]maphash.Seed
 
 	mu      sync.Mutex
-	entries map[Key]*memEntry
-	lru     list.List // of *memEntry, most recently used first
-	byAge   list.List // of *memEntry, oldest Put first: expiry order, as TTL is uniform
+	index   map[keyHash]int32 // → entries
+	entries []memEntry
+	free    int32   // first free entry, linked by lru.next; none: -1
+	lru     memList // most recently used first
+	byAge   memList // oldest Put first: expiry order, as TTL is uniform
 
 	claims    map[Key]memClaim
 	claimSeq  uint64
 	sweepSize int // len(claims) at which expired claims are swept next
 }
 
+type keyHash [2]uint64
+
 type memEntry struct {
-	key     Key
-	rec     Record
-	expires time.Time
-	lruElem *list.Element
-	ageElem *list.Element
+	hash       keyHash
+	rec        Record
+	expires    int64 // unix nanoseconds
+	lru, byAge memLinks
 }
+
+// memLinks are an entry's neighbours in one list, by index; -1 is none.
+type memLinks struct{ prev, next int32 }
+
+// memList is a doubly linked list threaded through the entries.
+type memList struct{ head, tail int32 }
 
 type memClaim struct {
 	owner   string
@@ -92,28 +107,42 @@ func NewMemory(cfg MemoryConfig) *Memory {
 	}
 	return &Memory{
 		cfg:       cfg,
-		entries:   make(map[Key]*memEntry),
+		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		index:     make(map[keyHash]int32),
+		free:      -1,
+		lru:       memList{-1, -1},
+		byAge:     memList{-1, -1},
 		claims:    make(map[Key]memClaim),
 		sweepSize: minClaimSweep,
 	}
 }
 
-var _ Store = (*Memory)(nil)
+var (
+	_ Store       = (*Memory)(nil)
+	_ ClaimGetter = (*Memory)(nil)
+	_ PutReleaser = (*Memory)(nil)
+)
+
+func (s *Memory) hash(k Key) keyHash {
+	return keyHash{maphash.Comparable(s.seeds[0], k), maphash.Comparable(s.seeds[1], k)}
+}
 
 // Get implements Store. A hit makes the record the most recently used.
 func (s *Memory) Get(ctx context.Context, key Key) (Record, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return Record{}, false, fmt.Errorf("trace store get: %w", err)
 	}
+	h := s.hash(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropExpired(s.cfg.Now())
-	e, ok := s.entries[key]
+	i, ok := s.index[h]
 	if !ok {
 		return Record{}, false, nil
 	}
-	s.lru.MoveToFront(e.lruElem)
-	return e.rec, true, nil
+	s.unlinkLRU(i)
+	s.pushLRU(i)
+	return s.entries[i].rec, true, nil
 }
 
 // Put implements Store. When the store is full, the least recently used
@@ -122,24 +151,35 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("trace store put: %w", err)
 	}
+	h := s.hash(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.cfg.Now()
 	s.dropExpired(now)
-	expires := now.Add(s.cfg.TTL)
-	if e, ok := s.entries[key]; ok {
+	expires := now.Add(s.cfg.TTL).UnixNano()
+	if i, ok := s.index[h]; ok {
+		e := &s.entries[i]
 		e.rec, e.expires = rec, expires
-		s.lru.MoveToFront(e.lruElem)
-		s.byAge.MoveToBack(e.ageElem)
+		s.unlinkLRU(i)
+		s.pushLRU(i)
+		s.unlinkAge(i)
+		s.pushAge(i)
 		return nil
 	}
-	e := &memEntry{key: key, rec: rec, expires: expires}
-	e.lruElem = s.lru.PushFront(e)
-	e.ageElem = s.byAge.PushBack(e)
-	s.entries[key] = e
-	for len(s.entries) > s.cfg.MaxEntries {
-		s.remove(s.lru.Back().Value.(*memEntry))
+	if len(s.index) >= s.cfg.MaxEntries {
+		s.remove(s.lru.tail)
 	}
+	i := s.free
+	if i >= 0 {
+		s.free = s.entries[i].lru.next
+	} else {
+		i = int32(len(s.entries))
+		s.entries = append(s.entries, memEntry{})
+	}
+	s.entries[i] = memEntry{hash: h, rec: rec, expires: expires}
+	s.index[h] = i
+	s.pushLRU(i)
+	s.pushAge(i)
 	return nil
 }
 
@@ -148,25 +188,75 @@ func (s *Memory) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropExpired(s.cfg.Now())
-	return len(s.entries)
+	return len(s.index)
 }
 
 // dropExpired removes the records whose time is up, oldest first, so expired
 // records free their memory without waiting to be evicted.
 func (s *Memory) dropExpired(now time.Time) {
-	for el := s.byAge.Front(); el != nil; el = s.byAge.Front() {
-		e := el.Value.(*memEntry)
-		if now.Before(e.expires) {
-			return
-		}
-		s.remove(e)
+	n := now.UnixNano()
+	for i := s.byAge.head; i >= 0 && n >= s.entries[i].expires; i = s.byAge.head {
+		s.remove(i)
 	}
 }
 
-func (s *Memory) remove(e *memEntry) {
-	s.lru.Remove(e.lruElem)
-	s.byAge.Remove(e.ageElem)
-	delete(s.entries, e.key)
+// remove unlinks entry i, frees what its record holds and puts it on the
+// free list.
+func (s *Memory) remove(i int32) {
+	s.unlinkLRU(i)
+	s.unlinkAge(i)
+	delete(s.index, s.entries[i].hash)
+	s.entries[i] = memEntry{lru: memLinks{next: s.free}}
+	s.free = i
+}
+
+func (s *Memory) pushLRU(i int32) {
+	s.entries[i].lru = memLinks{prev: -1, next: s.lru.head}
+	if s.lru.head >= 0 {
+		s.entries[s.lru.head].lru.prev = i
+	} else {
+		s.lru.tail = i
+	}
+	s.lru.head = i
+}
+
+func (s *Memory) unlinkLRU(i int32) {
+	l := s.entries[i].lru
+	if l.prev >= 0 {
+		s.entries[l.prev].lru.next = l.next
+	} else {
+		s.lru.head = l.next
+	}
+	if l.next >= 0 {
+		s.entries[l.next].lru.prev = l.prev
+	} else {
+		s.lru.tail = l.prev
+	}
+}
+
+// pushAge appends i: the newest Put goes last.
+func (s *Memory) pushAge(i int32) {
+	s.entries[i].byAge = memLinks{prev: s.byAge.tail, next: -1}
+	if s.byAge.tail >= 0 {
+		s.entries[s.byAge.tail].byAge.next = i
+	} else {
+		s.byAge.head = i
+	}
+	s.byAge.tail = i
+}
+
+func (s *Memory) unlinkAge(i int32) {
+	l := s.entries[i].byAge
+	if l.prev >= 0 {
+		s.entries[l.prev].byAge.next = l.next
+	} else {
+		s.byAge.head = l.next
+	}
+	if l.next >= 0 {
+		s.entries[l.next].byAge.prev = l.prev
+	} else {
+		s.byAge.tail = l.prev
+	}
 }
 
 // Claim implements Store. The claim holds within this Memory store only.
@@ -213,4 +303,31 @@ func (s *Memory) sweepClaims(now time.Time) {
 		}
 	}
 	s.sweepSize = max(2*len(s.claims), minClaimSweep)
+}
+
+// ClaimGet implements ClaimGetter.
+func (s *Memory) ClaimGet(ctx context.Context, key Key, owner string, ttl time.Duration) (release func(), won bool, rec Record, found bool, err error) {
+	if release, won, err = s.Claim(ctx, key, owner, ttl); err != nil {
+		return nil, false, rec, false, err
+	}
+	rec, found, err = s.Get(ctx, key)
+	if err != nil && won {
+		release()
+		return nil, false, Record{}, false, err
+	}
+	return release, won, rec, found, err
+}
+
+// PutRelease implements PutReleaser: a failed Put (a cancelled context)
+// releases nothing.
+func (s *Memory) PutRelease(ctx context.Context, key Key, rec Record, owner string) error {
+	if err := s.Put(ctx, key, rec); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, held := s.claims[key]; held && c.owner == owner {
+		delete(s.claims, key)
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package tracestore_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -218,4 +219,27 @@ func BenchmarkMemoryStoreGetPut(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkMemoryStoreFootprint: the heap a full store holds per record,
+// with keys and tokens shaped like WeChat's, each string its own allocation
+// as decoding makes them.
+func BenchmarkMemoryStoreFootprint(b *testing.B) {
+	const n = 100_000
+	ctx := context.Background()
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s := tracestore.NewMemory(tracestore.MemoryConfig{MaxEntries: n})
+		for i := range n {
+			k := tracestore.Key{AppID: fmt.Sprintf("wx%016x", i%100), WaybillID: fmt.Sprintf("SF%012d", i), TransID: fmt.Sprintf("42000012342026%014d", i)}
+			rec := tracestore.Record{WaybillToken: fmt.Sprintf("o_ARWHaxIxzWHmdui-AIw9KBr8qNnbmc08V0K%08d", i), GoodsHash: fmt.Sprintf("%064x", i), TracedAt: time.Now()}
+			require.NoError(b, s.Put(ctx, k, rec))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/record")
+		runtime.KeepAlive(s)
+	}
 }

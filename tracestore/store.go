@@ -69,3 +69,24 @@ type Store interface {
 // again (WeChat answers a repeat with the same token), and its Put
 // overwrites the bad record, so one corrupt key never stalls a partition.
 var ErrBadRecord = errors.New("trace store: unreadable record")
+
+// ClaimGetter is a Store that can take a claim and read the record in one
+// step, which the handler uses when its Store has it, to save round trips
+// to a shared store. The Redis store has it.
+type ClaimGetter interface {
+	// ClaimGet is Claim(ctx, key, owner, ttl) followed by Get(ctx, key),
+	// with both outcomes: the claim (release is nil unless won) and the
+	// record as Get reports it (an unreadable one as ErrBadRecord, the claim
+	// then released). owner must not be "".
+	ClaimGet(ctx context.Context, key Key, owner string, ttl time.Duration) (release func(), won bool, rec Record, found bool, err error)
+}
+
+// PutReleaser is a Store that can store a record and give up the claim on
+// its key in one step.
+type PutReleaser interface {
+	// PutRelease is Put(ctx, key, rec) followed by the release of owner's
+	// claim on key (ClaimGet's or Claim's, taken with that owner). Whether a
+	// failed Put still releases the claim is the store's to say; either way
+	// a handler that traces the key next gets the same token from WeChat.
+	PutRelease(ctx context.Context, key Key, rec Record, owner string) error
+}

@@ -62,3 +62,46 @@ func AcquireAs(ctx context.Context, rdb redis.UniversalClient, key, owner string
 		return releaseScript.Run(ctx, rdb, []string{key}, owner).Err()
 	}, true, nil
 }
+
+// Owned is a lock held by a named owner, for commands that go in a
+// pipeline with others: one round trip for a lock and the data it guards.
+type Owned struct {
+	Key, Owner string
+}
+
+// PipeAcquire queues AcquireAs's script for o in pipe, taking the lock for
+// ttl (rounded up to whole milliseconds); the command's Int64 is 1 when it
+// was taken. eval sends the script itself rather than its hash: see
+// Pipelined.
+func PipeAcquire(ctx context.Context, pipe redis.Pipeliner, o Owned, ttl time.Duration, eval bool) *redis.Cmd {
+	ms := max(1, (ttl+time.Millisecond-1)/time.Millisecond)
+	return runIn(ctx, pipe, acquireScript, eval, []string{o.Key}, o.Owner, int64(ms))
+}
+
+// PipeRelease queues the compare-and-delete of o's lock in pipe.
+func PipeRelease(ctx context.Context, pipe redis.Pipeliner, o Owned, eval bool) *redis.Cmd {
+	return runIn(ctx, pipe, releaseScript, eval, []string{o.Key}, o.Owner)
+}
+
+func runIn(ctx context.Context, pipe redis.Pipeliner, s *redis.Script, eval bool, keys []string, args ...any) *redis.Cmd {
+	if eval {
+		return s.Eval(ctx, pipe, keys, args...)
+	}
+	return s.EvalSha(ctx, pipe, keys, args...)
+}
+
+// Pipelined runs the commands fn queues in one round trip and returns them,
+// each with its own result or error (redis.Nil included): callers read each.
+// Scripts go by hash; when Redis does not know one (NOSCRIPT: a restart, or
+// SCRIPT FLUSH), the pipeline runs again with the scripts in full. Its
+// other commands run twice then, so they must be idempotent.
+func Pipelined(ctx context.Context, rdb redis.UniversalClient, fn func(pipe redis.Pipeliner, eval bool)) []redis.Cmder {
+	cmds, _ := rdb.Pipelined(ctx, func(p redis.Pipeliner) error { fn(p, false); return nil })
+	for _, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			cmds, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error { fn(p, true); return nil })
+			break
+		}
+	}
+	return cmds
+}

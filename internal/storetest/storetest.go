@@ -332,6 +332,52 @@ func Run(t *testing.T, newEnv NewEnv) {
 				assert.Equal(t, "tok-only", tok, "worker %d", i)
 			}
 		}},
+		{"claim-and-get takes a free claim and tells whether a record exists", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			cg := s.(tracestore.ClaimGetter)
+			release, won, _, found, err := cg.ClaimGet(ctx, k, "owner-a", long)
+			require.NoError(t, err)
+			require.True(t, won)
+			assert.False(t, found)
+			_, other, _, _, err := env.Open().(tracestore.ClaimGetter).ClaimGet(ctx, k, "owner-b", long)
+			require.NoError(t, err)
+			assert.False(t, other, "held by owner-a")
+			release()
+			want := rec("tok-cg")
+			require.NoError(t, s.Put(ctx, k, want))
+			release, won, got, found, err := env.Open().(tracestore.ClaimGetter).ClaimGet(ctx, k, "owner-b", long)
+			require.NoError(t, err)
+			require.True(t, won, "released")
+			require.True(t, found)
+			assert.Equal(t, want.WaybillToken, got.WaybillToken)
+			assert.Equal(t, want.GoodsHash, got.GoodsHash)
+			assert.True(t, want.TracedAt.Equal(got.TracedAt))
+			release()
+			_, held, _, found, err := cg.ClaimGet(ctx, k, "owner-c", long)
+			require.NoError(t, err)
+			assert.True(t, held)
+			assert.True(t, found, "a claim that is not won still reports the record")
+		}},
+		{"put-release stores the record and frees only its owner's claim", long, func(t *testing.T, env Env) {
+			s := env.Open()
+			_, won, err := s.Claim(ctx, k, "owner-a", long)
+			require.NoError(t, err)
+			require.True(t, won)
+			pr := env.Open().(tracestore.PutReleaser)
+			require.NoError(t, pr.PutRelease(ctx, k, rec("tok-x"), "owner-b"), "another owner's put")
+			_, won, err = env.Open().Claim(ctx, k, "owner-c", long)
+			require.NoError(t, err)
+			assert.False(t, won, "owner-b's put-release left owner-a's claim")
+			require.NoError(t, s.(tracestore.PutReleaser).PutRelease(ctx, k, rec("tok-pr"), "owner-a"))
+			got, ok, err := env.Open().Get(ctx, k)
+			require.NoError(t, err)
+			require.True(t, ok)
+			assert.Equal(t, "tok-pr", got.WaybillToken)
+			release, won, err := env.Open().Claim(ctx, k, "owner-c", long)
+			require.NoError(t, err)
+			assert.True(t, won, "released by its owner's put-release")
+			release()
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -75,7 +76,11 @@ type Store struct {
 	cfg Config
 }
 
-var _ tracestore.Store = (*Store)(nil)
+var (
+	_ tracestore.Store       = (*Store)(nil)
+	_ tracestore.ClaimGetter = (*Store)(nil)
+	_ tracestore.PutReleaser = (*Store)(nil)
+)
 
 // New returns a Store using client, which the caller keeps and closes.
 func New(client goredis.UniversalClient, cfg Config) (*Store, error) {
@@ -157,6 +162,81 @@ func (s *Store) Claim(ctx context.Context, key tracestore.Key, owner string, ttl
 		defer cancel()
 		_ = release(rctx)
 	}, true, nil
+}
+
+// ClaimGet implements tracestore.ClaimGetter: the claim's script, then the
+// GET, in one pipeline. The two are not atomic, which the handler does not
+// need: a record Put before the claim was won is seen.
+func (s *Store) ClaimGet(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (release func(), won bool, rec tracestore.Record, found bool, err error) {
+	if ttl <= 0 {
+		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: ttl %v is not positive", key, ttl)
+	}
+	if owner == "" {
+		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: no owner", key)
+	}
+	claim := redisutil.Owned{Key: s.claimKey(key), Owner: owner}
+	var acq *goredis.Cmd
+	var get *goredis.StringCmd
+	redisutil.Pipelined(ctx, s.rdb, func(p goredis.Pipeliner, eval bool) {
+		acq = redisutil.PipeAcquire(ctx, p, claim, ttl, eval)
+		get = p.Get(ctx, s.recordKey(key))
+	})
+	n, err := acq.Int64()
+	if err != nil {
+		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: %w", key, err)
+	}
+	if won = n == 1; won {
+		release = func() {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+			defer cancel()
+			redisutil.Pipelined(rctx, s.rdb, func(p goredis.Pipeliner, eval bool) { redisutil.PipeRelease(rctx, p, claim, eval) })
+		}
+	}
+	rec, found, err = s.decode(key, get)
+	if err != nil && won {
+		release()
+		return nil, false, tracestore.Record{}, false, err
+	}
+	return release, won, rec, found, err
+}
+
+// decode reads a GET's answer as Get does.
+func (s *Store) decode(key tracestore.Key, get *goredis.StringCmd) (tracestore.Record, bool, error) {
+	b, err := get.Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return tracestore.Record{}, false, nil
+	}
+	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w: %w", key, tracestore.ErrBadRecord, err)
+	}
+	if err != nil {
+		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w", key, err)
+	}
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w: %w", key, tracestore.ErrBadRecord, err)
+	}
+	return tracestore.Record{WaybillToken: r.WaybillToken, GoodsHash: r.GoodsHash, TracedAt: r.TracedAt}, true, nil
+}
+
+// PutRelease implements tracestore.PutReleaser: the SET and the claim's
+// compare-and-delete in one pipeline. Should the SET fail on its own (Redis
+// out of memory refuses a SET, not a DEL), the claim is released all the
+// same, and a handler that takes it next traces again.
+func (s *Store) PutRelease(ctx context.Context, key tracestore.Key, rec tracestore.Record, owner string) error {
+	b, err := json.Marshal(record{WaybillToken: rec.WaybillToken, GoodsHash: rec.GoodsHash, TracedAt: rec.TracedAt})
+	if err != nil {
+		return fmt.Errorf("tracestore/redis: encode %s: %w", key, err)
+	}
+	var set *goredis.StatusCmd
+	redisutil.Pipelined(ctx, s.rdb, func(p goredis.Pipeliner, eval bool) {
+		set = p.Set(ctx, s.recordKey(key), b, s.cfg.TTL)
+		redisutil.PipeRelease(ctx, p, redisutil.Owned{Key: s.claimKey(key), Owner: owner}, eval)
+	})
+	if err := set.Err(); err != nil {
+		return fmt.Errorf("tracestore/redis: set %s: %w", key, err)
+	}
+	return nil
 }
 
 // String shows the prefix, never a token.

@@ -123,6 +123,45 @@ func TestStoreReportsCorruptRecords(t *testing.T) {
 	assert.ErrorContains(t, err, key.String())
 }
 
+// TestClaimGetCorruptRecord: a corrupt record comes back as ErrBadRecord,
+// with the claim taken for it released again.
+func TestClaimGetCorruptRecord(t *testing.T) {
+	ctx := context.Background()
+	rdb := testredis.Client(t)
+	prefix := testredis.Prefix(t)
+	s := newStore(t, prefix, time.Hour)
+	require.NoError(t, rdb.Set(ctx, prefix+key.String(), "not json", time.Hour).Err())
+	release, won, _, ok, err := s.ClaimGet(ctx, key, "owner-a", time.Minute)
+	assert.ErrorIs(t, err, tracestore.ErrBadRecord)
+	assert.False(t, won)
+	assert.False(t, ok)
+	assert.Nil(t, release)
+	assert.Zero(t, rdb.Exists(ctx, prefix+"claim:"+key.String()).Val(), "the claim was released")
+}
+
+// TestOneStepFormsSurviveScriptFlush: after Redis forgets its scripts (a
+// restart, SCRIPT FLUSH), the pipelines send them again.
+func TestOneStepFormsSurviveScriptFlush(t *testing.T) {
+	ctx := context.Background()
+	rdb := testredis.Client(t)
+	s := newStore(t, testredis.Prefix(t), time.Hour)
+	require.NoError(t, rdb.ScriptFlush(ctx).Err())
+	release, won, _, ok, err := s.ClaimGet(ctx, key, "owner-a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, won)
+	assert.False(t, ok)
+	release()
+	require.NoError(t, rdb.ScriptFlush(ctx).Err())
+	_, won, err = s.Claim(ctx, key, "owner-a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, won)
+	require.NoError(t, rdb.ScriptFlush(ctx).Err())
+	require.NoError(t, s.PutRelease(ctx, key, tracestore.Record{WaybillToken: "tok"}, "owner-a"))
+	_, won, err = s.Claim(ctx, key, "owner-b", time.Minute)
+	require.NoError(t, err)
+	assert.True(t, won, "owner-a's claim was released")
+}
+
 func TestStoreWrapsConnectionErrors(t *testing.T) {
 	// A loopback port with nothing listening.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
