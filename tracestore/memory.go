@@ -2,9 +2,9 @@ package tracestore
 
 import (
 	"context"
-	"hash/maphash"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"sync"
 	"time"
