@@ -30,8 +30,9 @@ func wireKafka(router *message.Router, logger watermill.LoggerAdapter) error {
 	client, _ := wechat.NewClient(wechat.Config{Tokens: tokens})
 
 	kcfg := kafka.Config{Brokers: []string{"kafka:9092"}, ConsumerGroup: "waybill"}
-	pub, _ := kafka.NewPublisher(kcfg, logger)  // acks=all, keyed by order id
-	sub, _ := kafka.NewSubscriber(kcfg, logger) // protocol 4.0, oldest offset for a new group
+	pub, _ := kafka.NewPublisher(kcfg, logger) // acks=all, keyed by order id
+	// 16 events of a partition in flight, never two of one order; oldest offset for a new group
+	sub, _ := kafka.NewOrderedSubscriber(kcfg, kafka.OrderedConfig{Key: kafka.OrderIDKey}, logger)
 
 	h, err := waybill.NewHandler(waybill.Config{
 		Client: client, Publisher: pub, Logger: logger,
