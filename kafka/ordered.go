@@ -184,6 +184,11 @@ func NewOrderedSubscriber(c Config, oc OrderedConfig, logger watermill.LoggerAda
 	sc, err := c.SaramaConfig(func(sc *sarama.Config) {
 		sc.Consumer.Return.Errors = true
 		sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+		// Each partition holds its own read-ahead (MaxBytes); sarama's
+		// buffers in front of it (256 records a partition and 1 MiB
+		// fetches by default) would only add memory.
+		sc.ChannelBufferSize = 32
+		sc.Consumer.Fetch.Default = 256 << 10
 	})
 	if err != nil {
 		return nil, err

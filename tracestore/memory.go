@@ -2,6 +2,7 @@ package tracestore
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -79,10 +80,44 @@ type Memory struct {
 type keyHash [2]uint64
 
 type memEntry struct {
-	hash       keyHash
+	hash keyHash
+	// rec is the record, its GoodsHash moved into goods when it is the
+	// 32 lowercase hex digits of event.GoodsFingerprint: 16 bytes in the
+	// entry instead of a string of its own.
 	rec        Record
+	goods      [16]byte
+	packed     bool
 	expires    int64 // unix nanoseconds
 	lru, byAge memLinks
+}
+
+// pack stores rec in e.
+func (e *memEntry) pack(rec Record) {
+	e.packed = false
+	if len(rec.GoodsHash) == 2*len(e.goods) && isLowerHex(rec.GoodsHash) {
+		if _, err := hex.Decode(e.goods[:], []byte(rec.GoodsHash)); err == nil {
+			rec.GoodsHash, e.packed = "", true
+		}
+	}
+	e.rec = rec
+}
+
+// record is the record e holds.
+func (e *memEntry) record() Record {
+	rec := e.rec
+	if e.packed {
+		rec.GoodsHash = hex.EncodeToString(e.goods[:])
+	}
+	return rec
+}
+
+func isLowerHex(s string) bool {
+	for i := range len(s) {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // memLinks are an entry's neighbours in one list, by index; -1 is none.
@@ -142,7 +177,7 @@ func (s *Memory) Get(ctx context.Context, key Key) (Record, bool, error) {
 	}
 	s.unlinkLRU(i)
 	s.pushLRU(i)
-	return s.entries[i].rec, true, nil
+	return s.entries[i].record(), true, nil
 }
 
 // Put implements Store. When the store is full, the least recently used
@@ -159,7 +194,8 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 	expires := now.Add(s.cfg.TTL).UnixNano()
 	if i, ok := s.index[h]; ok {
 		e := &s.entries[i]
-		e.rec, e.expires = rec, expires
+		e.pack(rec)
+		e.expires = expires
 		s.unlinkLRU(i)
 		s.pushLRU(i)
 		s.unlinkAge(i)
@@ -176,7 +212,8 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 		i = int32(len(s.entries))
 		s.entries = append(s.entries, memEntry{})
 	}
-	s.entries[i] = memEntry{hash: h, rec: rec, expires: expires}
+	s.entries[i] = memEntry{hash: h, expires: expires}
+	s.entries[i].pack(rec)
 	s.index[h] = i
 	s.pushLRU(i)
 	s.pushAge(i)

@@ -234,12 +234,27 @@ func BenchmarkMemoryStoreFootprint(b *testing.B) {
 		s := tracestore.NewMemory(tracestore.MemoryConfig{MaxEntries: n})
 		for i := range n {
 			k := tracestore.Key{AppID: fmt.Sprintf("wx%016x", i%100), WaybillID: fmt.Sprintf("SF%012d", i), TransID: fmt.Sprintf("42000012342026%014d", i)}
-			rec := tracestore.Record{WaybillToken: fmt.Sprintf("o_ARWHaxIxzWHmdui-AIw9KBr8qNnbmc08V0K%08d", i), GoodsHash: fmt.Sprintf("%064x", i), TracedAt: time.Now()}
+			rec := tracestore.Record{WaybillToken: fmt.Sprintf("o_ARWHaxIxzWHmdui-AIw9KBr8qNnbmc08V0K%08d", i), GoodsHash: fmt.Sprintf("%032x", i), TracedAt: time.Now()}
 			require.NoError(b, s.Put(ctx, k, rec))
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/record")
 		runtime.KeepAlive(s)
+	}
+}
+
+// TestMemoryStoreKeepsAnyGoodsHash: fingerprints are packed into the entry,
+// any other goods hash is kept as it came.
+func TestMemoryStoreKeepsAnyGoodsHash(t *testing.T) {
+	ctx := context.Background()
+	s := tracestore.NewMemory(tracestore.MemoryConfig{})
+	for i, g := range []string{"0123456789abcdef0123456789abcdef", "0123456789ABCDEF0123456789ABCDEF", "short", "", "0123456789abcdef0123456789abcdeg"} {
+		k := key(fmt.Sprintf("SF%d", i))
+		require.NoError(t, s.Put(ctx, k, tracestore.Record{WaybillToken: "t", GoodsHash: g}))
+		got, ok, err := s.Get(ctx, k)
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.Equal(t, g, got.GoodsHash)
 	}
 }

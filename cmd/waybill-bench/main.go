@@ -66,7 +66,7 @@ type options struct {
 	latency                                         time.Duration
 	redis, forwarder                                bool
 	backlog, forwardOrdered                         int
-	serviceArgs                                     string
+	serviceArgs, serviceEnv                         string
 }
 
 func bench(args []string) error {
@@ -83,6 +83,7 @@ func bench(args []string) error {
 	fs.IntVar(&o.forwardOrdered, "forwarder-ordered", 0, "run the forwarder on an OrderedSubscriber of this concurrency instead of watermill-kafka's subscriber")
 	fs.IntVar(&o.backlog, "backlog", 0, "instead of rounds: run the service once through this many events and print its RSS along the way")
 	fs.StringVar(&o.serviceArgs, "service-args", "", "more flags for the service, space-separated")
+	fs.StringVar(&o.serviceEnv, "service-env", "", "environment for the service, space-separated KEY=VALUE, e.g. GOMEMLIMIT=90MiB")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -136,8 +137,8 @@ func bench(args []string) error {
 	if o.forwardOrdered > 0 {
 		fwdSub = fmt.Sprintf("an OrderedSubscriber of concurrency %d", o.forwardOrdered)
 	}
-	fmt.Printf("waybill-bench: %d events, %d partitions, WeChat latency %v, redis %v, %d appids, service concurrency %s, forwarder on %s\n",
-		max(o.events, o.backlog), o.partitions, o.latency, o.redis, o.appids, orDefault(o.concurrency), fwdSub)
+	fmt.Printf("waybill-bench: %d events, %d partitions, WeChat latency %v, redis %v, %d appids, service concurrency %s, forwarder on %s, service flags %q, environment %q\n",
+		max(o.events, o.backlog), o.partitions, o.latency, o.redis, o.appids, orDefault(o.concurrency), fwdSub, o.serviceArgs, o.serviceEnv)
 
 	chain := func(run string) []string {
 		a := []string{"-brokers", addr, "-group", run, "-input-topic", run + ".in", "-traced-topic", run + ".out", "-dead-letter-topic", run + ".dead",
@@ -151,12 +152,17 @@ func bench(args []string) error {
 		}
 		return append(a, strings.Fields(o.serviceArgs)...)
 	}
+	service := func(run string) *exec.Cmd {
+		cmd := exec.Command(bin, chain(run)...)
+		cmd.Env = append(os.Environ(), strings.Fields(o.serviceEnv)...)
+		return cmd
+	}
 	if o.backlog > 0 {
 		run := runName("backlog")
 		if err := prepare(brokers, run, o.partitions, o.backlog, o.appids); err != nil {
 			return err
 		}
-		r, err := measure(brokers, run, o.backlog, exec.Command(bin, chain(run)...), true)
+		r, err := measure(brokers, run, o.backlog, service(run), true)
 		if err != nil {
 			return err
 		}
@@ -183,7 +189,7 @@ func bench(args []string) error {
 		if err := prepare(brokers, run, o.partitions, o.events, o.appids); err != nil {
 			return err
 		}
-		r, err := measure(brokers, run, o.events, exec.Command(bin, chain(run)...), false)
+		r, err := measure(brokers, run, o.events, service(run), false)
 		if err != nil {
 			return fmt.Errorf("service: %w", err)
 		}
