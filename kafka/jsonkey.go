@@ -31,7 +31,9 @@ func topLevelString(data []byte, name string) (value string, ok bool) {
 			return "", false
 		}
 		key := data[i+1 : i+1+end]
-		if bytes.IndexByte(key, '\\') >= 0 {
+		if bytes.IndexByte(key, '\\') >= 0 || !isASCII(key) {
+			// encoding/json would unescape it, or fold non-ASCII letters
+			// (the Kelvin sign as k, the long s as s) into name.
 			return "", false
 		}
 		i = skipSpace(data, i+end+2)
@@ -134,4 +136,13 @@ func skipString(data []byte, i int) int {
 
 func isDelimiter(c byte) bool {
 	return c == ',' || c == '}' || c == ']' || c == ' ' || c == '\t' || c == '\n' || c == '\r'
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }

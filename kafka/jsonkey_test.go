@@ -28,6 +28,7 @@ func TestTopLevelString(t *testing.T) {
 		{`[]`, "", false},
 		{`{"order_id":"A`, "", false},
 		{"{\"order_id\":\"\xff\"}", "", false},
+		{`{"ordér":"x","order_id":"y"}`, "", false}, // a non-ASCII key: encoding/json folds some into ASCII
 	} {
 		got, ok := topLevelString([]byte(tc.in), "order_id")
 		assert.Equal(t, tc.ok, ok, tc.in)

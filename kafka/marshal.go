@@ -56,8 +56,11 @@ func MessageKey(msg *message.Message) (key []byte, ok bool) {
 }
 
 // OrderIDKey is the OrderedConfig.Key for order.shipped events: their
-// order_id, so that the events of one order are handled one at a time, in
-// order, whatever the producer keyed them by. A record whose value has no
+// order_id, so that the events of one order in one partition are handled
+// one at a time, in order, even where the producer's key is something else
+// (a merchant, say). Order across partitions is not kept: producers must
+// send all of an order's events to one partition, by keying them by
+// anything that determines the order id. A record whose value has no
 // order_id (it is not valid JSON, say: the handler will dead-letter it) falls
 // back to RecordKey.
 func OrderIDKey(rec *sarama.ConsumerMessage) string {

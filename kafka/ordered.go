@@ -41,13 +41,16 @@ type OrderedConfig struct {
 	// DrainTimeout bounds how long messages in flight may take to finish
 	// once their partition is revoked or the subscriber closes; then their
 	// contexts are cancelled and the partition is let go, the unfinished
-	// messages to be redelivered to its next owner. It must be shorter than
-	// sarama's Consumer.Group.Rebalance.Timeout (60 s by default), within
-	// which Kafka expects the partition back. Zero means 30 s.
+	// messages to be redelivered to its next owner. With a heartbeat
+	// interval and 5 s to spare, it must fit in sarama's
+	// Consumer.Group.Rebalance.Timeout (60 s by default), within which Kafka
+	// expects the partition back: the news of a rebalance comes with a
+	// heartbeat, and the commit and the rejoin follow the drain. Zero means
+	// 30 s.
 	DrainTimeout time.Duration
 	// NackResendSleep is how long a nacked message waits before it is
-	// handed out again; meanwhile its key stays busy, other keys do not
-	// wait. Zero means Config.NackResendSleep.
+	// handed out again; meanwhile its key stays busy, and its slot goes to
+	// other keys. Zero means Config.NackResendSleep.
 	NackResendSleep time.Duration
 	// Unmarshaler turns records into messages. Nil means NewMarshaler().
 	Unmarshaler interface {
@@ -106,8 +109,9 @@ func RecordKey(rec *sarama.ConsumerMessage) string {
 	return string(rec.Key)
 }
 
-// offsetKey cannot collide with a Kafka key: keys of zero length are never
-// used as such, and this one starts with a NUL byte.
+// offsetKey is a keyless record's own key: a NUL byte and its offset. A
+// Kafka key of the same nine bytes would share it, which only makes the two
+// records wait for each other.
 func offsetKey(offset int64) string {
 	var b [9]byte
 	for i := range 8 {
@@ -137,9 +141,9 @@ func offsetKey(offset int64) string {
 //     messages and those acked after the last commit or behind an unfinished
 //     one: at-least-once, never a loss.
 //   - Nack hands the message out again after NackResendSleep, with a new
-//     message value; its key waits, other keys go on. The offset cannot be
-//     committed past it meanwhile, so a message nacked forever eventually
-//     stops its partition at MaxUncommitted.
+//     message value; its key waits, and its slot serves other keys
+//     meanwhile. The offset cannot be committed past it, so a message nacked
+//     forever eventually stops its partition at MaxUncommitted.
 //   - Back-pressure: a partition reads from Kafka only while it holds fewer
 //     than MaxBytes of messages and is fewer than MaxUncommitted records past
 //     its oldest unfinished one.
@@ -147,7 +151,15 @@ func offsetKey(offset int64) string {
 //     the Subscribe context ends, no more messages of that partition are
 //     handed out; those in flight have DrainTimeout to finish, and their
 //     acks are committed. Then their contexts are cancelled and everything
-//     unfinished is left to the partition's next owner.
+//     unfinished is left to the partition's next owner. A consumer that
+//     does not stop when its message's context is cancelled may then still
+//     be at work on it when the next owner (this process again, after an
+//     eager rebalance) hands out its redelivery: only there can two
+//     messages of one key be in flight at once.
+//   - Rebalancing is eager (sarama's range, round-robin or sticky
+//     strategies): every rebalance drains every partition. Cooperative
+//     strategies are refused, as a partition under back-pressure would not
+//     notice its revocation.
 //   - A message's context carries the Subscribe context's values and its
 //     partition, offset, key and timestamp (Position, and watermill-kafka's
 //     accessors do not apply); it is cancelled on Ack, on Nack, and at the
@@ -169,7 +181,8 @@ type OrderedSubscriber struct {
 
 	mu      sync.Mutex
 	closed  bool
-	cancels []context.CancelFunc
+	cancels map[int]context.CancelFunc // of the running subscriptions
+	next    int
 	running sync.WaitGroup
 }
 
@@ -193,8 +206,13 @@ func NewOrderedSubscriber(c Config, oc OrderedConfig, logger watermill.LoggerAda
 	if err != nil {
 		return nil, err
 	}
-	if oc.DrainTimeout >= sc.Consumer.Group.Rebalance.Timeout {
-		return nil, fmt.Errorf("ordered subscriber: DrainTimeout %v is not shorter than the rebalance timeout %v", oc.DrainTimeout, sc.Consumer.Group.Rebalance.Timeout)
+	if spare := sc.Consumer.Group.Heartbeat.Interval + drainSpare; oc.DrainTimeout+spare > sc.Consumer.Group.Rebalance.Timeout {
+		return nil, fmt.Errorf("ordered subscriber: DrainTimeout %v and %v to spare exceed the rebalance timeout %v", oc.DrainTimeout, spare, sc.Consumer.Group.Rebalance.Timeout)
+	}
+	for _, st := range sc.Consumer.Group.Rebalance.GroupStrategies {
+		if st.Name() == sarama.CooperativeStickyBalanceStrategyName {
+			return nil, errors.New("ordered subscriber: cooperative rebalancing is not supported; use an eager strategy (range, roundrobin, sticky)")
+		}
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
@@ -203,8 +221,12 @@ func NewOrderedSubscriber(c Config, oc OrderedConfig, logger watermill.LoggerAda
 	if group == "" {
 		group = "waybill"
 	}
-	return &OrderedSubscriber{kafka: c, cfg: oc, sarama: sc, group: group, logger: logger}, nil
+	return &OrderedSubscriber{kafka: c, cfg: oc, sarama: sc, group: group, logger: logger, cancels: map[int]context.CancelFunc{}}, nil
 }
+
+// drainSpare is what a drain leaves of the rebalance timeout beyond a
+// heartbeat interval: time to commit and rejoin.
+const drainSpare = 5 * time.Second
 
 // ErrSubscriberClosed is returned by Subscribe after Close.
 var ErrSubscriberClosed = errors.New("kafka: subscriber closed")
@@ -214,16 +236,26 @@ var ErrSubscriberClosed = errors.New("kafka: subscriber closed")
 // (ctx done, or Close) and its partitions were let go.
 func (s *OrderedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
 		return nil, ErrSubscriberClosed
 	}
+	// Connecting takes a while; Close must not wait for it under the lock.
 	group, err := sarama.NewConsumerGroup(s.kafka.Brokers, s.group, s.sarama)
 	if err != nil {
 		return nil, s.kafka.Explain("kafka subscriber", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = group.Close()
+		return nil, ErrSubscriberClosed
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	s.cancels = append(s.cancels, cancel)
+	id := s.next
+	s.next++
+	s.cancels[id] = cancel
 	out := make(chan *message.Message)
 	h := &orderedHandler{s: s, out: out, values: context.WithoutCancel(ctx)}
 	s.running.Add(2)
@@ -237,6 +269,12 @@ func (s *OrderedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan
 		defer s.running.Done()
 		defer close(out)
 		defer group.Close()
+		defer func() {
+			s.mu.Lock()
+			delete(s.cancels, id)
+			s.mu.Unlock()
+			cancel()
+		}()
 		s.consume(ctx, group, topic, h)
 	}()
 	return out, nil
@@ -264,16 +302,12 @@ func (s *OrderedSubscriber) consume(ctx context.Context, group sarama.ConsumerGr
 // flight finish within DrainTimeout, and returns when all are let go.
 func (s *OrderedSubscriber) Close() error {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil
-	}
 	s.closed = true
 	for _, cancel := range s.cancels {
 		cancel()
 	}
 	s.mu.Unlock()
-	s.running.Wait()
+	s.running.Wait() // a second Close waits too
 	return nil
 }
 

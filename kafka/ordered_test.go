@@ -168,7 +168,9 @@ func TestOrderedPerKeyOrderThroughRouter(t *testing.T) {
 	require.NoError(t, err)
 	router.AddConsumerHandler("order", topic, sub, func(m *message.Message) error {
 		var r seqRecord
-		require.NoError(t, json.Unmarshal(m.Payload, &r))
+		if !assert.NoError(t, json.Unmarshal(m.Payload, &r)) {
+			return nil
+		}
 		p, _, ok := Position(m)
 		assert.True(t, ok && p >= 0 && p < 3, "position from the ordered subscriber")
 		j.begin(r)
@@ -236,14 +238,16 @@ func TestOrderedRebalance(t *testing.T) {
 	t.Logf("%d records, %d, %d and %d handed to the consumers, %d handled again after a rebalance", n, counts[0].Load(), counts[1].Load(), counts[2].Load(), j.duplicates())
 }
 
-// TestOrderedNackDoesNotStopOtherKeys: a message nacked again and again
-// holds only its own key; every other key's records are handled meanwhile,
-// and its key's later records wait for it.
+// TestOrderedNackDoesNotStopOtherKeys: messages nacked again and again hold
+// only their own keys, not their slots: with as many poison keys as slots,
+// every other key's records are handled while they are retried, and each
+// poison key's later records wait for it.
 func TestOrderedNackDoesNotStopOtherKeys(t *testing.T) {
 	t.Parallel()
 	brokers, topic := orderedTopic(t, 1)
 	n := produceSeq(t, brokers, topic, 50, 4)
-	sub, err := NewOrderedSubscriber(Config{Brokers: brokers, ConsumerGroup: topic}, OrderedConfig{Concurrency: 4}, nil)
+	const slots = 2
+	sub, err := NewOrderedSubscriber(Config{Brokers: brokers, ConsumerGroup: topic}, OrderedConfig{Concurrency: slots}, nil)
 	require.NoError(t, err)
 	defer sub.Close()
 	msgs, err := sub.Subscribe(context.Background(), topic)
@@ -252,8 +256,7 @@ func TestOrderedNackDoesNotStopOtherKeys(t *testing.T) {
 	const nacks = 3
 	var mu sync.Mutex
 	var order []seqRecord // acked, in order
-	poison := seqRecord{Key: "key-000", Seq: 0}
-	nacked := 0
+	poison := map[seqRecord]int{{Key: "key-000", Seq: 0}: 0, {Key: "key-001", Seq: 0}: 0}
 	all := make(chan struct{})
 	deadline := time.After(time.Minute)
 	for waiting := true; waiting; {
@@ -264,8 +267,8 @@ func TestOrderedNackDoesNotStopOtherKeys(t *testing.T) {
 				_ = json.Unmarshal(m.Payload, &r)
 				mu.Lock()
 				defer mu.Unlock()
-				if r == poison && nacked < nacks {
-					nacked++
+				if c, ok := poison[r]; ok && c < nacks {
+					poison[r]++
 					m.Nack()
 					return
 				}
@@ -290,11 +293,81 @@ func TestOrderedNackDoesNotStopOtherKeys(t *testing.T) {
 	for i, r := range order {
 		at[r] = i
 	}
-	assert.Equal(t, nacks, nacked)
-	// The poison message is retried NackResendSleep (1 s) after each nack;
-	// the other 49 keys' 196 records are done long before.
-	assert.GreaterOrEqual(t, at[poison], n-4, "every other key went on while the poison message was retried")
-	for seq := 1; seq < 4; seq++ {
-		assert.Greater(t, at[seqRecord{Key: "key-000", Seq: seq}], at[poison], "its own key waited")
+	for p, c := range poison {
+		assert.Equal(t, nacks, c)
+		// Retried NackResendSleep (1 s) after each nack: the other 48 keys'
+		// 192 records are done long before, through both slots.
+		assert.GreaterOrEqual(t, at[p], n-8, "%s: every other key went on while it was retried", p.Key)
+		for seq := 1; seq < 4; seq++ {
+			assert.Greater(t, at[seqRecord{Key: p.Key, Seq: seq}], at[p], "its own key waited")
+		}
 	}
+}
+
+// TestOrderedBackPressure: a partition reads no further than MaxUncommitted
+// past its oldest unfinished record, and goes on once that one is done.
+func TestOrderedBackPressure(t *testing.T) {
+	t.Parallel()
+	brokers, topic := orderedTopic(t, 1)
+	n := produceSeq(t, brokers, topic, 20, 1)
+	sub, err := NewOrderedSubscriber(Config{Brokers: brokers, ConsumerGroup: topic}, OrderedConfig{Concurrency: 4, MaxUncommitted: 6}, nil)
+	require.NoError(t, err)
+	defer sub.Close()
+	msgs, err := sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	var head *message.Message
+	var offsets []int64
+	for range 6 {
+		m := receive(t, msgs)
+		_, o, _ := Position(m)
+		offsets = append(offsets, o)
+		if o == 0 {
+			head = m
+			continue
+		}
+		m.Ack()
+	}
+	assert.ElementsMatch(t, []int64{0, 1, 2, 3, 4, 5}, offsets)
+	require.NotNil(t, head)
+	select {
+	case m := <-msgs:
+		_, o, _ := Position(m)
+		t.Fatalf("offset %d handed out six past the unfinished offset 0", o)
+	case <-time.After(2 * time.Second):
+	}
+	head.Ack()
+	for range n - 6 {
+		receive(t, msgs).Ack()
+	}
+}
+
+// TestOrderedConfig: what NewOrderedSubscriber refuses, and its lifecycle.
+func TestOrderedConfig(t *testing.T) {
+	kc := Config{Brokers: []string{"127.0.0.1:1"}}
+	for _, tc := range []struct {
+		name string
+		oc   OrderedConfig
+		adj  func(*sarama.Config)
+		want string
+	}{
+		{"negative concurrency", OrderedConfig{Concurrency: -1}, nil, "Concurrency -1"},
+		{"window below concurrency", OrderedConfig{Concurrency: 8, MaxUncommitted: 4}, nil, "below Concurrency"},
+		{"drain without spare", OrderedConfig{DrainTimeout: 55 * time.Second}, nil, "exceed the rebalance timeout"},
+		{"cooperative", OrderedConfig{}, func(sc *sarama.Config) {
+			sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategyCooperativeSticky()}
+		}, "cooperative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := kc
+			c.Adjust = tc.adj
+			_, err := NewOrderedSubscriber(c, tc.oc, nil)
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
+	sub, err := NewOrderedSubscriber(kc, OrderedConfig{DrainTimeout: 52 * time.Second}, nil)
+	require.NoError(t, err, "52 s, a 3 s heartbeat and 5 s to spare fit in 60 s")
+	require.NoError(t, sub.Close())
+	require.NoError(t, sub.Close(), "twice")
+	_, err = sub.Subscribe(context.Background(), "t")
+	assert.ErrorIs(t, err, ErrSubscriberClosed)
 }

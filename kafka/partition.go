@@ -30,8 +30,7 @@ type delivery struct {
 	cancel context.CancelFunc
 }
 
-// outcome is what became of a delivery: acked, or nacked (after the resend
-// sleep, or cut short by a drain).
+// outcome is what became of a delivery: acked or nacked.
 type outcome struct {
 	r     *record
 	acked bool
@@ -57,11 +56,19 @@ type partition struct {
 
 	window   fifo[*record] // every held record, in offset order, from the oldest unfinished
 	keys     map[string]keyQueue
-	runnable fifo[*record]  // free to go, waiting for a slot, in offset order
+	runnable fifo[*record]  // free to go, waiting for a slot
+	delayed  fifo[retry]    // nacked, waiting out NackResendSleep without a slot, their keys busy
 	sendQ    fifo[delivery] // in flight, not yet taken by the consumer
 	inflight int            // in sendQ or taken, not finished
 	bytes    int            // key and value bytes of the held records
 	drainAt  *time.Timer
+	retryAt  *time.Timer // fires when the first delayed record is due
+}
+
+// retry is a nacked record and when it may go out again.
+type retry struct {
+	r   *record
+	due time.Time
 }
 
 func newPartition(h *orderedHandler, sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) *partition {
@@ -95,7 +102,13 @@ func (p *partition) run() {
 		if p.sendQ.len() > 0 {
 			out, next = p.h.out, p.sendQ.front().msg
 		}
+		var due <-chan time.Time
+		if drainDeadline == nil && p.delayed.len() > 0 {
+			due = p.retryTimer()
+		}
 		select {
+		case <-due:
+			p.releaseDue()
 		case rec, ok := <-in:
 			if !ok {
 				drainDeadline = p.drain()
@@ -124,6 +137,29 @@ func (p *partition) stop() {
 	p.cancel()
 	if p.drainAt != nil {
 		p.drainAt.Stop()
+	}
+	if p.retryAt != nil {
+		p.retryAt.Stop()
+	}
+}
+
+// retryTimer is a timer for the first delayed record's due time.
+func (p *partition) retryTimer() <-chan time.Time {
+	wait := time.Until(p.delayed.front().due)
+	if p.retryAt == nil {
+		p.retryAt = time.NewTimer(wait)
+	} else {
+		p.retryAt.Reset(wait)
+	}
+	return p.retryAt.C
+}
+
+// releaseDue makes the delayed records that are due free to go; all wait
+// the same NackResendSleep, so the queue is in due order.
+func (p *partition) releaseDue() {
+	now := time.Now()
+	for p.delayed.len() > 0 && !p.delayed.front().due.After(now) {
+		p.runnable.push(p.delayed.pop().r)
 	}
 }
 
@@ -201,34 +237,24 @@ func (p *partition) watch(d delivery) {
 	case <-d.msg.Acked():
 		p.results <- outcome{r: d.r, acked: true}
 	case <-d.msg.Nacked():
-		d.cancel()
-		t := time.NewTimer(p.cfg.NackResendSleep)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-p.draining:
-		case <-p.ctx.Done():
-			return
-		}
 		p.results <- outcome{r: d.r}
 	case <-p.ctx.Done():
 	}
 }
 
-// finish applies an outcome: an acked record frees its key for the next
-// one and moves the commit up to the oldest unfinished record; a nacked one
-// goes out again, its key still busy, or, when draining, is left unfinished.
+// finish applies an outcome. Either frees the record's slot. An acked
+// record frees its key for the next one and moves the commit up to the
+// oldest unfinished record; a nacked one waits NackResendSleep, its key
+// still busy, then goes out again, or, when draining, is left unfinished.
 func (p *partition) finish(o outcome) {
 	r := o.r
+	p.inflight--
 	if !o.acked {
-		if p.isDraining() {
-			p.inflight--
-			return
+		if !p.isDraining() {
+			p.delayed.push(retry{r: r, due: time.Now().Add(p.cfg.NackResendSleep)})
 		}
-		p.sendQ.push(p.deliver(r))
 		return
 	}
-	p.inflight--
 	r.done, r.rec = true, nil
 	p.bytes -= r.size
 	if q := p.keys[r.key]; q.first != nil {
