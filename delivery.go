@@ -375,10 +375,8 @@ func (d *delivery) process() error {
 				return err
 			})
 			if errors.Is(err, tracestore.ErrBadRecord) {
-				// Released already; the look-claim-look path treats the
-				// record as none, and the Put replaces it.
-				d.h.cfg.Logger.Error("trace store: unreadable record, tracing again", err, watermill.LogFields{"key": key.String()})
-				d.h.observe(ObservedTraceStore, d.ev.AppID, "error")
+				// Released already; the look-claim-look path (which logs it)
+				// treats the record as none, and the Put replaces it.
 				oneStep = false
 				continue
 			}
@@ -476,9 +474,12 @@ func (d *delivery) underClaim(key tracestore.Key, goods string, release func(), 
 	defer cancel()
 	if pr, oneStep := h.cfg.TraceStore.(tracestore.PutReleaser); oneStep && d.owner != "" {
 		// Renewals end first: one still on its way could take the claim
-		// again after the release.
+		// again after the release. The claim has two thirds of its ttl
+		// left; the put must not outlast half of it.
 		stop()
-		err = pr.PutRelease(pctx, key, rec, d.owner)
+		rctx, cancel := context.WithTimeout(pctx, h.cfg.ClaimTTL/2)
+		err = pr.PutRelease(rctx, key, rec, d.owner)
+		cancel()
 		released = err == nil
 	} else {
 		err = h.cfg.TraceStore.Put(pctx, key, rec)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -44,6 +45,9 @@ func (c *MemoryConfig) Validate() error {
 	if c.MaxEntries < 0 {
 		errs = append(errs, fmt.Errorf("MaxEntries %d is negative", c.MaxEntries))
 	}
+	if c.MaxEntries > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("MaxEntries %d is above %d", c.MaxEntries, math.MaxInt32))
+	}
 	if c.TTL < 0 {
 		errs = append(errs, fmt.Errorf("TTL %v is negative", c.TTL))
 	}
@@ -59,8 +63,9 @@ func (c *MemoryConfig) Validate() error {
 //
 // A record costs about 100 bytes beside its token and goods hash: records
 // live in one slice, linked by index, and are found by a 128-bit hash of
-// their Key (from seeds drawn when the store is made, so no input can be
-// chosen to collide; two keys share a hash with a chance of about n²/2¹²⁹).
+// their Key (from two seeds drawn when the store is made, so inputs cannot
+// be chosen ahead to collide; two keys share a hash, and the second would
+// read the first's record, with a chance of about n²/2¹²⁹).
 type Memory struct {
 	cfg   MemoryConfig
 	seeds [2]maphash.Seed
@@ -191,7 +196,7 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 	defer s.mu.Unlock()
 	now := s.cfg.Now()
 	s.dropExpired(now)
-	expires := now.Add(s.cfg.TTL).UnixNano()
+	expires := expiry(now, s.cfg.TTL)
 	if i, ok := s.index[h]; ok {
 		e := &s.entries[i]
 		e.pack(rec)
@@ -218,6 +223,16 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 	s.pushLRU(i)
 	s.pushAge(i)
 	return nil
+}
+
+// expiry is now+ttl in unix nanoseconds, the far end of int64 for a ttl
+// that would pass it (a "forever" of math.MaxInt64).
+func expiry(now time.Time, ttl time.Duration) int64 {
+	n := now.UnixNano()
+	if ttl > math.MaxInt64-time.Duration(n) {
+		return math.MaxInt64
+	}
+	return n + int64(ttl)
 }
 
 // Len is the number of live records.

@@ -3,6 +3,7 @@ package tracestore_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"testing"
 	"time"
@@ -135,6 +136,18 @@ func TestMemoryStoreConfigValidate(t *testing.T) {
 	assert.PanicsWithValue(t, "tracestore: memory store config: MaxEntries -1 is negative", func() {
 		tracestore.NewMemory(tracestore.MemoryConfig{MaxEntries: -1})
 	})
+	assert.ErrorContains(t, (&tracestore.MemoryConfig{MaxEntries: math.MaxInt32 + 1}).Validate(), "above")
+}
+
+// TestMemoryStoreForever: a TTL meant as "forever" keeps records, rather
+// than overflowing into the past.
+func TestMemoryStoreForever(t *testing.T) {
+	ctx := context.Background()
+	s := tracestore.NewMemory(tracestore.MemoryConfig{TTL: math.MaxInt64})
+	require.NoError(t, s.Put(ctx, key("a"), tracestore.Record{WaybillToken: "t"}))
+	_, ok, err := s.Get(ctx, key("a"))
+	require.NoError(t, err)
+	assert.True(t, ok)
 }
 
 // Claims that nobody released are forgotten as claims come and go; the

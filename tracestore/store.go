@@ -72,7 +72,9 @@ var ErrBadRecord = errors.New("trace store: unreadable record")
 
 // ClaimGetter is a Store that can take a claim and read the record in one
 // step, which the handler uses when its Store has it, to save round trips
-// to a shared store. The Redis store has it.
+// to a shared store. Memory and the Redis store have it, and so does a type
+// that embeds one: a wrapper that overrides Get or Claim must override
+// ClaimGet (and PutRelease) too, or the handler bypasses its overrides.
 type ClaimGetter interface {
 	// ClaimGet is Claim(ctx, key, owner, ttl) followed by Get(ctx, key),
 	// with both outcomes: the claim (release is nil unless won) and the

@@ -90,9 +90,11 @@ func runIn(ctx context.Context, pipe redis.Pipeliner, s *redis.Script, eval bool
 	return s.EvalSha(ctx, pipe, keys, args...)
 }
 
-// Pipelined runs the commands fn queues in one round trip and returns them,
-// each with its own result or error (redis.Nil included): callers read each.
-// Scripts go by hash; when Redis does not know one (NOSCRIPT: a restart, or
+// Pipelined runs the commands fn queues in one round trip, in order on one
+// Redis (a Cluster client may run them on several nodes in any order, so
+// callers that need the order pipeline only on a *redis.Client), and
+// returns them, each with its own result or error (redis.Nil included):
+// callers read each. Scripts go by hash; when Redis does not know one (NOSCRIPT: a restart, or
 // SCRIPT FLUSH), the pipeline runs again with the scripts in full. Its
 // other commands run twice then, so they must be idempotent.
 func Pipelined(ctx context.Context, rdb redis.UniversalClient, fn func(pipe redis.Pipeliner, eval bool)) []redis.Cmder {

@@ -308,29 +308,9 @@ func Run(t *testing.T, newEnv NewEnv) {
 		{"duplicates in flight reach the remote side once", long, func(t *testing.T, env Env) {
 			// The pattern the handler follows: look, claim, look again,
 			// call, put, release; losers poll until the record appears.
-			const workers = 30
-			var calls atomic.Int32
-			tokens := make([]string, workers)
-			var wg sync.WaitGroup
-			start := make(chan struct{})
-			for i := range workers {
-				s := env.Open()
-				wg.Go(func() {
-					<-start
-					tok, err := traceOnce(ctx, s, k, func() string {
-						calls.Add(1)
-						return "tok-only"
-					})
-					assert.NoError(t, err)
-					tokens[i] = tok
-				})
-			}
-			close(start)
-			wg.Wait()
-			assert.Equal(t, int32(1), calls.Load(), "remote calls")
-			for i, tok := range tokens {
-				assert.Equal(t, "tok-only", tok, "worker %d", i)
-			}
+			inFlight(t, env, func(s tracestore.Store, _ string, trace func() string) (string, error) {
+				return traceOnce(ctx, s, k, trace)
+			})
 		}},
 		{"claim-and-get takes a free claim and tells whether a record exists", long, func(t *testing.T, env Env) {
 			s := env.Open()
@@ -352,31 +332,28 @@ func Run(t *testing.T, newEnv NewEnv) {
 			assert.Equal(t, want.WaybillToken, got.WaybillToken)
 			assert.Equal(t, want.GoodsHash, got.GoodsHash)
 			assert.True(t, want.TracedAt.Equal(got.TracedAt))
-			release()
-			_, held, _, found, err := cg.ClaimGet(ctx, k, "owner-c", long)
+			_, lost, _, found, err := cg.ClaimGet(ctx, k, "owner-c", long)
 			require.NoError(t, err)
-			assert.True(t, held)
+			assert.False(t, lost, "held by owner-b")
 			assert.True(t, found, "a claim that is not won still reports the record")
-		}},
-		{"put-release stores the record and frees only its owner's claim", long, func(t *testing.T, env Env) {
-			s := env.Open()
-			_, won, err := s.Claim(ctx, k, "owner-a", long)
-			require.NoError(t, err)
-			require.True(t, won)
-			pr := env.Open().(tracestore.PutReleaser)
-			require.NoError(t, pr.PutRelease(ctx, k, rec("tok-x"), "owner-b"), "another owner's put")
-			_, won, err = env.Open().Claim(ctx, k, "owner-c", long)
-			require.NoError(t, err)
-			assert.False(t, won, "owner-b's put-release left owner-a's claim")
-			require.NoError(t, s.(tracestore.PutReleaser).PutRelease(ctx, k, rec("tok-pr"), "owner-a"))
-			got, ok, err := env.Open().Get(ctx, k)
-			require.NoError(t, err)
-			require.True(t, ok)
-			assert.Equal(t, "tok-pr", got.WaybillToken)
-			release, won, err := env.Open().Claim(ctx, k, "owner-c", long)
-			require.NoError(t, err)
-			assert.True(t, won, "released by its owner's put-release")
 			release()
+		}},
+		{"the one-step forms fail on a canceled context", long, func(t *testing.T, env Env) {
+			cctx, cancel := context.WithCancel(ctx)
+			cancel()
+			s := env.Open()
+			_, won, _, _, err := s.(tracestore.ClaimGetter).ClaimGet(cctx, k, "owner-a", long)
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.False(t, won)
+			assert.ErrorIs(t, s.(tracestore.PutReleaser).PutRelease(cctx, k, rec("tok"), "owner-a"), context.Canceled)
+			_, ok, err := env.Open().Get(ctx, k)
+			require.NoError(t, err)
+			assert.False(t, ok)
+		}},
+		{"duplicates in flight through the one-step forms reach the remote side once", long, func(t *testing.T, env Env) {
+			inFlight(t, env, func(s tracestore.Store, owner string, trace func() string) (string, error) {
+				return traceOnceOneStep(ctx, s, k, owner, trace)
+			})
 		}},
 	}
 	for _, c := range cases {
@@ -426,4 +403,58 @@ var Record = tracestore.Record{
 	WaybillToken: "MLHRcUUzVjx0aP4eFtnOD9gD9Sv0XLr1UMcMHTC-HOs",
 	GoodsHash:    "0123456789abcdef0123456789abcdef",
 	TracedAt:     time.Date(2026, 3, 1, 8, 30, 15, 0, time.UTC),
+}
+
+// traceOnceOneStep is traceOnce as the handler does it with the one-step
+// forms: claim and read, call, put and release.
+func traceOnceOneStep(ctx context.Context, s tracestore.Store, key tracestore.Key, owner string, trace func() string) (string, error) {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		release, won, rec, ok, err := s.(tracestore.ClaimGetter).ClaimGet(ctx, key, owner, time.Minute)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			if won {
+				release()
+			}
+			return rec.WaybillToken, nil
+		}
+		if !won {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		tok := trace()
+		return tok, s.(tracestore.PutReleaser).PutRelease(ctx, key, tracestore.Record{WaybillToken: tok}, owner)
+	}
+	return "", errors.New("no record appeared within a minute")
+}
+
+// inFlight runs 30 workers, each on its own handle, through once at the
+// same moment, and checks that the remote side was called once and every
+// worker got its token.
+func inFlight(t *testing.T, env Env, once func(s tracestore.Store, owner string, trace func() string) (string, error)) {
+	const workers = 30
+	var calls atomic.Int32
+	tokens := make([]string, workers)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range workers {
+		s := env.Open()
+		wg.Go(func() {
+			<-start
+			tok, err := once(s, fmt.Sprintf("owner-%d", i), func() string {
+				calls.Add(1)
+				return "tok-only"
+			})
+			assert.NoError(t, err)
+			tokens[i] = tok
+		})
+	}
+	close(start)
+	wg.Wait()
+	assert.Equal(t, int32(1), calls.Load(), "remote calls")
+	for i, tok := range tokens {
+		assert.Equal(t, "tok-only", tok, "worker %d", i)
+	}
 }

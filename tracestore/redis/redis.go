@@ -20,6 +20,10 @@
 //	                     colons keep it apart from every record key
 //
 // Each command touches one key, so the store works on Redis Cluster too.
+// On one Redis (a *redis.Client, Sentinel's included) ClaimGet and
+// PutRelease pipeline their two commands, one round trip each; a Cluster or
+// Ring client could run them on two nodes in either order, so there they
+// go one after the other.
 package redis
 
 import (
@@ -74,6 +78,8 @@ func (c *Config) Validate() error {
 type Store struct {
 	rdb goredis.UniversalClient
 	cfg Config
+	// inOrder: rdb runs a pipeline on one connection, in order.
+	inOrder bool
 }
 
 var (
@@ -91,7 +97,8 @@ func New(client goredis.UniversalClient, cfg Config) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("tracestore/redis: nil client")
 	}
-	return &Store{rdb: client, cfg: cfg}, nil
+	_, inOrder := client.(*goredis.Client)
+	return &Store{rdb: client, cfg: cfg, inOrder: inOrder}, nil
 }
 
 // record is the stored JSON. Its field names are the storage format shared by
@@ -165,14 +172,26 @@ func (s *Store) Claim(ctx context.Context, key tracestore.Key, owner string, ttl
 }
 
 // ClaimGet implements tracestore.ClaimGetter: the claim's script, then the
-// GET, in one pipeline. The two are not atomic, which the handler does not
-// need: a record Put before the claim was won is seen.
+// GET, in one pipeline on one Redis (one after the other on a Cluster). The
+// two are not atomic, which the handler does not need: the GET runs after
+// the claim, so a record Put before the claim was won is seen.
 func (s *Store) ClaimGet(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (release func(), won bool, rec tracestore.Record, found bool, err error) {
 	if ttl <= 0 {
 		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: ttl %v is not positive", key, ttl)
 	}
 	if owner == "" {
 		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: no owner", key)
+	}
+	if !s.inOrder {
+		if release, won, err = s.Claim(ctx, key, owner, ttl); err != nil {
+			return nil, false, rec, false, err
+		}
+		rec, found, err = s.Get(ctx, key)
+		if err != nil && won {
+			release()
+			return nil, false, tracestore.Record{}, false, err
+		}
+		return release, won, rec, found, err
 	}
 	claim := redisutil.Owned{Key: s.claimKey(key), Owner: owner}
 	var acq *goredis.Cmd
@@ -220,21 +239,39 @@ func (s *Store) decode(key tracestore.Key, get *goredis.StringCmd) (tracestore.R
 }
 
 // PutRelease implements tracestore.PutReleaser: the SET and the claim's
-// compare-and-delete in one pipeline. Should the SET fail on its own (Redis
-// out of memory refuses a SET, not a DEL), the claim is released all the
-// same, and a handler that takes it next traces again.
+// compare-and-delete in one pipeline on one Redis (one after the other on a
+// Cluster, the release only after a SET that succeeded). Should the SET
+// fail on its own in a pipeline (Redis out of memory refuses a SET, not a
+// DEL), the claim is released all the same, and a handler that takes it
+// next traces again. A release that failed is an error too, so the caller
+// can release again.
 func (s *Store) PutRelease(ctx context.Context, key tracestore.Key, rec tracestore.Record, owner string) error {
+	claim := redisutil.Owned{Key: s.claimKey(key), Owner: owner}
+	if !s.inOrder {
+		if err := s.Put(ctx, key, rec); err != nil {
+			return err
+		}
+		rel := redisutil.Pipelined(ctx, s.rdb, func(p goredis.Pipeliner, eval bool) { redisutil.PipeRelease(ctx, p, claim, eval) })
+		if err := rel[0].Err(); err != nil && !errors.Is(err, goredis.Nil) {
+			return fmt.Errorf("tracestore/redis: release claim %s: %w", key, err)
+		}
+		return nil
+	}
 	b, err := json.Marshal(record{WaybillToken: rec.WaybillToken, GoodsHash: rec.GoodsHash, TracedAt: rec.TracedAt})
 	if err != nil {
 		return fmt.Errorf("tracestore/redis: encode %s: %w", key, err)
 	}
 	var set *goredis.StatusCmd
+	var rel *goredis.Cmd
 	redisutil.Pipelined(ctx, s.rdb, func(p goredis.Pipeliner, eval bool) {
 		set = p.Set(ctx, s.recordKey(key), b, s.cfg.TTL)
-		redisutil.PipeRelease(ctx, p, redisutil.Owned{Key: s.claimKey(key), Owner: owner}, eval)
+		rel = redisutil.PipeRelease(ctx, p, claim, eval)
 	})
 	if err := set.Err(); err != nil {
 		return fmt.Errorf("tracestore/redis: set %s: %w", key, err)
+	}
+	if err := rel.Err(); err != nil && !errors.Is(err, goredis.Nil) {
+		return fmt.Errorf("tracestore/redis: release claim %s: %w", key, err)
 	}
 	return nil
 }

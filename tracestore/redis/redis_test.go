@@ -40,6 +40,26 @@ func TestStoreConformance(t *testing.T) {
 	})
 }
 
+// TestStoreConformanceUnordered: through a client that may run a
+// pipeline's commands out of order (a Ring, as a Cluster), the one-step
+// forms run their commands one after the other, and pass the same table.
+func TestStoreConformanceUnordered(t *testing.T) {
+	addr := testredis.Addr(t)
+	storetest.Run(t, func(t *testing.T, ttl time.Duration) storetest.Env {
+		prefix := testredis.Prefix(t)
+		return storetest.Env{
+			Open: func() tracestore.Store {
+				ring := goredis.NewRing(&goredis.RingOptions{Addrs: map[string]string{"one": addr}})
+				t.Cleanup(func() { _ = ring.Close() })
+				s, err := redis.New(ring, redis.Config{Prefix: prefix, TTL: ttl})
+				require.NoError(t, err)
+				return s
+			},
+			Advance: func(d time.Duration) { time.Sleep(d) },
+		}
+	})
+}
+
 var key = tracestore.Key{AppID: "wx0001", WaybillID: "SF1001", TransID: "4200001"}
 
 // The layout is a storage format: other versions of this package, and
