@@ -193,7 +193,9 @@ func TestOrderedPerKeyOrderThroughRouter(t *testing.T) {
 func TestOrderedRebalance(t *testing.T) {
 	t.Parallel()
 	brokers, topic := orderedTopic(t, 6)
-	n := produceSeq(t, brokers, topic, 200, 30)
+	// Enough records (about ten seconds' worth) that the joins of b and c,
+	// each a rebalance of a few seconds, come while work is left.
+	n := produceSeq(t, brokers, topic, 400, 30)
 	j := newJournal(n)
 	kc := Config{Brokers: brokers, ConsumerGroup: topic}
 	var counts [3]atomic.Int64
