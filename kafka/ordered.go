@@ -31,7 +31,8 @@ type OrderedConfig struct {
 	// read but not yet acked, in flight or queued behind a busy key or a
 	// full Concurrency. When it is reached, the partition reads nothing more
 	// until a message is acked. A record larger than MaxBytes is still read,
-	// when the partition holds nothing else. Zero means 1 MiB.
+	// when the partition holds nothing else. Zero means 256 KiB (about 400
+	// order.shipped events, ample for 16 in flight).
 	MaxBytes int
 	// MaxUncommitted bounds how far a partition reads past its oldest
 	// unfinished record: the records behind it that are acked cannot be
@@ -66,7 +67,7 @@ func (c *OrderedConfig) setDefaults(k Config) {
 		c.Key = RecordKey
 	}
 	if c.MaxBytes == 0 {
-		c.MaxBytes = 1 << 20
+		c.MaxBytes = 256 << 10
 	}
 	if c.MaxUncommitted == 0 {
 		c.MaxUncommitted = 10_000
