@@ -69,8 +69,14 @@ func BenchmarkHandle(b *testing.B) {
 // BenchmarkHandleSandbox adds the real client: JSON encoding, a token from
 // the cache and an HTTP round trip to the sandbox on loopback.
 func BenchmarkHandleSandbox(b *testing.B) {
+	benchHandle(b, sandboxClient(b), nil)
+}
+
+// sandboxClient is a client of a sandbox that answers every call, for the
+// benchmark's life.
+func sandboxClient(b *testing.B) *wechat.Client {
 	srv := wechattest.NewServer(wechattest.Config{AutoRegister: true, AppDailyQuota: -1, OpenIDDailyQuota: -1})
-	defer srv.Close()
+	b.Cleanup(srv.Close)
 	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: srv.URL, Secrets: wechat.StaticSecrets{"wxapp1": "s"}})
 	if err != nil {
 		b.Fatal(err)
@@ -79,24 +85,14 @@ func BenchmarkHandleSandbox(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchHandle(b, client, nil)
+	return client
 }
 
 // BenchmarkHandleSandboxRouterGoroutine is BenchmarkHandleSandbox with each
 // message handled on a goroutine of its own, as Watermill's Router does:
 // the cost a goroutine's stack growth adds.
 func BenchmarkHandleSandboxRouterGoroutine(b *testing.B) {
-	srv := wechattest.NewServer(wechattest.Config{AutoRegister: true, AppDailyQuota: -1, OpenIDDailyQuota: -1})
-	defer srv.Close()
-	tokens, err := wechat.NewStableTokenSource(wechat.StableTokenConfig{BaseURL: srv.URL, Secrets: wechat.StaticSecrets{"wxapp1": "s"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	client, err := wechat.NewClient(wechat.Config{BaseURL: srv.URL, Tokens: tokens})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := NewHandler(Config{Client: client, Publisher: discard{}})
+	h, err := NewHandler(Config{Client: sandboxClient(b), Publisher: discard{}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -364,16 +364,7 @@ type oneStepStore struct {
 }
 
 func (s oneStepStore) ClaimGet(ctx context.Context, key tracestore.Key, owner string, ttl time.Duration) (func(), bool, tracestore.Record, bool, error) {
-	release, won, err := s.Claim(ctx, key, owner, ttl)
-	if err != nil {
-		return nil, false, tracestore.Record{}, false, err
-	}
-	rec, ok, err := s.Get(ctx, key)
-	if err != nil && won {
-		release()
-		return nil, false, tracestore.Record{}, false, err
-	}
-	return release, won, rec, ok, err
+	return tracestore.ClaimThenGet(ctx, s.outageStore, key, owner, ttl)
 }
 
 func (s oneStepStore) PutRelease(ctx context.Context, key tracestore.Key, rec tracestore.Record, owner string) error {

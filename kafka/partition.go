@@ -47,9 +47,9 @@ type partition struct {
 	// partition is let go.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// draining is closed when the partition stops handing out messages, to
-	// cut a nacked message's resend sleep short.
-	draining chan struct{}
+	// draining is set when the partition stops handing out messages;
+	// drainAt then bounds how long it waits for those in flight.
+	draining bool
 	// results has room for one outcome per message in flight, so a
 	// watcher never blocks.
 	results chan outcome
@@ -76,9 +76,8 @@ func newPartition(h *orderedHandler, sess sarama.ConsumerGroupSession, claim sar
 	return &partition{
 		h: h, cfg: &h.s.cfg, sess: sess, claim: claim,
 		ctx: ctx, cancel: cancel,
-		draining: make(chan struct{}),
-		results:  make(chan outcome, h.s.cfg.Concurrency),
-		keys:     make(map[string]keyQueue),
+		results: make(chan outcome, h.s.cfg.Concurrency),
+		keys:    make(map[string]keyQueue),
 	}
 }
 
@@ -87,31 +86,34 @@ func newPartition(h *orderedHandler, sess sarama.ConsumerGroupSession, claim sar
 func (p *partition) run() {
 	records := p.claim.Messages()
 	sessionDone := p.sess.Context().Done()
-	var drainDeadline <-chan time.Time
 	for {
 		p.dispatch()
-		if drainDeadline != nil && p.inflight == 0 {
-			return
-		}
 		var in <-chan *sarama.ConsumerMessage
-		if drainDeadline == nil && p.hasRoom() {
-			in = records
+		var due, drainDeadline <-chan time.Time
+		switch {
+		case p.draining && p.inflight == 0:
+			return
+		case p.draining:
+			drainDeadline = p.drainAt.C
+		default:
+			if p.hasRoom() {
+				in = records
+			}
+			if p.delayed.len() > 0 {
+				due = p.retryTimer()
+			}
 		}
 		var out chan<- *message.Message
 		var next *message.Message
 		if p.sendQ.len() > 0 {
 			out, next = p.h.out, p.sendQ.front().msg
 		}
-		var due <-chan time.Time
-		if drainDeadline == nil && p.delayed.len() > 0 {
-			due = p.retryTimer()
-		}
 		select {
 		case <-due:
 			p.releaseDue()
 		case rec, ok := <-in:
 			if !ok {
-				drainDeadline = p.drain()
+				p.drain()
 				continue
 			}
 			p.add(rec)
@@ -122,8 +124,8 @@ func (p *partition) run() {
 			p.finish(o)
 		case <-sessionDone:
 			sessionDone = nil
-			if drainDeadline == nil {
-				drainDeadline = p.drain()
+			if !p.draining {
+				p.drain()
 			}
 		case <-drainDeadline:
 			p.h.s.logger.Info("kafka subscriber: drain timed out, leaving messages in flight to the next owner", p.fields(watermill.LogFields{"in_flight": p.inflight}))
@@ -193,21 +195,12 @@ func (p *partition) add(rec *sarama.ConsumerMessage) {
 
 // dispatch hands out free records while there are slots, unless draining.
 func (p *partition) dispatch() {
-	if p.isDraining() {
+	if p.draining {
 		return
 	}
 	for p.inflight < p.cfg.Concurrency && p.runnable.len() > 0 {
 		p.inflight++
 		p.sendQ.push(p.deliver(p.runnable.pop()))
-	}
-}
-
-func (p *partition) isDraining() bool {
-	select {
-	case <-p.draining:
-		return true
-	default:
-		return false
 	}
 }
 
@@ -250,7 +243,7 @@ func (p *partition) finish(o outcome) {
 	r := o.r
 	p.inflight--
 	if !o.acked {
-		if !p.isDraining() {
+		if !p.draining {
 			p.delayed.push(retry{r: r, due: time.Now().Add(p.cfg.NackResendSleep)})
 		}
 		return
@@ -279,14 +272,13 @@ func (p *partition) finish(o outcome) {
 
 // drain stops handing out messages: those not yet taken are left
 // unfinished at once, those taken get DrainTimeout.
-func (p *partition) drain() <-chan time.Time {
-	close(p.draining)
+func (p *partition) drain() {
+	p.draining = true
 	for p.sendQ.len() > 0 {
 		p.sendQ.pop().cancel()
 		p.inflight--
 	}
 	p.drainAt = time.NewTimer(p.cfg.DrainTimeout)
-	return p.drainAt.C
 }
 
 func (p *partition) fields(f watermill.LogFields) watermill.LogFields {

@@ -73,9 +73,8 @@ type Memory struct {
 	mu      sync.Mutex
 	index   map[keyHash]int32 // → entries
 	entries []memEntry
-	free    int32   // first free entry, linked by lru.next; none: -1
-	lru     memList // most recently used first
-	byAge   memList // oldest Put first: expiry order, as TTL is uniform
+	free    int32      // first free entry, linked by its byUse next; none: -1
+	lists   [2]memList // byUse and byAge
 
 	claims    map[Key]memClaim
 	claimSeq  uint64
@@ -89,11 +88,11 @@ type memEntry struct {
 	// rec is the record, its GoodsHash moved into goods when it is the
 	// 32 lowercase hex digits of event.GoodsFingerprint: 16 bytes in the
 	// entry instead of a string of its own.
-	rec        Record
-	goods      [16]byte
-	packed     bool
-	expires    int64 // unix nanoseconds
-	lru, byAge memLinks
+	rec     Record
+	goods   [16]byte
+	packed  bool
+	expires int64       // unix nanoseconds
+	links   [2]memLinks // in lists[byUse] and lists[byAge]
 }
 
 // pack stores rec in e.
@@ -128,8 +127,17 @@ func isLowerHex(s string) bool {
 // memLinks are an entry's neighbours in one list, by index; -1 is none.
 type memLinks struct{ prev, next int32 }
 
-// memList is a doubly linked list threaded through the entries.
+// memList is a doubly linked list threaded through the entries, head
+// first; -1 is none.
 type memList struct{ head, tail int32 }
+
+// The two lists, each oldest first: byUse by last Get or Put (the head is
+// evicted when the store is full), byAge by last Put (expiry order, as the
+// TTL is uniform).
+const (
+	byUse = iota
+	byAge
+)
 
 type memClaim struct {
 	owner   string
@@ -150,8 +158,7 @@ func NewMemory(cfg MemoryConfig) *Memory {
 		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
 		index:     make(map[keyHash]int32),
 		free:      -1,
-		lru:       memList{-1, -1},
-		byAge:     memList{-1, -1},
+		lists:     [2]memList{{-1, -1}, {-1, -1}},
 		claims:    make(map[Key]memClaim),
 		sweepSize: minClaimSweep,
 	}
@@ -180,8 +187,7 @@ func (s *Memory) Get(ctx context.Context, key Key) (Record, bool, error) {
 	if !ok {
 		return Record{}, false, nil
 	}
-	s.unlinkLRU(i)
-	s.pushLRU(i)
+	s.moveToBack(byUse, i)
 	return s.entries[i].record(), true, nil
 }
 
@@ -201,18 +207,16 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 		e := &s.entries[i]
 		e.pack(rec)
 		e.expires = expires
-		s.unlinkLRU(i)
-		s.pushLRU(i)
-		s.unlinkAge(i)
-		s.pushAge(i)
+		s.moveToBack(byUse, i)
+		s.moveToBack(byAge, i)
 		return nil
 	}
 	if len(s.index) >= s.cfg.MaxEntries {
-		s.remove(s.lru.tail)
+		s.remove(s.lists[byUse].head)
 	}
 	i := s.free
 	if i >= 0 {
-		s.free = s.entries[i].lru.next
+		s.free = s.entries[i].links[byUse].next
 	} else {
 		i = int32(len(s.entries))
 		s.entries = append(s.entries, memEntry{})
@@ -220,8 +224,8 @@ func (s *Memory) Put(ctx context.Context, key Key, rec Record) error {
 	s.entries[i] = memEntry{hash: h, expires: expires}
 	s.entries[i].pack(rec)
 	s.index[h] = i
-	s.pushLRU(i)
-	s.pushAge(i)
+	s.push(byUse, i)
+	s.push(byAge, i)
 	return nil
 }
 
@@ -247,7 +251,7 @@ func (s *Memory) Len() int {
 // records free their memory without waiting to be evicted.
 func (s *Memory) dropExpired(now time.Time) {
 	n := now.UnixNano()
-	for i := s.byAge.head; i >= 0 && n >= s.entries[i].expires; i = s.byAge.head {
+	for i := s.lists[byAge].head; i >= 0 && n >= s.entries[i].expires; i = s.lists[byAge].head {
 		s.remove(i)
 	}
 }
@@ -255,60 +259,44 @@ func (s *Memory) dropExpired(now time.Time) {
 // remove unlinks entry i, frees what its record holds and puts it on the
 // free list.
 func (s *Memory) remove(i int32) {
-	s.unlinkLRU(i)
-	s.unlinkAge(i)
+	s.unlink(byUse, i)
+	s.unlink(byAge, i)
 	delete(s.index, s.entries[i].hash)
-	s.entries[i] = memEntry{lru: memLinks{next: s.free}}
+	s.entries[i] = memEntry{}
+	s.entries[i].links[byUse].next = s.free
 	s.free = i
 }
 
-func (s *Memory) pushLRU(i int32) {
-	s.entries[i].lru = memLinks{prev: -1, next: s.lru.head}
-	if s.lru.head >= 0 {
-		s.entries[s.lru.head].lru.prev = i
+// push appends entry i to list l.
+func (s *Memory) push(l int, i int32) {
+	list := &s.lists[l]
+	s.entries[i].links[l] = memLinks{prev: list.tail, next: -1}
+	if list.tail >= 0 {
+		s.entries[list.tail].links[l].next = i
 	} else {
-		s.lru.tail = i
+		list.head = i
 	}
-	s.lru.head = i
+	list.tail = i
 }
 
-func (s *Memory) unlinkLRU(i int32) {
-	l := s.entries[i].lru
-	if l.prev >= 0 {
-		s.entries[l.prev].lru.next = l.next
+// unlink takes entry i out of list l.
+func (s *Memory) unlink(l int, i int32) {
+	list, e := &s.lists[l], s.entries[i].links[l]
+	if e.prev >= 0 {
+		s.entries[e.prev].links[l].next = e.next
 	} else {
-		s.lru.head = l.next
+		list.head = e.next
 	}
-	if l.next >= 0 {
-		s.entries[l.next].lru.prev = l.prev
+	if e.next >= 0 {
+		s.entries[e.next].links[l].prev = e.prev
 	} else {
-		s.lru.tail = l.prev
+		list.tail = e.prev
 	}
 }
 
-// pushAge appends i: the newest Put goes last.
-func (s *Memory) pushAge(i int32) {
-	s.entries[i].byAge = memLinks{prev: s.byAge.tail, next: -1}
-	if s.byAge.tail >= 0 {
-		s.entries[s.byAge.tail].byAge.next = i
-	} else {
-		s.byAge.head = i
-	}
-	s.byAge.tail = i
-}
-
-func (s *Memory) unlinkAge(i int32) {
-	l := s.entries[i].byAge
-	if l.prev >= 0 {
-		s.entries[l.prev].byAge.next = l.next
-	} else {
-		s.byAge.head = l.next
-	}
-	if l.next >= 0 {
-		s.entries[l.next].byAge.prev = l.prev
-	} else {
-		s.byAge.tail = l.prev
-	}
+func (s *Memory) moveToBack(l int, i int32) {
+	s.unlink(l, i)
+	s.push(l, i)
 }
 
 // Claim implements Store. The claim holds within this Memory store only.
@@ -359,15 +347,7 @@ func (s *Memory) sweepClaims(now time.Time) {
 
 // ClaimGet implements ClaimGetter.
 func (s *Memory) ClaimGet(ctx context.Context, key Key, owner string, ttl time.Duration) (release func(), won bool, rec Record, found bool, err error) {
-	if release, won, err = s.Claim(ctx, key, owner, ttl); err != nil {
-		return nil, false, rec, false, err
-	}
-	rec, found, err = s.Get(ctx, key)
-	if err != nil && won {
-		release()
-		return nil, false, Record{}, false, err
-	}
-	return release, won, rec, found, err
+	return ClaimThenGet(ctx, s, key, owner, ttl)
 }
 
 // PutRelease implements PutReleaser: a failed Put (a cancelled context)

@@ -92,3 +92,18 @@ type PutReleaser interface {
 	// a handler that traces the key next gets the same token from WeChat.
 	PutRelease(ctx context.Context, key Key, rec Record, owner string) error
 }
+
+// ClaimThenGet is ClaimGet made of s's own Claim and Get, for a store
+// whose two cannot be one step: a won claim is released again when the Get
+// fails.
+func ClaimThenGet(ctx context.Context, s Store, key Key, owner string, ttl time.Duration) (release func(), won bool, rec Record, found bool, err error) {
+	if release, won, err = s.Claim(ctx, key, owner, ttl); err != nil {
+		return nil, false, Record{}, false, err
+	}
+	rec, found, err = s.Get(ctx, key)
+	if err != nil && won {
+		release()
+		return nil, false, Record{}, false, err
+	}
+	return release, won, rec, found, err
+}

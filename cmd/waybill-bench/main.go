@@ -44,6 +44,7 @@ import (
 
 	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/internal/testservice"
+	"github.com/waybillkit/waybill/kafka"
 	"github.com/waybillkit/waybill/wechat/wechattest"
 )
 
@@ -226,22 +227,17 @@ func runName(kind string) string {
 // prepare creates the run's topics and writes n events to its input, keyed
 // by order id, spread over the appids, each buyer distinct.
 func prepare(brokers []string, run string, partitions, n, appids int) error {
-	sc := sarama.NewConfig()
-	sc.Version = sarama.V4_0_0_0
-	admin, err := sarama.NewClusterAdmin(brokers, sc)
+	kc := kafka.Config{Brokers: brokers, ClientID: "waybill-bench"}
+	if _, err := kafka.CreateTopics(kc, []string{run + ".in", run + ".out"}, int32(partitions), 1); err != nil {
+		return err
+	}
+	sc, err := kc.ProducerConfig(func(sc *sarama.Config) {
+		sc.Producer.Flush.Messages = 500
+		sc.Producer.Flush.Frequency = 5 * time.Millisecond
+	})
 	if err != nil {
 		return err
 	}
-	defer admin.Close()
-	for _, t := range []string{run + ".in", run + ".out"} {
-		if err := admin.CreateTopic(t, &sarama.TopicDetail{NumPartitions: int32(partitions), ReplicationFactor: 1}, false); err != nil {
-			return fmt.Errorf("create %s: %w", t, err)
-		}
-	}
-	sc.Producer.Return.Successes = true
-	sc.Producer.RequiredAcks = sarama.WaitForAll
-	sc.Producer.Flush.Messages = 500
-	sc.Producer.Flush.Frequency = 5 * time.Millisecond
 	prod, err := sarama.NewAsyncProducer(brokers, sc)
 	if err != nil {
 		return err
@@ -380,8 +376,10 @@ func measure(brokers []string, run string, n int, cmd *exec.Cmd, curve bool) (re
 // watch counts the records of topic, from the oldest, keeping the first and
 // last record timestamps.
 func watch(ctx context.Context, brokers []string, topic string, count, first, last *atomic.Int64) error {
-	sc := sarama.NewConfig()
-	sc.Version = sarama.V4_0_0_0
+	sc, err := kafka.Config{Brokers: brokers, ClientID: "waybill-bench"}.SaramaConfig(nil)
+	if err != nil {
+		return err
+	}
 	consumer, err := sarama.NewConsumer(brokers, sc)
 	if err != nil {
 		return err

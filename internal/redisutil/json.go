@@ -22,7 +22,12 @@ var ErrUnreadable = errors.New("value is not readable JSON")
 // *json.SyntaxError, say, or Redis's WRONGTYPE); any other error is the
 // client's, returned as it is, for the caller to wrap with the key it meant.
 func GetJSON(ctx context.Context, rdb redis.UniversalClient, key string, v any) (ok bool, err error) {
-	b, err := rdb.Get(ctx, key).Bytes()
+	return DecodeJSON(rdb.Get(ctx, key), v)
+}
+
+// DecodeJSON is GetJSON for a GET already run, in a pipeline say.
+func DecodeJSON(get *redis.StringCmd, v any) (ok bool, err error) {
+	b, err := get.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}

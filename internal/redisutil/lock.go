@@ -50,9 +50,8 @@ func AcquireAs(ctx context.Context, rdb redis.UniversalClient, key, owner string
 		owner = hex.EncodeToString(id[:])
 		ok, err = rdb.SetNX(ctx, key, owner, ttl).Result()
 	} else {
-		ms := max(1, (ttl+time.Millisecond-1)/time.Millisecond)
 		var n int64
-		n, err = acquireScript.Run(ctx, rdb, []string{key}, owner, int64(ms)).Int64()
+		n, err = acquireScript.Run(ctx, rdb, []string{key}, owner, millis(ttl)).Int64()
 		ok = n == 1
 	}
 	if err != nil || !ok {
@@ -74,8 +73,12 @@ type Owned struct {
 // was taken. eval sends the script itself rather than its hash: see
 // Pipelined.
 func PipeAcquire(ctx context.Context, pipe redis.Pipeliner, o Owned, ttl time.Duration, eval bool) *redis.Cmd {
-	ms := max(1, (ttl+time.Millisecond-1)/time.Millisecond)
-	return runIn(ctx, pipe, acquireScript, eval, []string{o.Key}, o.Owner, int64(ms))
+	return runIn(ctx, pipe, acquireScript, eval, []string{o.Key}, o.Owner, millis(ttl))
+}
+
+// millis is ttl in whole milliseconds, rounded up, at least one.
+func millis(ttl time.Duration) int64 {
+	return int64(max(1, (ttl+time.Millisecond-1)/time.Millisecond))
 }
 
 // PipeRelease queues the compare-and-delete of o's lock in pipe.

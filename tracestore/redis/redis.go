@@ -31,7 +31,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -115,18 +114,7 @@ func (s *Store) claimKey(key tracestore.Key) string  { return s.cfg.Prefix + "cl
 // Get implements tracestore.Store. A value that is not a record's JSON, or a
 // key of another type, is tracestore.ErrBadRecord: Put's SET replaces it.
 func (s *Store) Get(ctx context.Context, key tracestore.Key) (tracestore.Record, bool, error) {
-	var r record
-	ok, err := redisutil.GetJSON(ctx, s.rdb, s.recordKey(key), &r)
-	if errors.Is(err, redisutil.ErrUnreadable) {
-		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w: %w", key, tracestore.ErrBadRecord, err)
-	}
-	if err != nil {
-		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w", key, err)
-	}
-	if !ok {
-		return tracestore.Record{}, false, nil
-	}
-	return tracestore.Record{WaybillToken: r.WaybillToken, GoodsHash: r.GoodsHash, TracedAt: r.TracedAt}, true, nil
+	return s.decode(key, s.rdb.Get(ctx, s.recordKey(key)))
 }
 
 // Put implements tracestore.Store with one SET PX.
@@ -183,15 +171,7 @@ func (s *Store) ClaimGet(ctx context.Context, key tracestore.Key, owner string, 
 		return nil, false, rec, false, fmt.Errorf("tracestore/redis: claim %s: no owner", key)
 	}
 	if !s.inOrder {
-		if release, won, err = s.Claim(ctx, key, owner, ttl); err != nil {
-			return nil, false, rec, false, err
-		}
-		rec, found, err = s.Get(ctx, key)
-		if err != nil && won {
-			release()
-			return nil, false, tracestore.Record{}, false, err
-		}
-		return release, won, rec, found, err
+		return tracestore.ClaimThenGet(ctx, s, key, owner, ttl)
 	}
 	claim := redisutil.Owned{Key: s.claimKey(key), Owner: owner}
 	var acq *goredis.Cmd
@@ -219,21 +199,18 @@ func (s *Store) ClaimGet(ctx context.Context, key tracestore.Key, owner string, 
 	return release, won, rec, found, err
 }
 
-// decode reads a GET's answer as Get does.
+// decode reads a record from its GET's answer.
 func (s *Store) decode(key tracestore.Key, get *goredis.StringCmd) (tracestore.Record, bool, error) {
-	b, err := get.Bytes()
-	if errors.Is(err, goredis.Nil) {
-		return tracestore.Record{}, false, nil
-	}
-	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+	var r record
+	ok, err := redisutil.DecodeJSON(get, &r)
+	if errors.Is(err, redisutil.ErrUnreadable) {
 		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w: %w", key, tracestore.ErrBadRecord, err)
 	}
 	if err != nil {
 		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w", key, err)
 	}
-	var r record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return tracestore.Record{}, false, fmt.Errorf("tracestore/redis: get %s: %w: %w", key, tracestore.ErrBadRecord, err)
+	if !ok {
+		return tracestore.Record{}, false, nil
 	}
 	return tracestore.Record{WaybillToken: r.WaybillToken, GoodsHash: r.GoodsHash, TracedAt: r.TracedAt}, true, nil
 }
