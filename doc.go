@@ -4,7 +4,8 @@
 // waybill_token, or a dead letter that says exactly why not.
 //
 // The Handler is a Watermill handler: run it on a message.Router over Kafka
-// (package kafka) or any other Pub/Sub. This package holds the Handler, its
+// (package kafka), over PostgreSQL in an event-driven monolith (package
+// postgres), or any other Pub/Sub. This package holds the Handler, its
 // Config and the policies it applies (RetryPolicy, BreakerConfig,
 // ParkingConfig); it imports no Kafka or Redis client. The service,
 // cmd/waybill, imports it, and so does any program that runs the Handler on
@@ -16,6 +17,9 @@
 //   - ratelimit: WeChat's daily quotas and smooth rates (ratelimit/redis to share them)
 //   - wechat: the WeChat API client; wechat/wechattest, its sandbox
 //   - kafka: Kafka subscriber, publisher, partition key and the DelayRunner
+//   - postgres: topics as PostgreSQL tables, the outbox (PublishInTx), native
+//     delays for parking, SQL dead-letter replay (tracestore/postgres and
+//     ratelimit/postgres keep the state there too)
 //   - replay: bringing dead letters back once their cause is fixed
 //
 // # Guarantees
@@ -64,7 +68,9 @@
 //     brings them back.
 //   - One merchant does not stall another: each appid has its own circuit
 //     breaker counting only transient faults, and with ParkingConfig waiting
-//     events leave the partition for tiered delay topics (kafka.DelayRunner).
+//     events leave the partition for tiered delay topics (kafka.DelayRunner),
+//     or, on a Pub/Sub with native delays (NativeDelay), wait in the input
+//     topic itself, each until its own due time.
 //
 // Decisions are tables with exported defaults: wechat.DefaultClassify maps
 // errcodes to classes, RetryPolicy.Decide maps classes to actions, and

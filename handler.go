@@ -88,9 +88,11 @@ type Config struct {
 	Backoff func(attempt int) time.Duration
 	// Breaker configures the per-appid circuit breakers.
 	Breaker BreakerConfig
-	// Parking, when set, moves events that must wait (ActionPark) to delay
-	// topics on Publisher and acknowledges them, so their partition flows on;
-	// run a kafka.DelayRunner to bring them back. Nil means such events wait in
+	// Parking, when set, moves events that must wait (ActionPark) off their
+	// partition and acknowledges them, so it flows on: to delay topics on
+	// Publisher, which a kafka.DelayRunner brings back, or with
+	// ParkingConfig.Delay NativeDelay back to the input topic, held back by
+	// the Pub/Sub itself (package postgres). Nil means such events wait in
 	// place, holding their partition: fine when one appid's traffic is all
 	// there is, wrong for a service provider's mixed topic. Without it the
 	// event's history (calls made, 931023 answers, its not-before time) is

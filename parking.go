@@ -6,15 +6,21 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/waybillkit/waybill/deadletter"
 )
 
 // Parking moves an event that cannot succeed now but can later (quota spent,
 // 45011, 931023, its appid's breaker open) off the hot partition: the handler
-// publishes it to a delay topic with the time it may run again and
-// acknowledges the input, so the events behind it flow on. A kafka.DelayRunner
-// republishes it to the input topic when due.
+// publishes a copy that comes back when it may run again and acknowledges the
+// input, so the events behind it flow on. How the copy waits is Delay:
+//
+//   - DelayTopics (the default), for Kafka and any Pub/Sub that delivers at
+//     once: the copy goes to a delay topic, and a kafka.DelayRunner
+//     republishes it to the input topic when due.
+//   - NativeDelay, for a Pub/Sub that holds a message back itself: the copy
+//     goes back to the input topic with Watermill's delay metadata.
 //
 // One delay topic with mixed due times would block behind its head: an event
 // parked until midnight would hold back one due in a minute. So each delay
@@ -28,7 +34,10 @@ import (
 // of the same order can overtake it. waybill publishes one trace per order, so
 // this matters only to producers that publish several events per order.
 type ParkingConfig struct {
-	// Tiers are the fixed delays, ascending. Nil means 1 min, 10 min, 1 h.
+	// Delay is how a parked copy waits; the zero value is DelayTopics.
+	Delay ParkDelay
+	// Tiers are the fixed delays of DelayTopics, ascending. Nil means 1 min,
+	// 10 min, 1 h.
 	Tiers []time.Duration
 	// TopicPrefix names the delay topics: prefix + tier (e.g.
 	// "order.shipped.delay.10m0s") and prefix + "window". "" means the input
@@ -40,6 +49,37 @@ type ParkingConfig struct {
 	// transient state (a fault's backoff, an open breaker, the wait budget)
 	// do not count: such an event is never dead-lettered. Zero means 200.
 	MaxParks int
+}
+
+// ParkDelay is how a parked event waits until it is due.
+type ParkDelay int
+
+const (
+	// DelayTopics parks on tiered delay topics (ParkingConfig.Topics) that a
+	// kafka.DelayRunner returns to the input topic when due. For Kafka,
+	// which delivers every message at once.
+	DelayTopics ParkDelay = iota
+	// NativeDelay parks on the input topic itself, the copy marked with
+	// Watermill's delay metadata (components/delay) for its due time,
+	// rounded up to the second, the metadata's precision. For a Pub/Sub
+	// that holds such a message back until then and delivers the messages
+	// behind it meanwhile: package postgres (watermill-sql). Each event is
+	// due at its own time, with no tiers, delay topics or DelayRunner;
+	// Tiers and TopicPrefix are unused. On a Pub/Sub that ignores the
+	// metadata, a parked event would come straight back and be parked
+	// again until due: never use it there.
+	NativeDelay
+)
+
+// String names d as the service's configuration does.
+func (d ParkDelay) String() string {
+	switch d {
+	case DelayTopics:
+		return "topics"
+	case NativeDelay:
+		return "native"
+	}
+	return fmt.Sprintf("ParkDelay(%d)", int(d))
 }
 
 func (c *ParkingConfig) setDefaults(input string) {
@@ -60,6 +100,9 @@ func (c *ParkingConfig) Validate() error {
 	if c.MaxParks < 0 {
 		return fmt.Errorf("parking MaxParks %d must not be negative", c.MaxParks)
 	}
+	if c.Delay != DelayTopics && c.Delay != NativeDelay {
+		return fmt.Errorf("parking Delay %s is neither DelayTopics nor NativeDelay", c.Delay)
+	}
 	if c.Tiers == nil {
 		return nil // the defaults
 	}
@@ -78,8 +121,11 @@ func (c *ParkingConfig) Validate() error {
 }
 
 // Topics lists every delay topic, for creating them and for a
-// kafka.DelayRunner.
+// kafka.DelayRunner; none with NativeDelay.
 func (c ParkingConfig) Topics(input string) []string {
+	if c.Delay == NativeDelay {
+		return nil
+	}
 	c.setDefaults(input)
 	out := make([]string, 0, len(c.Tiers)+1)
 	for _, d := range c.Tiers {
@@ -88,9 +134,18 @@ func (c ParkingConfig) Topics(input string) []string {
 	return append(out, c.TopicPrefix+"window")
 }
 
-// route picks the delay topic and due time for an event that must wait until
-// until. window marks "the next quota window".
-func (c *ParkingConfig) route(now, until time.Time, window bool) (topic string, due time.Time) {
+// route picks the topic and due time for an event consumed from input that
+// must wait until until. window marks "the next quota window".
+func (c *ParkingConfig) route(input string, now, until time.Time, window bool) (topic string, due time.Time) {
+	if c.Delay == NativeDelay {
+		// The metadata keeps whole seconds: rounding down would bring the
+		// event back early, to be parked again for the rest of a second.
+		due = until.UTC().Truncate(time.Second)
+		if due.Before(until) {
+			due = due.Add(time.Second)
+		}
+		return input, due
+	}
 	if window {
 		return c.TopicPrefix + "window", until
 	}
@@ -121,13 +176,16 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 		hist.Parks++
 	}
 	hist.NotBefore = until
-	topic, due := p.route(now, until, window)
+	topic, due := p.route(d.h.cfg.InputTopic, now, until, window)
 	out := message.NewMessage(msg.UUID, msg.Payload)
-	out.Metadata = make(message.Metadata, len(msg.Metadata)+10)
+	out.Metadata = make(message.Metadata, len(msg.Metadata)+12)
 	for k, v := range msg.Metadata {
 		out.Metadata[k] = v
 	}
 	deadletter.Park(out.Metadata, hist, d.ev.OrderID, d.h.cfg.InputTopic, due)
+	if p.Delay == NativeDelay {
+		delay.Message(out, delay.Until(due))
+	}
 	if err := d.h.tracing.publish(d.ctx, "waybill park", topic, out.Metadata, func() error { return d.h.cfg.Publisher.Publish(topic, out) }); err != nil {
 		// The redelivery must not call before until either, and parks it
 		// the way this park meant to.

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -35,7 +36,7 @@ func TestParkingRoute(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			topic, due := p.route(now, now.Add(tc.wait), tc.window)
+			topic, due := p.route("order.shipped", now, now.Add(tc.wait), tc.window)
 			assert.Equal(t, tc.topic, topic)
 			assert.Equal(t, now.Add(tc.due), due)
 			assert.Contains(t, p.Topics("order.shipped"), topic)
@@ -43,7 +44,52 @@ func TestParkingRoute(t *testing.T) {
 	}
 }
 
+func TestParkingRouteNative(t *testing.T) {
+	p := ParkingConfig{Delay: NativeDelay}
+	p.setDefaults("order.shipped")
+	now := time.Date(2026, 11, 26, 15, 4, 5, 300_000_000, time.UTC)
+	for _, tc := range []struct {
+		name        string
+		until, want time.Time
+		window      bool
+	}{
+		{"rounded up to the second, never early", now.Add(55 * time.Second), time.Date(2026, 11, 26, 15, 5, 1, 0, time.UTC), false},
+		{"a whole second stays", time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC), time.Date(2026, 11, 26, 16, 0, 0, 0, time.UTC), true},
+		{"longer than any tier waits once", now.Add(9 * time.Hour), time.Date(2026, 11, 27, 0, 4, 6, 0, time.UTC), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic, due := p.route("order.shipped", now, tc.until, tc.window)
+			assert.Equal(t, "order.shipped", topic, "back to the input topic")
+			assert.Equal(t, tc.want, due)
+		})
+	}
+	assert.Empty(t, p.Topics("order.shipped"), "no delay topics")
+}
+
+func TestHandlerParksNatively(t *testing.T) {
+	now := time.Date(2026, 11, 26, 15, 4, 5, 300_000_000, time.UTC)
+	tr, pub := newScriptedTracer(), &testpub.Recorder{}
+	tr.On("SF100", wechatErr(931023))
+	h := newTestHandler(t, tr, pub, func(c *Config) {
+		c.Parking = &ParkingConfig{Delay: NativeDelay}
+		c.Now = func() time.Time { return now }
+		c.Retry.NotYetDelay = time.Hour
+	})
+	require.NoError(t, h.Handle(msgOf(t, testevent.Valid("order-1", "SF100"))))
+	parked := pub.On(event.OrderShippedTopic)
+	require.Len(t, parked, 1, "parked on the input topic itself")
+	md := parked[0].Metadata
+	assert.Equal(t, "2026-11-26T16:04:06Z", md.Get(delay.DelayedUntilKey), "Watermill's delay metadata, rounded up")
+	assert.NotEmpty(t, md.Get(delay.DelayedForKey))
+	assert.Equal(t, now.Add(time.Hour).Format(time.RFC3339Nano), md.Get(deadletter.HeaderNotBefore), "the not-before time stays exact")
+	assert.Equal(t, "1", md.Get(deadletter.HeaderNotYet))
+	for _, topic := range (&ParkingConfig{}).Topics(event.OrderShippedTopic) {
+		assert.Empty(t, pub.On(topic), "no delay topic")
+	}
+}
+
 func TestParkingConfigValidate(t *testing.T) {
+	assert.ErrorContains(t, (&ParkingConfig{Delay: 7}).Validate(), "ParkDelay(7)")
 	assert.Error(t, (&ParkingConfig{Tiers: []time.Duration{time.Hour, time.Minute}}).Validate())
 	assert.Error(t, (&ParkingConfig{Tiers: []time.Duration{0}}).Validate())
 	assert.NoError(t, (&ParkingConfig{Tiers: []time.Duration{time.Minute, time.Hour}}).Validate())
