@@ -63,9 +63,11 @@ func inModule(paths []string) []string {
 }
 
 // TestLayout holds the import rules that keep each package to one concept:
-// the root carries no Kafka or Redis client, Redis implementations depend
-// on nothing but the interface they implement, and Kafka wiring and replay
-// never reach for the Handler.
+// the root carries no Kafka, Redis or PostgreSQL client, Redis and
+// PostgreSQL implementations depend on nothing but the interface they
+// implement, the Kafka and PostgreSQL wiring and replay never reach for the
+// Handler, and neither carries the other's driver: a monolith on PostgreSQL
+// links no Kafka client, a Kafka service no PostgreSQL driver.
 func TestLayout(t *testing.T) {
 	pkgs := listModule(t)
 	get := func(rel string) pkgInfo {
@@ -79,18 +81,28 @@ func TestLayout(t *testing.T) {
 		}
 		return p
 	}
-	drivers := []string{"github.com/IBM/sarama", "github.com/ThreeDotsLabs/watermill-kafka", "github.com/redis/go-redis"}
-	noDrivers := func(rel string) {
+	kafkaDrivers := []string{"github.com/IBM/sarama", "github.com/ThreeDotsLabs/watermill-kafka"}
+	redisDrivers := []string{"github.com/redis/go-redis"}
+	sqlDrivers := []string{"github.com/ThreeDotsLabs/watermill-sql", "github.com/jackc/pgx", "github.com/lib/pq"}
+	noDrivers := func(rel string, drivers ...[]string) {
 		for _, dep := range get(rel).Deps {
-			for _, d := range drivers {
-				if strings.HasPrefix(dep, d) {
-					t.Errorf("%q depends on %s; only kafka, replay, the Redis stores, cmd/ and examples may", rel, dep)
+			for _, ds := range drivers {
+				for _, d := range ds {
+					if strings.HasPrefix(dep, d) {
+						t.Errorf("%q depends on %s; only the driver packages, cmd/ and examples may", rel, dep)
+					}
 				}
 			}
 		}
 	}
 	for _, rel := range []string{"", "event", "deadletter", "tracestore", "ratelimit", "wechat"} {
-		noDrivers(rel)
+		noDrivers(rel, kafkaDrivers, redisDrivers, sqlDrivers)
+	}
+	for _, rel := range []string{"kafka", "replay", "tracestore/redis", "ratelimit/redis", "wechat/redisstore"} {
+		noDrivers(rel, sqlDrivers)
+	}
+	for _, rel := range []string{"postgres", "tracestore/postgres", "ratelimit/postgres", "examples/monolith"} {
+		noDrivers(rel, kafkaDrivers, redisDrivers)
 	}
 
 	t.Run("root imports only its concepts", func(t *testing.T) {
@@ -102,12 +114,13 @@ func TestLayout(t *testing.T) {
 		}
 	})
 
-	t.Run("Redis implementations import only their interface", func(t *testing.T) {
-		impls := map[string]string{"tracestore/redis": "tracestore", "ratelimit/redis": "ratelimit", "wechat/redisstore": "wechat"}
+	t.Run("store implementations import only their interface", func(t *testing.T) {
+		impls := map[string]string{"tracestore/redis": "tracestore", "ratelimit/redis": "ratelimit", "wechat/redisstore": "wechat",
+			"tracestore/postgres": "tracestore", "ratelimit/postgres": "ratelimit"}
 		for impl, iface := range impls {
 			for _, imp := range inModule(get(impl).Imports) {
-				if imp != iface && imp != "internal/redisutil" {
-					t.Errorf("%s imports %s; it may import %s and internal/redisutil", impl, imp, iface)
+				if imp != iface && imp != "internal/redisutil" && imp != "internal/pgutil" {
+					t.Errorf("%s imports %s; it may import %s and internal/redisutil or internal/pgutil", impl, imp, iface)
 				}
 			}
 		}
@@ -124,8 +137,8 @@ func TestLayout(t *testing.T) {
 		}
 	})
 
-	t.Run("kafka and replay never import the Handler", func(t *testing.T) {
-		for _, rel := range []string{"kafka", "replay"} {
+	t.Run("kafka, postgres and replay never import the Handler", func(t *testing.T) {
+		for _, rel := range []string{"kafka", "postgres", "replay"} {
 			if slices.Contains(get(rel).Deps, module) {
 				t.Errorf("%s depends on the root package", rel)
 			}

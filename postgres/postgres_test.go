@@ -1,0 +1,251 @@
+package postgres_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/components/delay"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/waybillkit/waybill/internal/testpostgres"
+	"github.com/waybillkit/waybill/postgres"
+)
+
+const topic = "order.shipped"
+
+// fast polls often so the tests wait little; the defaults are tried below.
+var fast = postgres.Config{PollInterval: 50 * time.Millisecond, NackResendSleep: 50 * time.Millisecond}
+
+func receive(t *testing.T, ch <-chan *message.Message, within time.Duration) *message.Message {
+	t.Helper()
+	select {
+	case m, ok := <-ch:
+		require.True(t, ok, "channel closed")
+		return m
+	case <-time.After(within):
+		t.Fatalf("no message within %s", within)
+		return nil
+	}
+}
+
+func none(t *testing.T, ch <-chan *message.Message, within time.Duration) {
+	t.Helper()
+	select {
+	case m := <-ch:
+		t.Fatalf("unexpected message %s %q", m.UUID, m.Payload)
+	case <-time.After(within):
+	}
+}
+
+func subscribe(t *testing.T, db *sql.DB, cfg postgres.Config) <-chan *message.Message {
+	t.Helper()
+	sub, err := postgres.NewSubscriber(db, cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); _ = sub.Close() })
+	ch, err := sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+	return ch
+}
+
+func rows(t *testing.T, db *sql.DB, topic string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+postgres.Table(topic)).Scan(&n))
+	return n
+}
+
+func TestOutboxDeliversOnlyCommitted(t *testing.T) {
+	ctx := context.Background()
+	db := testpostgres.DB(t)
+	require.NoError(t, postgres.InitializeTopics(ctx, db, topic))
+	_, err := db.Exec(`CREATE TABLE shipments (order_id text PRIMARY KEY)`)
+	require.NoError(t, err)
+
+	ship := func(order string, commit bool) {
+		tx, err := db.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		_, err = tx.Exec(`INSERT INTO shipments VALUES ($1)`, order)
+		require.NoError(t, err)
+		require.NoError(t, postgres.PublishInTx(ctx, tx, topic, message.NewMessage(order, []byte(`{"order_id":"`+order+`"}`))))
+		if commit {
+			require.NoError(t, tx.Commit())
+		} else {
+			require.NoError(t, tx.Rollback())
+		}
+	}
+	ship("rolled-back", false)
+	ship("committed", true)
+
+	ch := subscribe(t, db, fast)
+	m := receive(t, ch, 5*time.Second)
+	assert.Equal(t, "committed", m.UUID)
+	m.Ack()
+	none(t, ch, 500*time.Millisecond)
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond, "acked rows are deleted")
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM shipments`).Scan(&n))
+	assert.Equal(t, 1, n, "the rolled-back write is gone with its event")
+}
+
+func TestPublishInTxNeedsTheTable(t *testing.T) {
+	ctx := context.Background()
+	db := testpostgres.DB(t)
+	tx, err := db.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	err = postgres.PublishInTx(ctx, tx, "never.initialized", message.NewMessage("1", []byte("x")))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "never.initialized")
+}
+
+func TestDelayedMessageWaitsWithoutHoldingOthers(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	due := time.Now().Add(2 * time.Second).Truncate(time.Second).Add(time.Second)
+	later := message.NewMessage("later", []byte("1"))
+	delay.Message(later, delay.Until(due))
+	require.NoError(t, pub.Publish(topic, later))
+	require.NoError(t, pub.Publish(topic, message.NewMessage("now", []byte("2"))))
+
+	// The default configuration: one at a time, polling every second.
+	ch := subscribe(t, db, postgres.Config{})
+	m := receive(t, ch, 5*time.Second)
+	assert.Equal(t, "now", m.UUID, "the delayed head does not hold back the message behind it")
+	m.Ack()
+	m = receive(t, ch, 10*time.Second)
+	assert.Equal(t, "later", m.UUID)
+	assert.False(t, time.Now().Before(due), "not before its due time")
+	m.Ack()
+}
+
+func TestNackAndCloseGiveTheRowBack(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	for i := range 3 {
+		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
+	}
+	sub, err := postgres.NewSubscriber(db, fast)
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	m := receive(t, ch, 5*time.Second)
+	require.Equal(t, "0", m.UUID)
+	m.Nack()
+	m = receive(t, ch, 5*time.Second)
+	assert.Equal(t, "0", m.UUID, "a nacked message comes again")
+	m.Ack()
+	m = receive(t, ch, 5*time.Second)
+	require.Equal(t, "1", m.UUID)
+	// Closed with 1 unacked: it and 2 stay (watermill-sql's batches would
+	// acknowledge them with 0).
+	done := make(chan error)
+	go func() { done <- sub.Close() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	assert.Equal(t, 2, rows(t, db, topic), "nothing acked by a cut-short delivery")
+
+	ch = subscribe(t, db, fast)
+	for i := 1; i < 3; i++ {
+		m := receive(t, ch, 5*time.Second)
+		assert.Equal(t, fmt.Sprint(i), m.UUID)
+		m.Ack()
+	}
+}
+
+func TestAckDeadlineGivesTheRowBack(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("slow", []byte("x"))))
+	cfg := fast
+	cfg.AckDeadline = 300 * time.Millisecond
+	ch := subscribe(t, db, cfg)
+	m := receive(t, ch, 5*time.Second)
+	select {
+	case <-m.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the context outlived AckDeadline")
+	}
+	again := receive(t, ch, 5*time.Second)
+	assert.Equal(t, "slow", again.UUID)
+	again.Ack()
+}
+
+// TestSubscribersShareATopic runs two processes' worth of subscribers (two
+// pools, Concurrency 4 each) on one topic: each message is handed to one of
+// them, all are handled, and up to 8 are in flight at once.
+func TestSubscribersShareATopic(t *testing.T) {
+	const n = 80
+	_, url := testpostgres.Schema(t)
+	dbA, dbB := testpostgres.Open(t, url), testpostgres.Open(t, url)
+	pub, err := postgres.NewPublisher(dbA, postgres.Config{})
+	require.NoError(t, err)
+	for i := range n {
+		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
+	}
+	cfg := fast
+	cfg.Concurrency = 4
+	var (
+		mu          sync.Mutex
+		seen        = map[string]int{}
+		inFlight    int
+		maxInFlight int
+		wg          sync.WaitGroup
+	)
+	wg.Add(n)
+	for _, db := range []*sql.DB{dbA, dbB} {
+		ch := subscribe(t, db, cfg)
+		go func() {
+			for m := range ch {
+				go func() {
+					mu.Lock()
+					seen[m.UUID]++
+					inFlight++
+					maxInFlight = max(maxInFlight, inFlight)
+					mu.Unlock()
+					time.Sleep(20 * time.Millisecond)
+					mu.Lock()
+					inFlight--
+					mu.Unlock()
+					m.Ack()
+					wg.Done()
+				}()
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("handled %d of %d", len(seen), n)
+	}
+	time.Sleep(300 * time.Millisecond) // a duplicate would show now
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Len(t, seen, n)
+	for id, k := range seen {
+		assert.Equal(t, 1, k, "message %s handed out %d times", id, k)
+	}
+	assert.Greater(t, maxInFlight, 4, "both processes worked at once")
+	assert.LessOrEqual(t, maxInFlight, 8)
+}
+
+func TestConfigValidate(t *testing.T) {
+	assert.Error(t, postgres.Config{Concurrency: -1}.Validate())
+	assert.Error(t, postgres.Config{AckDeadline: -time.Second}.Validate())
+	assert.NoError(t, postgres.Config{}.Validate())
+}
