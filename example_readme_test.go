@@ -2,6 +2,7 @@ package waybill_test
 
 import (
 	"context"
+	"database/sql"
 	"os"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -12,9 +13,12 @@ import (
 	"github.com/waybillkit/waybill/deadletter"
 	"github.com/waybillkit/waybill/event"
 	"github.com/waybillkit/waybill/kafka"
+	"github.com/waybillkit/waybill/postgres"
 	"github.com/waybillkit/waybill/ratelimit"
+	limitpg "github.com/waybillkit/waybill/ratelimit/postgres"
 	limitredis "github.com/waybillkit/waybill/ratelimit/redis"
 	"github.com/waybillkit/waybill/tracestore"
+	tracepg "github.com/waybillkit/waybill/tracestore/postgres"
 	"github.com/waybillkit/waybill/wechat"
 )
 
@@ -93,4 +97,48 @@ func oneCall(client *wechat.Client, pub message.Publisher) {
 // waybill.traced without calling WeChat again.
 func ExampleConfig_traceStore() {
 	_ = oneCall
+}
+
+// wireMonolith is the README's "The event-driven monolith".
+func wireMonolith(ctx context.Context, db *sql.DB, client *wechat.Client, router *message.Router) error {
+	pub, _ := postgres.NewPublisher(db, postgres.Config{})
+	sub, _ := postgres.NewSubscriber(db, postgres.Config{Concurrency: 4}) // each in its own transaction
+	traces, _ := tracepg.New(db, tracepg.Config{})                        // one call per waybill, across processes
+	quotas, _ := limitpg.New(db, limitpg.Config{})                        // one count for every process
+	limiter, _ := ratelimit.New(ratelimit.Config{Store: quotas})
+
+	h, err := waybill.NewHandler(waybill.Config{
+		Client: client, Publisher: pub, TraceStore: traces, Limiter: limiter,
+		// PostgreSQL holds a parked event back itself: no delay topics, no runner
+		Parking: &waybill.ParkingConfig{Delay: waybill.NativeDelay},
+	})
+	if err != nil {
+		return err
+	}
+	h.AddTo(router, sub)
+	// PublishInTx must not create tables inside your transaction: create the topic now
+	return postgres.InitializeTopics(ctx, db, event.OrderShippedTopic)
+}
+
+// shipOrder is the README's outbox: the order's write and its event commit together.
+func shipOrder(ctx context.Context, db *sql.DB, orderID string, payload []byte) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `UPDATE orders SET status = 'shipped' WHERE id = $1`, orderID); err != nil {
+		return err
+	}
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	if err := postgres.PublishInTx(ctx, tx, event.OrderShippedTopic, msg); err != nil {
+		return err
+	}
+	return tx.Commit() // rolled back instead: nothing is traced
+}
+
+// The Handler in an event-driven monolith: topics, quotas and traces in
+// the application's own PostgreSQL (see examples/monolith for all of it).
+func ExampleHandler_postgres() {
+	_, _ = wireMonolith, shipOrder
 }
