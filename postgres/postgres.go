@@ -28,8 +28,10 @@ package postgres
 import (
 	"context"
 	stdsql "database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -100,54 +102,122 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// schema is watermill-sql's PostgreSQL queue schema with bytes for payloads,
-// one row per transaction, SKIP LOCKED, READ COMMITTED and the delay filter.
+// schema is watermill-sql's PostgreSQL queue schema, with bytes for payloads,
+// a column for the due time, and its own select: one row per transaction,
+// FOR UPDATE SKIP LOCKED, READ COMMITTED, rows not yet due skipped.
 //
 // One row: watermill-sql acknowledges every row of a batch it selected once
 // one of them is acked, even those it never handed out when the batch was cut
 // short (closing, an ack deadline), which would lose them. SKIP LOCKED lets
 // concurrent subscribers take different rows instead of queueing on one
 // (and failing serialization under REPEATABLE READ).
+//
+// The due time has a column of its own, filled from Watermill's delay
+// metadata as the row is inserted, because the poll must never fail: read
+// from the JSON metadata in SQL, one header holding a NUL ("\u0000" cannot
+// be text) or a due time that is not a time would make every poll of the
+// table fail, and stall it for good.
 type schema struct {
 	wmsql.PostgreSQLQueueSchema
 }
 
 func newSchema() schema {
-	return schema{wmsql.PostgreSQLQueueSchema{
-		GeneratePayloadType: func(string) string { return "BYTEA" },
-		SubscribeBatchSize:  1,
-	}}
+	return schema{wmsql.PostgreSQLQueueSchema{SubscribeBatchSize: 1}}
 }
 
-// dueClause selects rows without a delay or whose delay has passed by the
-// database's clock.
-var dueClause = fmt.Sprintf(`((metadata->>'%[1]s') IS NULL OR (metadata->>'%[1]s')::timestamptz <= NOW())`, delay.DelayedUntilKey)
+// SchemaInitializingQueries creates the table, unless it exists, in one
+// statement that takes no lock on an existing table: every process runs it
+// at start and on a topic's first publish, and DDL that waited behind the
+// transactions holding rows (a delivery, an application's outbox) would
+// hold up every query on the table behind it. The offset is a BIGSERIAL:
+// watermill-sql's SERIAL runs out after 2^31 events.
+func (s schema) SchemaInitializingQueries(params wmsql.SchemaInitializingQueriesParams) ([]wmsql.Query, error) {
+	if err := checkTopic(params.Topic); err != nil {
+		return nil, err
+	}
+	table := s.MessagesTable(params.Topic)
+	// The poll walks unacked rows in offset order; with acked rows kept
+	// (KeepAcked) the partial index keeps it from walking those too.
+	index := `"` + strings.Trim(table, `"`) + `_unacked_idx"`
+	return []wmsql.Query{{Query: `DO $waybill$ BEGIN
+	IF to_regclass('` + table + `') IS NULL THEN
+		-- Concurrent CREATE TABLE IF NOT EXISTS of one name can fail on pg_type.
+		PERFORM pg_advisory_xact_lock(` + fmt.Sprint(ddlLock) + `);
+		CREATE TABLE IF NOT EXISTS ` + table + ` (
+			"offset" BIGSERIAL PRIMARY KEY,
+			"uuid" VARCHAR(36) NOT NULL,
+			"payload" BYTEA DEFAULT NULL,
+			"metadata" JSON DEFAULT NULL,
+			"acked" BOOLEAN NOT NULL DEFAULT FALSE,
+			"created_at" TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP,
+			"delayed_until" TIMESTAMP WITH TIME ZONE DEFAULT NULL
+		);
+		CREATE INDEX IF NOT EXISTS ` + index + ` ON ` + table + ` ("offset") WHERE acked = false;
+	END IF;
+END $waybill$`}}, nil
+}
+
+// ddlLock is the advisory lock key of table creation.
+const ddlLock = 0x77617962696c6c // "waybill"
+
+func (s schema) InsertQuery(params wmsql.InsertQueryParams) (wmsql.Query, error) {
+	var b strings.Builder
+	args := make([]any, 0, 4*len(params.Msgs))
+	for i, msg := range params.Msgs {
+		md, err := json.Marshal(msg.Metadata)
+		if err != nil {
+			return wmsql.Query{}, fmt.Errorf("metadata of %s: %w", msg.UUID, err)
+		}
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d)", 4*i+1, 4*i+2, 4*i+3, 4*i+4)
+		args = append(args, msg.UUID, []byte(msg.Payload), md, dueOf(msg))
+	}
+	return wmsql.Query{Query: `INSERT INTO ` + s.MessagesTable(params.Topic) + ` (uuid, payload, metadata, delayed_until) VALUES ` + b.String(), Args: args}, nil
+}
+
+// dueOf reads Watermill's delay metadata: nil (deliver at once) when there
+// is none, or when it is not a time, which no one can honour.
+func dueOf(msg *message.Message) any {
+	v := msg.Metadata.Get(delay.DelayedUntilKey)
+	if v == "" {
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return nil
+	}
+	return t
+}
 
 func (s schema) SelectQuery(params wmsql.SelectQueryParams) (wmsql.Query, error) {
 	if params.ConsumerGroup != "" {
 		return wmsql.Query{}, errors.New("postgres: consumer groups are not supported by the queue schema")
 	}
 	return wmsql.Query{Query: `SELECT "offset", uuid, payload, metadata FROM ` + s.MessagesTable(params.Topic) +
-		` WHERE acked = false AND ` + dueClause +
+		` WHERE acked = false AND (delayed_until IS NULL OR delayed_until <= NOW())` +
 		` ORDER BY "offset" ASC LIMIT 1 FOR UPDATE SKIP LOCKED`}, nil
 }
 
 func (s schema) SubscribeIsolationLevel() stdsql.IsolationLevel { return stdsql.LevelReadCommitted }
 
-func (s schema) SchemaInitializingQueries(params wmsql.SchemaInitializingQueriesParams) ([]wmsql.Query, error) {
-	queries, err := s.PostgreSQLQueueSchema.SchemaInitializingQueries(params)
-	if err != nil {
-		return nil, err
-	}
-	table := s.MessagesTable(params.Topic)
-	// The poll walks unacked rows in offset order; with acked rows kept
-	// (KeepAcked) the partial index keeps it from walking those too.
-	index := `"` + strings.ReplaceAll(strings.Trim(table, `"`), `"`, ``) + `_unacked_idx"`
-	return append(queries, wmsql.Query{Query: `CREATE INDEX IF NOT EXISTS ` + index + ` ON ` + table + ` ("offset") WHERE acked = false`}), nil
-}
+// validTopic is watermill-sql's rule for topic names, which become table
+// names inside quotes, less the $ that could end the dollar quote of
+// table creation.
+var validTopic = regexp.MustCompile(`^[A-Za-z0-9\-:._]+$`)
 
-// Table is the table that holds topic.
+// Table is the quoted name of the table that holds topic, for your own
+// queries (counting a backlog, say). topic must be a valid topic name:
+// letters, digits and -:._ only, as every function here checks.
 func Table(topic string) string { return newSchema().MessagesTable(topic) }
+
+func checkTopic(topic string) error {
+	if !validTopic.MatchString(topic) {
+		return fmt.Errorf("postgres: topic %q: only letters, digits and -:._ may name a table", topic)
+	}
+	return nil
+}
 
 // NewPublisher returns a publisher that inserts messages into their topic's
 // table through db, creating the table on a topic's first publish. Messages

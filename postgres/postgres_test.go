@@ -54,7 +54,7 @@ func subscribe(t *testing.T, db *sql.DB, cfg postgres.Config) <-chan *message.Me
 	return ch
 }
 
-func rows(t *testing.T, db *sql.DB, topic string) int {
+func rows(t testing.TB, db *sql.DB, topic string) int {
 	t.Helper()
 	var n int
 	require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+postgres.Table(topic)).Scan(&n))
@@ -248,4 +248,38 @@ func TestConfigValidate(t *testing.T) {
 	assert.Error(t, postgres.Config{Concurrency: -1}.Validate())
 	assert.Error(t, postgres.Config{AckDeadline: -time.Second}.Validate())
 	assert.NoError(t, postgres.Config{}.Validate())
+}
+
+// TestPoisonRowsNeverStallATopic publishes messages whose headers would
+// break a poll that read them in SQL: a NUL (JSON "\u0000" cannot be
+// text), and a delay that is not a time. Both are delivered, and so is the
+// message behind them.
+func TestPoisonRowsNeverStallATopic(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	nul := message.NewMessage("nul", []byte("\x00\xff not even UTF-8"))
+	nul.Metadata.Set("errmsg", "a\x00b")
+	bad := message.NewMessage("bad-delay", []byte("x"))
+	bad.Metadata.Set(delay.DelayedUntilKey, "tomorrow-ish")
+	require.NoError(t, pub.Publish(topic, nul, bad, message.NewMessage("after", []byte("y"))))
+	ch := subscribe(t, db, fast)
+	for _, want := range []string{"nul", "bad-delay", "after"} {
+		m := receive(t, ch, 5*time.Second)
+		require.Equal(t, want, m.UUID)
+		if want == "nul" {
+			assert.Equal(t, "a\x00b", m.Metadata.Get("errmsg"), "headers and payload come back byte for byte")
+			assert.Equal(t, []byte("\x00\xff not even UTF-8"), []byte(m.Payload))
+		}
+		m.Ack()
+	}
+}
+
+func TestTopicNamesCannotEscapeTheirQuotes(t *testing.T) {
+	db := testpostgres.DB(t)
+	for _, bad := range []string{`x"; DROP TABLE y; --`, "a$waybill$b", "a'b"} {
+		assert.Error(t, postgres.InitializeTopics(context.Background(), db, bad), bad)
+		_, err := postgres.Replay(context.Background(), db, postgres.ReplayConfig{Topic: bad})
+		assert.Error(t, err, bad)
+	}
 }

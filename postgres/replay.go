@@ -68,6 +68,14 @@ func Replay(ctx context.Context, db *stdsql.DB, cfg ReplayConfig) (ReplayReport,
 		cfg.MaxReplays = DefaultMaxReplays
 	}
 	var rep ReplayReport
+	if err := checkTopic(cfg.Topic); err != nil {
+		return rep, err
+	}
+	if cfg.To != "" {
+		if err := checkTopic(cfg.To); err != nil {
+			return rep, err
+		}
+	}
 	if cfg.MaxReplays < 0 {
 		return rep, fmt.Errorf("postgres replay: MaxReplays %d must not be negative", cfg.MaxReplays)
 	}

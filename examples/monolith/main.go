@@ -233,6 +233,14 @@ func start(ctx context.Context, o options) (_ *app, err error) {
 		return nil, err
 	}
 	a.closers = append(a.closers, results.Close)
+	// Dead letters stay in their table once the shop has read them, for
+	// postgres.Replay to bring back when their cause is fixed.
+	pcfg.KeepAcked = true
+	deadSub, err := postgres.NewSubscriber(db, pcfg)
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, deadSub.Close)
 
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
 	if err != nil {
@@ -240,7 +248,7 @@ func start(ctx context.Context, o options) (_ *app, err error) {
 	}
 	a.handler.AddTo(router, in)
 	router.AddNoPublisherHandler("shop_traced", event.WaybillTracedTopic, results, a.shop.traced)
-	router.AddNoPublisherHandler("shop_dead", deadletter.DefaultTopic, results, a.shop.dead)
+	router.AddNoPublisherHandler("shop_dead", deadletter.DefaultTopic, deadSub, a.shop.dead)
 	runCtx, cancel := context.WithCancel(context.Background())
 	routerErr := make(chan error, 1)
 	a.wg.Go(func() { routerErr <- router.Run(runCtx) })
