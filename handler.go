@@ -40,7 +40,11 @@ type Config struct {
 	Client Tracer
 	// Publisher publishes waybill.traced events, dead letters and parked
 	// copies. Required. With Kafka, build it with kafka.NewPublisher (or
-	// kafka.NewMarshaler) so output is keyed by order id.
+	// kafka.NewMarshaler) so output is keyed by order id. Every message
+	// published carries the input's context (Message.Context), so that a
+	// publisher can join the transaction the input was consumed in: with
+	// package postgres, an outcome and the input's acknowledgement commit
+	// together.
 	Publisher message.Publisher
 
 	// InputTopic is the topic the handler consumes; it is recorded in dead
@@ -472,7 +476,7 @@ type Stats struct {
 	DeadLettered int64 // dead letters published
 	Retries      int64 // in-place retries after transient faults
 	Waits        int64 // in-place waits for a later time (quota, rate, not-yet, breaker)
-	Parked       int64 // events moved to a delay topic
+	Parked       int64 // events parked (ParkingConfig)
 	Deduplicated int64 // traced from a stored token, without trace_waybill
 	GoodsUpdates int64 // update_waybill_goods calls for changed goods
 }

@@ -71,7 +71,7 @@ const (
 	NativeDelay
 )
 
-// String names d as the service's configuration does.
+// String names d: "topics" or "native".
 func (d ParkDelay) String() string {
 	switch d {
 	case DelayTopics:
@@ -178,6 +178,7 @@ func (d *delivery) park(until time.Time, window, counts bool, now time.Time) (pa
 	hist.NotBefore = until
 	topic, due := p.route(d.h.cfg.InputTopic, now, until, window)
 	out := message.NewMessage(msg.UUID, msg.Payload)
+	out.SetContext(d.ctx) // see Config.Publisher
 	out.Metadata = make(message.Metadata, len(msg.Metadata)+12)
 	for k, v := range msg.Metadata {
 		out.Metadata[k] = v

@@ -14,6 +14,8 @@ import (
 // results publishes the outcome of each event: a waybill.traced message or a
 // dead letter. Publishing happens before the input is acknowledged, so a
 // crash in between redelivers the input (at-least-once) instead of losing it.
+// Each message published carries the delivery's context (the input's), so a
+// publisher can join the transaction the input was consumed in.
 type results struct {
 	tr                   tracing
 	tracedSpan, deadSpan string // the publish spans' names
@@ -31,6 +33,7 @@ func (r *results) traced(ctx context.Context, ev *event.OrderShipped, out *event
 	}
 	msg := message.NewMessage(event.TracedMessageID(ev.AppID, ev.OrderID, ev.WaybillID, ev.TransID), payload)
 	msg.Metadata.Set(deadletter.HeaderKey, ev.OrderID)
+	msg.SetContext(ctx)
 	if err := r.tr.publish(ctx, r.tracedSpan, r.tracedTopic, msg.Metadata, func() error { return r.pub.Publish(r.tracedTopic, msg) }); err != nil {
 		return fmt.Errorf("publish waybill.traced for order %s to %s: %w", ev.OrderID, r.tracedTopic, err)
 	}
@@ -62,6 +65,7 @@ func (r *results) dead(ctx context.Context, orig *message.Message, key string, d
 			limit = max(1, limit-metadataSize(carried))
 		}
 		msg = d.Message(clean, key, limit)
+		msg.SetContext(ctx)
 		for k, v := range carried {
 			msg.Metadata[k] = v
 		}

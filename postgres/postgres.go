@@ -5,22 +5,31 @@
 // back until a time with Watermill's delay metadata, which the Handler's
 // parking uses (waybill.NativeDelay) instead of delay topics.
 //
-// Every topic is a queue table "watermill_<topic>" of watermill-sql's
-// PostgreSQL queue schema, with the payload as bytes (any encoding, no JSON
-// check to fail on). A Subscriber takes one row at a time in its own
-// transaction, locked FOR UPDATE SKIP LOCKED: the row is acknowledged (and
-// deleted) in the transaction that took it, after the handler's outcome was
-// published, and a crash rolls the transaction back so the row is taken
-// again. Subscribers in several processes share a topic: each row goes to
-// one of them at a time. Rows whose delay has not passed are skipped, so a
-// parked event never holds back the events behind it.
+// Every topic is a queue table "watermill_<topic>" (watermill-sql's
+// PostgreSQL queue schema, with the payload as bytes and a ready_at column).
+// A Subscriber takes one row at a time in its own transaction, locked FOR
+// UPDATE SKIP LOCKED, and deletes it in that transaction when the handler
+// acks; the Handler's outcome, published with the input's context through
+// NewPublisher, is inserted in the same transaction. A crash rolls it all
+// back, and the row is taken again. Subscribers in several processes share a
+// topic: each row goes to one of them at a time.
 //
-// Guarantees: at-least-once, like Kafka. A message is deleted only when its
-// handler acked it; a nack, a handler that outlives Config.AckDeadline, a
-// closed subscriber or a crash gives the row back. Order: rows are taken
-// oldest first, but with Concurrency above 1, or several processes, two
-// messages of one order can be handled at once; the Handler's trace store
-// makes duplicates of one waybill cost one WeChat call either way.
+// Order: rows are handed out by the time they became ready, then by offset:
+// a new row when it was inserted, a delayed one when it is due. A parked
+// event never holds back the events behind it, and a poll never walks past
+// parked rows. With Concurrency above 1, or several processes, two messages
+// of one order can be handled at once; the Handler's trace store makes
+// duplicates of one waybill cost one WeChat call either way.
+//
+// Time: due times and polls use the application's clock, never the
+// database's, so a database clock that runs ahead cannot hand parked events
+// back early. Processes that share a database need clocks that agree (NTP).
+//
+// Guarantees: at-least-once, like Kafka, and nothing lost. A row is deleted
+// only when its handler acked it; a nack, a handler that outlives
+// Config.AckDeadline, a closed subscriber or a crash gives it back. Close
+// and the end of Subscribe's context drain: no new rows, and the messages in
+// flight get Config.DrainTimeout to finish.
 //
 // The root package never imports this one; cmd/ and your programs do.
 package postgres
@@ -33,7 +42,6 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -45,17 +53,28 @@ import (
 // Config configures the subscribers and publishers of this package. The zero
 // value means the defaults documented on each field.
 type Config struct {
-	// Logger: nil means watermill.NopLogger.
+	// Logger: nil means watermill.NopLogger. Trace-level entries are
+	// dropped: watermill-sql logs every query's arguments there, payloads
+	// (phone numbers) and all.
 	Logger watermill.LoggerAdapter
 	// PollInterval is how long an idle subscriber waits before it looks for
 	// a row again: the most a new event waits, and how late a delayed one
 	// may come back. Zero means 1 s.
 	PollInterval time.Duration
-	// AckDeadline bounds one delivery: a message neither acked nor nacked by
-	// then is given back, and its context cancelled. Keep it above the
-	// Handler's MaxWaitInPlace (25 s by default) plus a publish, or a slow
-	// delivery is handled twice. Zero means 2 min.
+	// AckDeadline bounds a row's delivery: a message not acked by then is
+	// given back (its context cancelled, its row unlocked) and handed out
+	// again. It runs from when the row was taken, across the redeliveries
+	// of nacks. Keep it above the Handler's MaxWaitInPlace (25 s by
+	// default) plus a publish, or a slow delivery is handled twice. Zero
+	// means 2 min.
 	AckDeadline time.Duration
+	// DrainTimeout bounds Close (or the end of Subscribe's context): the
+	// subscriber stops handing out rows at once, and the messages in flight
+	// get this long to be acked or nacked before their transactions are
+	// rolled back and their rows given back. Keep it above MaxWaitInPlace
+	// plus a publish, so that a shutdown never cuts a WeChat call short
+	// (a call cut short is paid for again). Zero means 30 s.
+	DrainTimeout time.Duration
 	// NackResendSleep is how long a nacked message waits before it is
 	// handed out again; its row stays locked meanwhile. Zero means 1 s.
 	NackResendSleep time.Duration
@@ -85,19 +104,37 @@ func (c *Config) setDefaults() {
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
 	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if _, ok := c.Logger.(noTrace); !ok {
+		c.Logger = noTrace{c.Logger}
+	}
+}
+
+// noTrace drops watermill-sql's trace entries, which hold query arguments.
+type noTrace struct{ watermill.LoggerAdapter }
+
+func (noTrace) Trace(string, watermill.LogFields) {}
+
+func (l noTrace) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return noTrace{l.LoggerAdapter.With(fields)}
 }
 
 // Validate reports a configuration that cannot work. Zero fields mean their
 // defaults.
 func (c Config) Validate() error {
 	var errs []error
-	for name, d := range map[string]time.Duration{"PollInterval": c.PollInterval, "AckDeadline": c.AckDeadline, "NackResendSleep": c.NackResendSleep} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("postgres: %s %s must not be negative", name, d))
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"PollInterval", c.PollInterval}, {"AckDeadline", c.AckDeadline}, {"NackResendSleep", c.NackResendSleep}, {"DrainTimeout", c.DrainTimeout}} {
+		if d.d < 0 {
+			errs = append(errs, fmt.Errorf("postgres: %s %s must not be negative", d.name, d.d))
 		}
 	}
 	if c.Concurrency < 0 || c.Concurrency > 256 {
-		errs = append(errs, fmt.Errorf("postgres: Concurrency %d must be between 1 and 256", c.Concurrency))
+		errs = append(errs, fmt.Errorf("postgres: Concurrency %d must be at most 256 (0 means 1)", c.Concurrency))
 	}
 	return errors.Join(errs...)
 }
@@ -112,11 +149,15 @@ func (c Config) Validate() error {
 // concurrent subscribers take different rows instead of queueing on one
 // (and failing serialization under REPEATABLE READ).
 //
-// The due time has a column of its own, filled from Watermill's delay
-// metadata as the row is inserted, because the poll must never fail: read
-// from the JSON metadata in SQL, one header holding a NUL ("\u0000" cannot
-// be text) or a due time that is not a time would make every poll of the
-// table fail, and stall it for good.
+// Each row has a ready_at column, set as it is inserted: the due time of
+// Watermill's delay metadata, or else the time of the insert, both by the
+// application's clock, which the poll compares it with too (a database
+// clock running ahead would hand parked events back early, to be parked
+// again and again). The poll takes the row ready first, ties by offset,
+// from an index on (ready_at, offset): it never walks past parked rows,
+// however many. And it never reads the JSON metadata in SQL: one header
+// holding a NUL ("\u0000" cannot be text) or a due time that is not a time
+// would make every poll of the table fail, and stall it for good.
 type schema struct {
 	wmsql.PostgreSQLQueueSchema
 }
@@ -136,9 +177,7 @@ func (s schema) SchemaInitializingQueries(params wmsql.SchemaInitializingQueries
 		return nil, err
 	}
 	table := s.MessagesTable(params.Topic)
-	// The poll walks unacked rows in offset order; with acked rows kept
-	// (KeepAcked) the partial index keeps it from walking those too.
-	index := `"` + strings.Trim(table, `"`) + `_unacked_idx"`
+	index := `"` + strings.Trim(table, `"`) + `_ready_idx"`
 	return []wmsql.Query{{Query: `DO $waybill$ BEGIN
 	IF to_regclass('` + table + `') IS NULL THEN
 		-- Concurrent CREATE TABLE IF NOT EXISTS of one name can fail on pg_type.
@@ -150,9 +189,9 @@ func (s schema) SchemaInitializingQueries(params wmsql.SchemaInitializingQueries
 			"metadata" JSON DEFAULT NULL,
 			"acked" BOOLEAN NOT NULL DEFAULT FALSE,
 			"created_at" TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT CURRENT_TIMESTAMP,
-			"delayed_until" TIMESTAMP WITH TIME ZONE DEFAULT NULL
+			"ready_at" TIMESTAMP WITH TIME ZONE NOT NULL
 		);
-		CREATE INDEX IF NOT EXISTS ` + index + ` ON ` + table + ` ("offset") WHERE acked = false;
+		CREATE INDEX IF NOT EXISTS ` + index + ` ON ` + table + ` (ready_at, "offset") WHERE acked = false;
 	END IF;
 END $waybill$`}}, nil
 }
@@ -161,6 +200,10 @@ END $waybill$`}}, nil
 const ddlLock = 0x77617962696c6c // "waybill"
 
 func (s schema) InsertQuery(params wmsql.InsertQueryParams) (wmsql.Query, error) {
+	if err := checkTopic(params.Topic); err != nil {
+		return wmsql.Query{}, err
+	}
+	now := time.Now()
 	var b strings.Builder
 	args := make([]any, 0, 4*len(params.Msgs))
 	for i, msg := range params.Msgs {
@@ -172,86 +215,54 @@ func (s schema) InsertQuery(params wmsql.InsertQueryParams) (wmsql.Query, error)
 			b.WriteString(",")
 		}
 		fmt.Fprintf(&b, "($%d,$%d,$%d,$%d)", 4*i+1, 4*i+2, 4*i+3, 4*i+4)
-		args = append(args, msg.UUID, []byte(msg.Payload), md, dueOf(msg))
+		args = append(args, msg.UUID, []byte(msg.Payload), md, readyAt(msg, now))
 	}
-	return wmsql.Query{Query: `INSERT INTO ` + s.MessagesTable(params.Topic) + ` (uuid, payload, metadata, delayed_until) VALUES ` + b.String(), Args: args}, nil
+	return wmsql.Query{Query: `INSERT INTO ` + s.MessagesTable(params.Topic) + ` (uuid, payload, metadata, ready_at) VALUES ` + b.String(), Args: args}, nil
 }
 
-// dueOf reads Watermill's delay metadata: nil (deliver at once) when there
-// is none, or when it is not a time, which no one can honour.
-func dueOf(msg *message.Message) any {
-	v := msg.Metadata.Get(delay.DelayedUntilKey)
-	if v == "" {
-		return nil
+// readyAt is when msg may be handed out: the due time of Watermill's delay
+// metadata, or now when it has none, or one that is not a time, which no
+// one can honour.
+func readyAt(msg *message.Message, now time.Time) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, msg.Metadata.Get(delay.DelayedUntilKey)); err == nil {
+		return t
 	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
-		return nil
-	}
-	return t
+	return now
 }
 
 func (s schema) SelectQuery(params wmsql.SelectQueryParams) (wmsql.Query, error) {
 	if params.ConsumerGroup != "" {
 		return wmsql.Query{}, errors.New("postgres: consumer groups are not supported by the queue schema")
 	}
+	if err := checkTopic(params.Topic); err != nil {
+		return wmsql.Query{}, err
+	}
+	// Built for every poll: $1 is this poll's time.
 	return wmsql.Query{Query: `SELECT "offset", uuid, payload, metadata FROM ` + s.MessagesTable(params.Topic) +
-		` WHERE acked = false AND (delayed_until IS NULL OR delayed_until <= NOW())` +
-		` ORDER BY "offset" ASC LIMIT 1 FOR UPDATE SKIP LOCKED`}, nil
+		` WHERE acked = false AND ready_at <= $1` +
+		` ORDER BY ready_at, "offset" LIMIT 1 FOR UPDATE SKIP LOCKED`, Args: []any{time.Now()}}, nil
 }
 
 func (s schema) SubscribeIsolationLevel() stdsql.IsolationLevel { return stdsql.LevelReadCommitted }
 
 // validTopic is watermill-sql's rule for topic names, which become table
 // names inside quotes, less the $ that could end the dollar quote of
-// table creation.
+// table creation; at most MaxTopicLength of them.
 var validTopic = regexp.MustCompile(`^[A-Za-z0-9\-:._]+$`)
 
+// MaxTopicLength is the longest topic name: PostgreSQL cuts identifiers at
+// 63 bytes, and two longer topics could share a table.
+const MaxTopicLength = 63 - len("watermill_") - len("_ready_idx")
+
 // Table is the quoted name of the table that holds topic, for your own
-// queries (counting a backlog, say). topic must be a valid topic name:
-// letters, digits and -:._ only, as every function here checks.
+// queries (counting a backlog, say). topic must be a valid topic name
+// (letters, digits and -:._, at most MaxTopicLength), as every function
+// here checks.
 func Table(topic string) string { return newSchema().MessagesTable(topic) }
 
 func checkTopic(topic string) error {
-	if !validTopic.MatchString(topic) {
-		return fmt.Errorf("postgres: topic %q: only letters, digits and -:._ may name a table", topic)
-	}
-	return nil
-}
-
-// NewPublisher returns a publisher that inserts messages into their topic's
-// table through db, creating the table on a topic's first publish. Messages
-// are visible to subscribers once inserted; for the outbox, publish inside
-// the application's transaction with PublishInTx instead.
-func NewPublisher(db *stdsql.DB, cfg Config) (message.Publisher, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	cfg.setDefaults()
-	return wmsql.NewPublisher(wmsql.BeginnerFromStdSQL(db), wmsql.PublisherConfig{
-		SchemaAdapter:        newSchema(),
-		AutoInitializeSchema: true,
-	}, cfg.Logger)
-}
-
-// PublishInTx inserts msgs into topic's table inside tx, the application's
-// own transaction: they are delivered if and only if tx commits, together
-// with whatever else tx wrote. The table must exist (InitializeTopics, or a
-// Subscriber or NewPublisher that used the topic before): creating it
-// inside tx could commit it implicitly.
-func PublishInTx(ctx context.Context, tx *stdsql.Tx, topic string, msgs ...*message.Message) error {
-	pub, err := wmsql.NewPublisher(wmsql.TxFromStdSQL(tx), wmsql.PublisherConfig{SchemaAdapter: newSchema()}, nil)
-	if err != nil {
-		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
-	}
-	// watermill-sql runs the insert in the first message's context.
-	withCtx := make([]*message.Message, len(msgs))
-	for i, m := range msgs {
-		withCtx[i] = m.Copy()
-		withCtx[i].SetContext(ctx)
-	}
-	if err := pub.Publish(topic, withCtx...); err != nil {
-		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
+	if !validTopic.MatchString(topic) || len(topic) > MaxTopicLength {
+		return fmt.Errorf("postgres: topic %q: only letters, digits and -:._, at most %d, may name a table", topic, MaxTopicLength)
 	}
 	return nil
 }
@@ -288,82 +299,4 @@ func subscriberConfig(cfg Config) wmsql.SubscriberConfig {
 		ResendInterval:   cfg.NackResendSleep,
 		RetryInterval:    cfg.PollInterval,
 	}
-}
-
-// Subscriber hands out the rows of a topic; see the package documentation
-// for when a row is acknowledged and what a crash redelivers.
-type Subscriber struct {
-	cfg  Config
-	subs []*wmsql.Subscriber
-
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-}
-
-// NewSubscriber returns a subscriber on db. Each Subscribe creates its
-// topic's table if needed and hands out up to Config.Concurrency messages at
-// once; db's pool needs that many connections free for it.
-func NewSubscriber(db *stdsql.DB, cfg Config) (*Subscriber, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	cfg.setDefaults()
-	s := &Subscriber{cfg: cfg}
-	for range cfg.Concurrency {
-		sub, err := wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(db), subscriberConfig(cfg), cfg.Logger)
-		if err != nil {
-			return nil, fmt.Errorf("postgres subscriber: %w", err)
-		}
-		s.subs = append(s.subs, sub)
-	}
-	return s, nil
-}
-
-// Subscribe returns the messages of topic until ctx ends or the subscriber
-// is closed; then the channel is closed.
-func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	out := make(chan *message.Message)
-	ins := make([]<-chan *message.Message, 0, len(s.subs))
-	for _, sub := range s.subs {
-		in, err := sub.Subscribe(ctx, topic)
-		if err != nil {
-			return nil, fmt.Errorf("postgres subscribe %s: %w", topic, err)
-		}
-		ins = append(ins, in)
-	}
-	var fan sync.WaitGroup
-	for _, in := range ins {
-		fan.Add(1)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer fan.Done()
-			// Each inner subscriber waits for its message's ack before it
-			// takes the next row, so forwarding without a buffer keeps
-			// Concurrency the bound.
-			for msg := range in {
-				select {
-				case out <- msg:
-				case <-ctx.Done():
-					// Not handed out: the inner subscriber gives the
-					// row back when it sees ctx end.
-				}
-			}
-		}()
-	}
-	go func() { fan.Wait(); close(out) }()
-	return out, nil
-}
-
-// Close stops every subscription and waits for them: rows handed out and not
-// yet acked are given back.
-func (s *Subscriber) Close() error {
-	var errs []error
-	s.closeOnce.Do(func() {
-		for _, sub := range s.subs {
-			errs = append(errs, sub.Close())
-		}
-	})
-	s.wg.Wait()
-	return errors.Join(errs...)
 }

@@ -43,7 +43,7 @@ func none(t *testing.T, ch <-chan *message.Message, within time.Duration) {
 	}
 }
 
-func subscribe(t *testing.T, db *sql.DB, cfg postgres.Config) <-chan *message.Message {
+func subscribe(t testing.TB, db *sql.DB, cfg postgres.Config) <-chan *message.Message {
 	t.Helper()
 	sub, err := postgres.NewSubscriber(db, cfg)
 	require.NoError(t, err)
@@ -133,7 +133,9 @@ func TestNackAndCloseGiveTheRowBack(t *testing.T) {
 	for i := range 3 {
 		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
 	}
-	sub, err := postgres.NewSubscriber(db, fast)
+	cfg := fast
+	cfg.DrainTimeout = 200 * time.Millisecond
+	sub, err := postgres.NewSubscriber(db, cfg)
 	require.NoError(t, err)
 	ch, err := sub.Subscribe(context.Background(), topic)
 	require.NoError(t, err)
@@ -145,8 +147,8 @@ func TestNackAndCloseGiveTheRowBack(t *testing.T) {
 	m.Ack()
 	m = receive(t, ch, 5*time.Second)
 	require.Equal(t, "1", m.UUID)
-	// Closed with 1 unacked: it and 2 stay (watermill-sql's batches would
-	// acknowledge them with 0).
+	// Closed with 1 unacked past the drain: it and 2 stay (watermill-sql's
+	// batches would acknowledge them with 0).
 	done := make(chan error)
 	go func() { done <- sub.Close() }()
 	select {
@@ -282,4 +284,115 @@ func TestTopicNamesCannotEscapeTheirQuotes(t *testing.T) {
 		_, err := postgres.Replay(context.Background(), db, postgres.ReplayConfig{Topic: bad})
 		assert.Error(t, err, bad)
 	}
+}
+
+// TestCloseDrainsInFlight closes a subscriber (in the default configuration)
+// while a message is in flight: Close waits, the message's context stays
+// alive, no other message is handed out, and its ack during the drain is
+// committed. The message behind it stays for the next subscriber.
+func TestCloseDrainsInFlight(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("busy", []byte("x")), message.NewMessage("next", []byte("y"))))
+	sub, err := postgres.NewSubscriber(db, postgres.Config{})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := sub.Subscribe(ctx, topic)
+	require.NoError(t, err)
+	m := receive(t, ch, 5*time.Second)
+	require.Equal(t, "busy", m.UUID)
+	msgCtx := m.Context()
+
+	cancel() // as a router stopping does, before it closes its subscribers
+	closed := make(chan error)
+	go func() { closed <- sub.Close() }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned with a message in flight")
+	case <-msgCtx.Done():
+		t.Fatal("the message in flight lost its context at the start of the drain")
+	case <-time.After(2 * time.Second):
+	}
+	m.Ack()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return once the message was acked")
+	}
+	for m := range ch {
+		t.Errorf("handed out during the drain: %s", m.UUID)
+	}
+	assert.Equal(t, 1, rows(t, db, topic), "the ack during the drain was committed")
+	next := receive(t, subscribe(t, db, fast), 5*time.Second)
+	assert.Equal(t, "next", next.UUID)
+	next.Ack()
+}
+
+// TestCloseWithoutReader: a subscription nobody reads closes too.
+func TestCloseWithoutReader(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("unread", []byte("x"))))
+	sub, err := postgres.NewSubscriber(db, fast)
+	require.NoError(t, err)
+	_, err = sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond) // the row is taken, waiting for a reader
+	closed := make(chan error)
+	go func() { closed <- sub.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung on a subscription nobody reads")
+	}
+	assert.Equal(t, 1, rows(t, db, topic))
+}
+
+// TestOutcomeCommitsWithTheAck: a handler publishes its outcome with the
+// input's context, then its delivery dies (its backend is terminated, as
+// when the process is killed): the outcome goes with it. The second delivery
+// publishes and acks: one outcome in all. A publish without a delivery's
+// context is immediate.
+func TestOutcomeCommitsWithTheAck(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	ch := subscribe(t, db, fast)
+
+	first := receive(t, ch, 5*time.Second)
+	out := message.NewMessage("out-1", []byte("y"))
+	out.SetContext(first.Context())
+	require.NoError(t, pub.Publish("outcome", out))
+	assert.Equal(t, 0, rows(t, db, "outcome"), "not visible before the delivery commits")
+	var killed int
+	require.NoError(t, db.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+		WHERE relation = to_regclass($1)::oid AND pid <> pg_backend_pid()`, postgres.Table(topic)).Scan(&killed))
+	require.Equal(t, 1, killed, "the delivery's backend")
+	first.Ack() // too late: its transaction is gone
+
+	second := receive(t, ch, 10*time.Second)
+	require.Equal(t, "in", second.UUID, "redelivered")
+	out = message.NewMessage("out-2", []byte("y"))
+	out.SetContext(second.Context())
+	require.NoError(t, pub.Publish("outcome", out))
+	second.Ack()
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond)
+	var ids []string
+	r, err := db.Query(`SELECT uuid FROM ` + postgres.Table("outcome"))
+	require.NoError(t, err)
+	for r.Next() {
+		var id string
+		require.NoError(t, r.Scan(&id))
+		ids = append(ids, id)
+	}
+	assert.Equal(t, []string{"out-2"}, ids, "the dead delivery's outcome is gone with it")
+
+	require.NoError(t, pub.Publish("outcome", message.NewMessage("direct", []byte("z"))))
+	assert.Equal(t, 2, rows(t, db, "outcome"), "without a delivery, at once")
 }

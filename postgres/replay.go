@@ -42,8 +42,9 @@ type ReplayReport struct {
 	Scanned  int // dead letters read
 	Replayed int // republished (in a dry run: would be)
 	// Skipped: not selected; not a waybill dead letter, or one with an
-	// unreadable HeaderReplays; naming no topic while To is ""; or published
-	// reduced (deadletter.HeaderDeadDropped), its payload gone.
+	// unreadable HeaderReplays; naming no topic while To is "", or one with
+	// no table; or published reduced (deadletter.HeaderDeadDropped), its
+	// payload gone.
 	Skipped   int
 	OverLimit int // selected, but replayed MaxReplays times already
 }
@@ -141,6 +142,16 @@ func replayOne(ctx context.Context, db *stdsql.DB, cfg ReplayConfig, table strin
 	}
 	if replays >= cfg.MaxReplays {
 		rep.OverLimit++
+		return offset, false, nil
+	}
+	// A source topic with no table (renamed, or never on this database)
+	// is skipped, not created: it may be misspelt.
+	var exists bool
+	if err := tx.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, Table(to)).Scan(&exists); err != nil {
+		return 0, false, fmt.Errorf("postgres replay %s (offset %d): %w", uuid, offset, err)
+	}
+	if checkTopic(to) != nil || !exists {
+		rep.Skipped++
 		return offset, false, nil
 	}
 	rep.Replayed++

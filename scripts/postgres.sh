@@ -14,7 +14,9 @@
 # directory that user can reach (/var/tmp/waybill-postgres.<hash>/).
 #
 # fsync is off: the tests kill clients, never the server, and a lost
-# server is a lost test database, not lost data. Concurrent callers
+# server is a lost test database, not lost data. Authentication is "trust"
+# on 127.0.0.1: it is a test server, for this machine's users only; never
+# point it at data you keep. Concurrent callers
 # (parallel test binaries) are serialized with flock, and all share one server.
 set -euo pipefail
 
@@ -95,6 +97,12 @@ start() {
 	# A server of ours may still run on a port we no longer know.
 	if [[ -s "$data/postmaster.pid" ]]; then
 		as_owner "$bin/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+	fi
+	# A data directory of another major version cannot be started by this
+	# one: it holds only test data, so make it again.
+	if [[ -s "$data/PG_VERSION" && "$(cat "$data/PG_VERSION")" != "$(basename "$(dirname "$bin")")" ]]; then
+		echo "scripts/postgres.sh: $data is PostgreSQL $(cat "$data/PG_VERSION"), not $(basename "$(dirname "$bin")"): making it again" >&2
+		rm -rf "$data"
 	fi
 	if [[ ! -s "$data/PG_VERSION" ]]; then
 		rm -rf "$data"

@@ -151,6 +151,7 @@ func TestCrashBetweenCommitAndCall(t *testing.T) {
 		t.Fatal("the monolith never reached WeChat")
 	}
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	killedAt := time.Now()
 	<-first.done
 	release()
 	assert.Empty(t, sandbox.CallsTo("trace_waybill"), "killed before the call")
@@ -170,6 +171,9 @@ func TestCrashBetweenCommitAndCall(t *testing.T) {
 	calls := sandbox.CallsTo("trace_waybill")
 	require.Len(t, calls, 1, "one trace_waybill call in all")
 	assert.Equal(t, "SF7700000001", calls[0].Field("waybill_id"))
+	// The dead process had claimed the waybill before its first request
+	// to WeChat: the new one called only once that claim had lapsed.
+	assert.Greater(t, calls[0].At.Sub(killedAt), 10*time.Second, "the call waited for the dead process's claim (ClaimTTL 15 s)")
 	require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+postgres.Table(event.OrderShippedTopic)).Scan(&rows))
 	assert.Zero(t, rows, "the input row is gone once handled")
 }

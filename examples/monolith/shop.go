@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
+	"net/url"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -172,13 +172,11 @@ func (s *shop) routes() http.Handler {
 	return mux
 }
 
-// dsnHost is the part of a URL safe to print: no password.
+// dsnHost is the part of a URL safe to print: host, port and database.
 func dsnHost(u string) string {
-	if i := strings.Index(u, "@"); i >= 0 {
-		u = u[i+1:]
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return "(a connection string)" // key=value: no telling where a password is
 	}
-	if i := strings.IndexAny(u, "?"); i >= 0 {
-		u = u[:i]
-	}
-	return u
+	return p.Host + p.Path
 }
