@@ -99,7 +99,10 @@ if interval > 0 then
     return {0, 3, tat - limit, app, user, 0, 0}
   end
   if tat - limit > now then at = tat - limit end
-  redis.call('SET', KEYS[4], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+  -- A second past the TAT: Redis expires by its own clock, and a caller
+  -- whose now runs behind it (a slow or loaded one) must still find the
+  -- TAT; one kept longer reads as now, which is the same thing.
+  redis.call('SET', KEYS[4], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
 end
 app = redis.call('INCRBY', KEYS[1], n)
 if app == n then redis.call('PEXPIRE', KEYS[1], ttl) end
