@@ -24,12 +24,18 @@
 // Time: due times and polls use the application's clock, never the
 // database's, so a database clock that runs ahead cannot hand parked events
 // back early. Processes that share a database need clocks that agree (NTP).
+// Watermill's delay metadata keeps whole seconds; the Handler rounds its due
+// times up, and a row is never handed out before the time written there.
 //
 // Guarantees: at-least-once, like Kafka, and nothing lost. A row is deleted
-// only when its handler acked it; a nack, a handler that outlives
-// Config.AckDeadline, a closed subscriber or a crash gives it back. Close
-// and the end of Subscribe's context drain: no new rows, and the messages in
-// flight get Config.DrainTimeout to finish.
+// only when its handler acked it. Each delivery of it runs in a savepoint
+// of the row's transaction: a nack, or a handler that outlives
+// Config.AckDeadline, undoes what that delivery published and hands the
+// message out again (to the same subscriber: the row stays locked); a crash
+// rolls back the whole transaction and the row is taken again. Close and
+// the end of Subscribe's context drain: no new rows, and the messages in
+// flight get Config.DrainTimeout to finish; then what they published is
+// undone and their rows are given back.
 //
 // The root package never imports this one; cmd/ and your programs do.
 package postgres
@@ -61,30 +67,32 @@ type Config struct {
 	// a row again: the most a new event waits, and how late a delayed one
 	// may come back. Zero means 1 s.
 	PollInterval time.Duration
-	// AckDeadline bounds a row's delivery: a message not acked by then is
-	// given back (its context cancelled, its row unlocked) and handed out
-	// again. It runs from when the row was taken, across the redeliveries
-	// of nacks. Keep it above the Handler's MaxWaitInPlace (25 s by
-	// default) plus a publish, or a slow delivery is handled twice. Zero
-	// means 2 min.
+	// AckDeadline bounds one delivery of a message: one not acked or nacked
+	// by then is nacked for it, its context cancelled and what it wrote in
+	// the delivery's transaction undone, and it is handed out again. Keep it
+	// above the Handler's MaxWaitInPlace (25 s by default) plus a publish,
+	// or a slow delivery is handled twice. Zero means 2 min.
 	AckDeadline time.Duration
 	// DrainTimeout bounds Close (or the end of Subscribe's context): the
 	// subscriber stops handing out rows at once, and the messages in flight
-	// get this long to be acked or nacked before their transactions are
-	// rolled back and their rows given back. Keep it above MaxWaitInPlace
-	// plus a publish, so that a shutdown never cuts a WeChat call short
-	// (a call cut short is paid for again). Zero means 30 s.
+	// get this long to be acked or nacked; then their writes are undone and
+	// their rows given back. Keep it above MaxWaitInPlace plus a publish, so
+	// that a shutdown never cuts a WeChat call short (a call cut short is
+	// paid for again), and below the router's CloseTimeout, so that the
+	// router waits for it. Zero means 30 s.
 	DrainTimeout time.Duration
 	// NackResendSleep is how long a nacked message waits before it is
 	// handed out again; its row stays locked meanwhile. Zero means 1 s.
 	NackResendSleep time.Duration
 	// Concurrency is how many messages of one topic a Subscriber hands out
-	// at once, each in its own transaction (and database connection). Zero
-	// means 1: one message at a time, oldest first.
+	// at once, each in its own transaction, holding a database connection
+	// while it is handled. Zero means 1: one message at a time, the one
+	// ready first.
 	Concurrency int
 	// KeepAcked marks acknowledged rows acked instead of deleting them, for
-	// an audit trail; something else must then delete them, or every poll
-	// scans a table that only grows.
+	// an audit trail, or for Replay to find dead letters the application
+	// has read; the poll's index skips them, but something must delete them
+	// in time, or the table only grows.
 	KeepAcked bool
 }
 
@@ -289,7 +297,10 @@ func InitializeTopics(ctx context.Context, db *stdsql.DB, topics ...string) erro
 
 func subscriberConfig(cfg Config) wmsql.SubscriberConfig {
 	cfg.setDefaults()
-	deadline := cfg.AckDeadline
+	// The Subscriber keeps AckDeadline itself, per attempt, and undoes a
+	// late attempt's writes; watermill-sql's own deadline, which commits
+	// them, is only the backstop for a transaction that broke.
+	deadline := 2*cfg.AckDeadline + cfg.DrainTimeout
 	return wmsql.SubscriberConfig{
 		SchemaAdapter:    newSchema(),
 		OffsetsAdapter:   wmsql.PostgreSQLQueueOffsetsAdapter{DeleteOnAck: !cfg.KeepAcked},

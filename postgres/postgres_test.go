@@ -383,16 +383,175 @@ func TestOutcomeCommitsWithTheAck(t *testing.T) {
 	require.NoError(t, pub.Publish("outcome", out))
 	second.Ack()
 	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond)
-	var ids []string
-	r, err := db.Query(`SELECT uuid FROM ` + postgres.Table("outcome"))
+	assert.Equal(t, []string{"out-2"}, uuids(t, db, "outcome"), "the dead delivery's outcome is gone with it")
+
+	require.NoError(t, pub.Publish("outcome", message.NewMessage("direct", []byte("z"))))
+	assert.Equal(t, 2, rows(t, db, "outcome"), "without a delivery, at once")
+}
+
+// TestNackUndoesWhatTheDeliveryPublished: an outcome published before a
+// nack is undone; the retry's, acked, is the one that stays.
+func TestNackUndoesWhatTheDeliveryPublished(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
 	require.NoError(t, err)
+	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	ch := subscribe(t, db, fast)
+	for attempt, verdict := range []func(*message.Message) bool{(*message.Message).Nack, (*message.Message).Ack} {
+		m := receive(t, ch, 5*time.Second)
+		out := message.NewMessage(fmt.Sprintf("out-%d", attempt), []byte("y"))
+		out.SetContext(m.Context())
+		require.NoError(t, pub.Publish("outcome", out))
+		verdict(m)
+	}
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"out-1"}, uuids(t, db, "outcome"))
+}
+
+// TestFailedInsertDoesNotPoisonTheDelivery: an insert that fails aborts the
+// delivery's transaction; the nack rolls it back to the delivery's
+// savepoint, and the next delivery publishes at once (not after
+// AckDeadline).
+func TestFailedInsertDoesNotPoisonTheDelivery(t *testing.T) {
+	ctx := context.Background()
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, postgres.InitializeTopics(ctx, db, "outcome"))
+	for _, q := range []string{
+		`CREATE SEQUENCE fail_once`,
+		`CREATE FUNCTION fail_once() RETURNS trigger AS $f$ BEGIN
+			IF nextval('fail_once') = 1 THEN RAISE EXCEPTION 'the first insert fails'; END IF;
+			RETURN NEW; END $f$ LANGUAGE plpgsql`,
+		`CREATE TRIGGER fail_once BEFORE INSERT ON ` + postgres.Table("outcome") + ` FOR EACH ROW EXECUTE FUNCTION fail_once()`,
+	} {
+		_, err := db.Exec(q)
+		require.NoError(t, err, q)
+	}
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	ch := subscribe(t, db, fast)
+	m := receive(t, ch, 5*time.Second)
+	out := message.NewMessage("out", []byte("y"))
+	out.SetContext(m.Context())
+	require.Error(t, pub.Publish("outcome", out), "the trigger's first insert")
+	m.Nack()
+	start := time.Now()
+	m = receive(t, ch, 5*time.Second)
+	out = message.NewMessage("out", []byte("y"))
+	out.SetContext(m.Context())
+	require.NoError(t, pub.Publish("outcome", out), "the transaction is usable again")
+	m.Ack()
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 && rows(t, db, "outcome") == 1 }, 5*time.Second, 20*time.Millisecond)
+}
+
+// TestDrainHoldsNoOtherRows: with Concurrency 3 and one message in flight,
+// Close hands out nothing more and frees the rows its other slots had
+// taken, for other processes, while the drain waits for the first.
+func TestDrainHoldsNoOtherRows(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	for i := range 4 {
+		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
+	}
+	cfg := fast
+	cfg.Concurrency = 3
+	sub, err := postgres.NewSubscriber(db, cfg)
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	busy := receive(t, ch, 5*time.Second)
+	closed := make(chan error)
+	go func() { closed <- sub.Close() }()
+	free := func() int {
+		tx, err := db.Begin()
+		require.NoError(t, err)
+		defer tx.Rollback()
+		var n int
+		require.NoError(t, tx.QueryRow(`SELECT count(*) FROM (SELECT 1 FROM `+postgres.Table(topic)+` FOR UPDATE SKIP LOCKED) x`).Scan(&n))
+		return n
+	}
+	assert.Eventually(t, func() bool { return free() == 3 }, 5*time.Second, 50*time.Millisecond, "all but the busy row free during the drain")
+	busy.Ack()
+	require.NoError(t, <-closed)
+	assert.Equal(t, 3, rows(t, db, topic))
+}
+
+// TestCloseIsBoundedWhenTheDatabaseIsNot: a table locked by someone else
+// blocks the subscriber's queries; Close still returns within DrainTimeout
+// and the grace for database calls.
+func TestCloseIsBoundedWhenTheDatabaseIsNot(t *testing.T) {
+	db := testpostgres.DB(t)
+	require.NoError(t, postgres.InitializeTopics(context.Background(), db, topic))
+	cfg := fast
+	cfg.DrainTimeout = 500 * time.Millisecond
+	sub, err := postgres.NewSubscriber(db, cfg)
+	require.NoError(t, err)
+	_, err = sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	lock, err := db.Begin()
+	require.NoError(t, err)
+	defer lock.Rollback()
+	_, err = lock.Exec(`LOCK TABLE ` + postgres.Table(topic) + ` IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+	time.Sleep(200 * time.Millisecond) // the poll now waits on the lock
+	closed := make(chan error)
+	go func() { closed <- sub.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close waited for the lock")
+	}
+}
+
+// TestSubscribeRacingClose: under -race, and no subscription outlives Close.
+func TestSubscribeRacingClose(t *testing.T) {
+	db := testpostgres.DB(t)
+	require.NoError(t, postgres.InitializeTopics(context.Background(), db, topic))
+	for range 5 {
+		sub, err := postgres.NewSubscriber(db, fast)
+		require.NoError(t, err)
+		var chans []<-chan *message.Message
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				if ch, err := sub.Subscribe(context.Background(), topic); err == nil {
+					mu.Lock()
+					chans = append(chans, ch)
+					mu.Unlock()
+				}
+			})
+		}
+		require.NoError(t, sub.Close())
+		wg.Wait()
+		mu.Lock()
+		for _, ch := range chans {
+			select {
+			case _, ok := <-ch:
+				assert.False(t, ok, "a message after Close")
+			case <-time.After(10 * time.Second):
+				t.Fatal("a subscription outlived Close")
+			}
+		}
+		mu.Unlock()
+	}
+}
+
+// uuids lists the message UUIDs in topic's table, oldest first.
+func uuids(t testing.TB, db *sql.DB, topic string) []string {
+	t.Helper()
+	r, err := db.Query(`SELECT uuid FROM ` + postgres.Table(topic) + ` ORDER BY "offset"`)
+	require.NoError(t, err)
+	defer r.Close()
+	var ids []string
 	for r.Next() {
 		var id string
 		require.NoError(t, r.Scan(&id))
 		ids = append(ids, id)
 	}
-	assert.Equal(t, []string{"out-2"}, ids, "the dead delivery's outcome is gone with it")
-
-	require.NoError(t, pub.Publish("outcome", message.NewMessage("direct", []byte("z"))))
-	assert.Equal(t, 2, rows(t, db, "outcome"), "without a delivery, at once")
+	require.NoError(t, r.Err())
+	return ids
 }

@@ -22,9 +22,11 @@ const maxUUID = 36
 // (waybill.traced, a dead letter, a parked copy) commits with the deletion
 // of the input, and a crash, a lost connection or a failed commit takes
 // both back, so the redelivery publishes it again, not a second copy next
-// to the first. A delivery given back without an ack (past AckDeadline, a
-// drain that ran out, a nack) still commits what it published: there it is
-// at-least-once, as on Kafka. Otherwise messages are inserted at once,
+// to the first. A delivery given back without an ack (a nack, past
+// AckDeadline, a drain that ran out) has what it published undone with it.
+// The one exception is a transaction that broke and ran into watermill-sql's
+// own backstop deadline (twice AckDeadline plus DrainTimeout): that
+// commits, at-least-once, as on Kafka. Otherwise messages are inserted at once,
 // visible to subscribers when the insert returns. For the outbox, publish
 // inside the application's transaction with PublishInTx.
 func NewPublisher(db *stdsql.DB, cfg Config) (message.Publisher, error) {
@@ -60,11 +62,18 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if !ok || d.db != p.db {
 		return p.pool.Publish(topic, msgs...)
 	}
-	// DDL has no place in a delivery's transaction: create the table on
-	// the pool first.
+	// DDL has no place in a delivery's transaction: a missing table is
+	// created on the pool first, which needs a connection of its own.
 	if _, ok := p.ready.Load(topic); !ok {
-		if err := InitializeTopics(msgs[0].Context(), p.db, topic); err != nil {
-			return err
+		ctx := msgs[0].Context()
+		exists, err := tableIn(ctx, d.tx, topic)
+		if err != nil {
+			return fmt.Errorf("postgres publish to %s: %w", topic, err)
+		}
+		if !exists {
+			if err := InitializeTopics(ctx, p.db, topic); err != nil {
+				return err
+			}
 		}
 		p.ready.Store(topic, struct{}{})
 	}
@@ -72,6 +81,8 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	if err != nil {
 		return err
 	}
+	// A failed insert aborts the transaction; the handler's nack then rolls
+	// it back to the delivery's savepoint, and the retry finds it usable.
 	return in.Publish(topic, msgs...)
 }
 
@@ -128,4 +139,21 @@ func PublishInTx(ctx context.Context, tx *stdsql.Tx, topic string, msgs ...*mess
 		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
 	}
 	return nil
+}
+
+// tableIn reports whether topic's table exists, asked through q (a
+// transaction, which this leaves usable).
+func tableIn(ctx context.Context, q wmsql.ContextExecutor, topic string) (bool, error) {
+	rows, err := q.QueryContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, Table(topic))
+	if err != nil {
+		return false, err
+	}
+	defer rows.Close()
+	var exists bool
+	if rows.Next() {
+		if err := rows.Scan(&exists); err != nil {
+			return false, err
+		}
+	}
+	return exists, nil
 }

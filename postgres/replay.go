@@ -144,13 +144,17 @@ func replayOne(ctx context.Context, db *stdsql.DB, cfg ReplayConfig, table strin
 		rep.OverLimit++
 		return offset, false, nil
 	}
-	// A source topic with no table (renamed, or never on this database)
-	// is skipped, not created: it may be misspelt.
+	// A source topic that cannot be a table, or has none (renamed, or
+	// never on this database), is skipped, not created: it may be misspelt.
+	if checkTopic(to) != nil {
+		rep.Skipped++
+		return offset, false, nil
+	}
 	var exists bool
 	if err := tx.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, Table(to)).Scan(&exists); err != nil {
 		return 0, false, fmt.Errorf("postgres replay %s (offset %d): %w", uuid, offset, err)
 	}
-	if checkTopic(to) != nil || !exists {
+	if !exists {
 		rep.Skipped++
 		return offset, false, nil
 	}

@@ -22,26 +22,39 @@ type delivery struct {
 	tx wmsql.Tx
 }
 
+// savepoint brackets one delivery of a row inside the row's transaction:
+// rolling back to it undoes what that delivery published, and brings a
+// transaction a failed statement aborted back to life.
+const savepoint = "waybill_delivery"
+
+// closeGrace is how long closing a subscription's inner subscribers may wait
+// for their database calls before those are cancelled: a query blocked on a
+// lock or a dead server must not hold Close beyond DrainTimeout by more.
+const closeGrace = 5 * time.Second
+
 // Subscriber hands out the rows of a topic; see the package documentation
 // for when a row is acknowledged and what a crash redelivers.
 //
 // It drains: when Close is called or Subscribe's context ends, it stops
 // handing out rows, and the messages in flight keep their contexts and
 // transactions for up to Config.DrainTimeout to be acked or nacked. Only
-// then are the rest rolled back and given back, so that a shutdown does not
-// cut a WeChat call short.
+// then is what they published undone and their rows given back, so that a
+// shutdown does not cut a WeChat call short.
 type Subscriber struct {
 	db  *stdsql.DB
 	cfg Config
 
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup // subscriptions until their channels close
+	mu      sync.Mutex
+	closed  bool
+	closing chan struct{}
+	wg      sync.WaitGroup // subscriptions until their channels close
 }
 
 // NewSubscriber returns a subscriber on db. Each Subscribe creates its
 // topic's table if needed and hands out up to Config.Concurrency messages at
-// once; db's pool needs that many connections free for it.
+// once. Each message in flight holds a connection of db's pool; a publisher
+// joining its transaction needs one more for a topic's first publish (when
+// it may have to create the table), and the stores need theirs.
 func NewSubscriber(db *stdsql.DB, cfg Config) (*Subscriber, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -56,24 +69,20 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err := checkTopic(topic); err != nil {
 		return nil, err
 	}
-	select {
-	case <-s.closing:
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		return nil, errors.New("postgres subscribe " + topic + ": subscriber closed")
-	default:
 	}
+	s.wg.Add(1) // under the lock: Close waits for this subscription
+	s.mu.Unlock()
+
 	// The inner subscriptions outlive ctx by the drain: their messages'
 	// contexts (and transactions) end when the drain does, not before.
-	// Each subscription has subscribers of its own, so that closing them
-	// ends it alone.
+	// Each subscription has subscribers of its own, one per message in
+	// flight, so that each can be closed as soon as its forwarder is done.
 	inner, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	subs := make([]*wmsql.Subscriber, 0, s.cfg.Concurrency)
-	closeSubs := func() error {
-		var errs []error
-		for _, sub := range subs {
-			errs = append(errs, sub.Close())
-		}
-		return errors.Join(errs...)
-	}
 	ins := make([]<-chan *message.Message, 0, s.cfg.Concurrency)
 	for range s.cfg.Concurrency {
 		sub, err := wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger)
@@ -85,18 +94,29 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 				continue
 			}
 		}
-		_ = closeSubs()
 		cancel()
+		for _, sub := range subs {
+			_ = sub.Close()
+		}
+		s.wg.Done()
 		return nil, fmt.Errorf("postgres subscribe %s: %w", topic, err)
 	}
 
 	out := make(chan *message.Message)
 	stop, expired := make(chan struct{}), make(chan struct{})
-	var forwarders sync.WaitGroup
-	for _, in := range ins {
-		forwarders.Go(func() { s.forward(in, out, stop, expired) })
+	var closes sync.WaitGroup
+	for i, in := range ins {
+		closes.Go(func() {
+			s.forward(in, out, stop, expired)
+			// Done with this slot: close its subscriber now rather than
+			// at the end of the drain, so that it takes no further row
+			// that other processes could have. Its ack, if one was made,
+			// commits first.
+			if err := subs[i].Close(); err != nil {
+				s.cfg.Logger.Error("postgres: closing subscription", err, watermill.LogFields{"topic": topic})
+			}
+		})
 	}
-	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		select {
@@ -105,31 +125,31 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		}
 		close(stop)
 		done := make(chan struct{})
-		go func() { forwarders.Wait(); close(done) }()
-		timer := time.NewTimer(s.cfg.DrainTimeout)
-		defer timer.Stop()
+		go func() { closes.Wait(); close(done) }()
+		drain := time.NewTimer(s.cfg.DrainTimeout)
+		defer drain.Stop()
 		select {
 		case <-done:
-		case <-timer.C:
+		case <-drain.C:
 			close(expired)
-			<-done
+			select {
+			case <-done:
+			case <-time.After(closeGrace):
+			}
 		}
-		// Closing (not cancelling) lets an ack made in the drain commit,
-		// and rolls back the rows taken but not acked; cancelling then
-		// ends the contexts of messages still being handled.
-		if err := closeSubs(); err != nil {
-			s.cfg.Logger.Error("postgres: closing subscription", err, watermill.LogFields{"topic": topic})
-		}
+		// Ends whatever still waits on the database, and the contexts of
+		// messages still being handled.
 		cancel()
+		<-done
 		close(out)
 	}()
 	return out, nil
 }
 
 // forward hands the messages of one inner subscription to out, one at a
-// time, each marked with its delivery. Once stop is closed it hands out no
-// more, and returns when the message in flight is acked or nacked, or when
-// expired is closed.
+// time, each in a savepoint of its row's transaction and marked with its
+// delivery. Once stop is closed it hands out no more, and returns when the
+// message in flight is acked or nacked, or when expired is closed.
 func (s *Subscriber) forward(in <-chan *message.Message, out chan<- *message.Message, stop, expired <-chan struct{}) {
 	for {
 		var msg *message.Message
@@ -142,32 +162,80 @@ func (s *Subscriber) forward(in <-chan *message.Message, out chan<- *message.Mes
 		case <-stop:
 			return
 		}
-		ctx := msg.Context()
-		if tx, ok := wmsql.TxFromContext(ctx); ok {
-			ctx = context.WithValue(ctx, deliveryKey{}, &delivery{db: s.db, tx: tx})
-			msg.SetContext(ctx)
+		// watermill-sql's context: it ends at its backstop deadline or with
+		// the subscription.
+		base := msg.Context()
+		tx, ok := wmsql.TxFromContext(base)
+		if !ok {
+			s.cfg.Logger.Error("postgres: a message without its transaction", nil, watermill.LogFields{"uuid": msg.UUID})
+			return
 		}
+		if _, err := tx.ExecContext(base, "SAVEPOINT "+savepoint); err != nil {
+			// The transaction is broken (its connection lost, say):
+			// nothing can be written in it, so hand nothing out and let
+			// watermill-sql's deadline end it; the row goes back.
+			s.cfg.Logger.Error("postgres: delivery's transaction unusable", err, watermill.LogFields{"uuid": msg.UUID})
+			select {
+			case <-base.Done():
+				continue
+			case <-expired:
+				return
+			}
+		}
+		ctx, cancel := context.WithTimeout(base, s.cfg.AckDeadline)
+		ctx = context.WithValue(ctx, deliveryKey{}, &delivery{db: s.db, tx: tx})
+		msg.SetContext(ctx) // the router sets its own later: keep ctx
 		select {
 		case out <- msg:
 		case <-stop:
-			return // not handed out: its row goes back when the drain ends
+			cancel()
+			s.undo(tx)
+			return // not handed out; its row goes back when its subscriber closes
 		}
-		// The inner subscription takes its next row only after this verdict.
 		select {
 		case <-msg.Acked():
+			// watermill-sql deletes the row and commits.
 		case <-msg.Nacked():
-		case <-ctx.Done(): // the ack deadline, or the drain's end (the router sets its own context on msg)
+			s.undo(tx) // before watermill-sql hands the message out again
+		case <-ctx.Done(): // AckDeadline, or the subscription ended
+			s.giveUp(msg, tx)
 		case <-expired:
+			s.giveUp(msg, tx)
+			cancel()
 			return
 		}
+		cancel()
+	}
+}
+
+// giveUp ends a delivery not acked in time: it nacks the message, and when
+// that wins over an ack, undoes what the delivery published. An ack that won
+// stands, and commits with what it published.
+func (s *Subscriber) giveUp(msg *message.Message, tx wmsql.Tx) {
+	if msg.Nack() {
+		s.undo(tx)
+	}
+}
+
+// undo rolls the transaction back to the delivery's savepoint.
+func (s *Subscriber) undo(tx wmsql.Tx) {
+	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
+	defer cancel()
+	if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
+		s.cfg.Logger.Error("postgres: undoing a delivery", err, nil)
 	}
 }
 
 // Close stops handing out messages, lets those in flight finish for up to
-// Config.DrainTimeout, then gives back the rows not acked and waits for
-// every subscription to end.
+// Config.DrainTimeout, then undoes what the rest published, gives their
+// rows back and waits for every subscription to end.
 func (s *Subscriber) Close() error {
-	s.closeOnce.Do(func() { close(s.closing) })
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.closing)
+	}
+	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
 }
