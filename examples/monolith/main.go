@@ -242,7 +242,9 @@ func start(ctx context.Context, o options) (_ *app, err error) {
 	}
 	a.closers = append(a.closers, deadSub.Close)
 
-	router, err := message.NewRouter(message.RouterConfig{}, logger)
+	// Longer than the subscribers' drain (30 s), so that the router waits
+	// for the events in flight.
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 45 * time.Second}, logger)
 	if err != nil {
 		return nil, err
 	}
