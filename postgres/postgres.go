@@ -31,8 +31,10 @@
 // only when its handler acked it. Each delivery of it runs in a savepoint
 // of the row's transaction: a nack, or a handler that outlives
 // Config.AckDeadline, undoes what that delivery published and hands the
-// message out again (to the same subscriber: the row stays locked); a crash
-// rolls back the whole transaction and the row is taken again. Close and
+// message out again (from the same transaction, the row still locked, or,
+// after many deliveries, from a new one); a crash rolls back the whole
+// transaction and the row is taken again. Nothing a delivery published
+// commits unless it was acked. Close and
 // the end of Subscribe's context drain: no new rows, and the messages in
 // flight get Config.DrainTimeout to finish; then what they published is
 // undone and their rows are given back.
@@ -73,10 +75,11 @@ type Config struct {
 	// above the Handler's MaxWaitInPlace (25 s by default) plus a publish,
 	// or a slow delivery is handled twice. Zero means 2 min.
 	AckDeadline time.Duration
-	// DrainTimeout bounds Close (or the end of Subscribe's context): the
-	// subscriber stops handing out rows at once, and the messages in flight
-	// get this long to be acked or nacked; then their writes are undone and
-	// their rows given back. Keep it above MaxWaitInPlace plus a publish, so
+	// DrainTimeout bounds the drain of Close (or of the end of Subscribe's
+	// context): the subscriber stops handing out rows at once, and the
+	// messages in flight get this long to be acked or nacked; then their
+	// writes are undone and their rows given back. Close returns at most 5 s
+	// after that, however the database behaves. Keep it above MaxWaitInPlace plus a publish, so
 	// that a shutdown never cuts a WeChat call short (a call cut short is
 	// paid for again), and below the router's CloseTimeout, so that the
 	// router waits for it. Zero means 30 s.
@@ -297,17 +300,20 @@ func InitializeTopics(ctx context.Context, db *stdsql.DB, topics ...string) erro
 
 func subscriberConfig(cfg Config) wmsql.SubscriberConfig {
 	cfg.setDefaults()
-	// The Subscriber keeps AckDeadline itself, per attempt, and undoes a
-	// late attempt's writes; watermill-sql's own deadline, which commits
-	// them, is only the backstop for a transaction that broke.
-	deadline := 2*cfg.AckDeadline + cfg.DrainTimeout
+	// The Subscriber keeps AckDeadline itself, per delivery, and undoes a
+	// late delivery's writes. watermill-sql's own deadline runs once per
+	// row taken and commits; the Subscriber lets a row go (and hands it out
+	// no more) before it could strike a delivery in flight.
+	deadline := 2*cfg.AckDeadline + cfg.DrainTimeout + 2*closeGrace
 	return wmsql.SubscriberConfig{
 		SchemaAdapter:    newSchema(),
 		OffsetsAdapter:   wmsql.PostgreSQLQueueOffsetsAdapter{DeleteOnAck: !cfg.KeepAcked},
 		InitializeSchema: true,
 		AckDeadline:      &deadline,
 		PollInterval:     cfg.PollInterval,
-		ResendInterval:   cfg.NackResendSleep,
-		RetryInterval:    cfg.PollInterval,
+		// The Subscriber sleeps NackResendSleep itself, where Close can
+		// interrupt it; watermill-sql's sleep cannot be.
+		ResendInterval: time.Nanosecond,
+		RetryInterval:  cfg.PollInterval,
 	}
 }

@@ -555,3 +555,106 @@ func uuids(t testing.TB, db *sql.DB, topic string) []string {
 	require.NoError(t, r.Err())
 	return ids
 }
+
+// TestLongRedeliveryNeverCommitsUnacked: a handler that publishes and nacks
+// again and again, for longer than watermill-sql's own deadline for a row
+// (2 × AckDeadline + DrainTimeout + 10 s here, 10.7 s; on it watermill-sql
+// would commit what is pending),
+// leaves no outcome behind; its ack, at last, leaves one.
+func TestLongRedeliveryNeverCommitsUnacked(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	cfg := postgres.Config{PollInterval: 10 * time.Millisecond, AckDeadline: 300 * time.Millisecond, DrainTimeout: 100 * time.Millisecond, NackResendSleep: time.Millisecond}
+	ch := subscribe(t, db, cfg)
+	until := time.Now().Add(13 * time.Second) // past the row's deadline
+	n := 0
+	for ; time.Now().Before(until); n++ {
+		m := receive(t, ch, 10*time.Second)
+		out := message.NewMessage(fmt.Sprintf("out-%d", n), []byte("y"))
+		out.SetContext(m.Context())
+		_ = pub.Publish("outcome", out) // may fail once its delivery is given up
+		if n%4 == 0 {
+			m.Nack()
+		} else {
+			<-m.Context().Done() // past AckDeadline: given up for us
+		}
+		require.Empty(t, uuids(t, db, "outcome"), "delivery %d: nothing unacked committed", n)
+	}
+	m := receive(t, ch, 10*time.Second)
+	out := message.NewMessage("final", []byte("y"))
+	out.SetContext(m.Context())
+	require.NoError(t, pub.Publish("outcome", out))
+	m.Ack()
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"final"}, uuids(t, db, "outcome"), "after %d deliveries", n)
+}
+
+// TestCloseIsNotHeldByTheNackSleep: a nacked message waits NackResendSleep
+// before it comes again; Close does not wait that out.
+func TestCloseIsNotHeldByTheNackSleep(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	sub, err := postgres.NewSubscriber(db, postgres.Config{PollInterval: 10 * time.Millisecond, NackResendSleep: time.Minute})
+	require.NoError(t, err)
+	ch, err := sub.Subscribe(context.Background(), topic)
+	require.NoError(t, err)
+	receive(t, ch, 5*time.Second).Nack()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, sub.Close())
+	assert.Less(t, time.Since(start), 10*time.Second)
+	assert.Equal(t, 1, rows(t, db, topic))
+}
+
+// TestNothingHandedOutAfterTheEnd: a subscription whose context has ended
+// hands out nothing, however ready its rows.
+func TestNothingHandedOutAfterTheEnd(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	cfg := fast
+	cfg.Concurrency = 4
+	for range 10 {
+		sub, err := postgres.NewSubscriber(db, cfg)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		ch, err := sub.Subscribe(ctx, topic)
+		require.NoError(t, err)
+		for m := range ch {
+			t.Errorf("handed out after the end: %s", m.UUID)
+			m.Ack()
+		}
+		require.NoError(t, sub.Close())
+	}
+	assert.Equal(t, 1, rows(t, db, topic))
+}
+
+// TestBrokenTransactionIsReplaced: the delivery's connection dies (its
+// backend terminated); the nacked message comes again soon, on a new
+// transaction, rather than after watermill-sql's deadline for the row.
+func TestBrokenTransactionIsReplaced(t *testing.T) {
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
+	ch := subscribe(t, db, fast)
+	m := receive(t, ch, 5*time.Second)
+	var killed int
+	require.NoError(t, db.QueryRow(`SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+		WHERE relation = to_regclass($1)::oid AND pid <> pg_backend_pid()`, postgres.Table(topic)).Scan(&killed))
+	require.Equal(t, 1, killed)
+	m.Nack()
+	start := time.Now()
+	again := receive(t, ch, 30*time.Second)
+	assert.Less(t, time.Since(start), 5*time.Second, "not after the row's deadline (4.5 min by default)")
+	assert.Equal(t, "in", again.UUID)
+	again.Ack()
+	assert.Eventually(t, func() bool { return rows(t, db, topic) == 0 }, 5*time.Second, 20*time.Millisecond)
+}

@@ -24,9 +24,7 @@ const maxUUID = 36
 // both back, so the redelivery publishes it again, not a second copy next
 // to the first. A delivery given back without an ack (a nack, past
 // AckDeadline, a drain that ran out) has what it published undone with it.
-// The one exception is a transaction that broke and ran into watermill-sql's
-// own backstop deadline (twice AckDeadline plus DrainTimeout): that
-// commits, at-least-once, as on Kafka. Otherwise messages are inserted at once,
+// Otherwise messages are inserted at once,
 // visible to subscribers when the insert returns. For the outbox, publish
 // inside the application's transaction with PublishInTx.
 func NewPublisher(db *stdsql.DB, cfg Config) (message.Publisher, error) {

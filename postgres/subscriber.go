@@ -103,29 +103,24 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 
 	out := make(chan *message.Message)
-	stop, expired := make(chan struct{}), make(chan struct{})
-	var closes sync.WaitGroup
-	for i, in := range ins {
-		closes.Go(func() {
-			s.forward(in, out, stop, expired)
-			// Done with this slot: close its subscriber now rather than
-			// at the end of the drain, so that it takes no further row
-			// that other processes could have. Its ack, if one was made,
-			// commits first.
-			if err := subs[i].Close(); err != nil {
-				s.cfg.Logger.Error("postgres: closing subscription", err, watermill.LogFields{"topic": topic})
-			}
-		})
+	// stop is closed the moment ctx ends (a child context is cancelled
+	// with its parent, or born cancelled), and when Close begins.
+	stopCtx, stopNow := context.WithCancel(ctx)
+	stop, expired := stopCtx.Done(), make(chan struct{})
+	var slots sync.WaitGroup
+	for i := range subs {
+		slots.Go(func() { s.slot(inner, topic, subs[i], ins[i], out, stop, expired) })
 	}
 	go func() {
 		defer s.wg.Done()
 		select {
-		case <-ctx.Done():
+		case <-stop:
 		case <-s.closing:
+			stopNow()
 		}
-		close(stop)
+		defer stopNow()
 		done := make(chan struct{})
-		go func() { closes.Wait(); close(done) }()
+		go func() { slots.Wait(); close(done) }()
 		drain := time.NewTimer(s.cfg.DrainTimeout)
 		defer drain.Stop()
 		select {
@@ -146,83 +141,146 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	return out, nil
 }
 
+// slot runs one message-in-flight slot of a subscription: it forwards the
+// messages of its inner subscriber and, when forward gives up the inner
+// subscriber's transaction, replaces it with a new one. When the slot is
+// done it closes its subscriber at once, rather than at the end of the
+// drain, so that it takes no further row that other processes could have;
+// an ack made meanwhile commits first.
+func (s *Subscriber) slot(inner context.Context, topic string, sub *wmsql.Subscriber, in <-chan *message.Message, out chan<- *message.Message, stop, expired <-chan struct{}) {
+	for {
+		replace := s.forward(in, out, stop, expired)
+		if err := sub.Close(); err != nil {
+			s.cfg.Logger.Error("postgres: closing subscription", err, watermill.LogFields{"topic": topic})
+		}
+		if !replace {
+			return
+		}
+		for {
+			var err error
+			if sub, err = wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger); err == nil {
+				if in, err = sub.Subscribe(inner, topic); err == nil {
+					break
+				}
+				_ = sub.Close()
+			}
+			s.cfg.Logger.Error("postgres: replacing a subscription", err, watermill.LogFields{"topic": topic})
+			select {
+			case <-stop:
+				return
+			case <-time.After(s.cfg.PollInterval):
+			}
+		}
+	}
+}
+
 // forward hands the messages of one inner subscription to out, one at a
 // time, each in a savepoint of its row's transaction and marked with its
 // delivery. Once stop is closed it hands out no more, and returns when the
 // message in flight is acked or nacked, or when expired is closed.
-func (s *Subscriber) forward(in <-chan *message.Message, out chan<- *message.Message, stop, expired <-chan struct{}) {
+//
+// It returns true when the inner subscription's transaction must be given
+// up: it broke, or watermill-sql's own deadline for the row (which would
+// commit whatever is pending) is too near for another delivery. Closing the
+// inner subscriber then ends that transaction with nothing pending, and the
+// row goes back to the table.
+func (s *Subscriber) forward(in <-chan *message.Message, out chan<- *message.Message, stop, expired <-chan struct{}) (replace bool) {
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		case <-s.closing:
+			return true
+		default:
+			return false
+		}
+	}
 	for {
 		var msg *message.Message
 		select {
 		case m, ok := <-in:
 			if !ok {
-				return
+				return false
 			}
 			msg = m
 		case <-stop:
-			return
+			return false
 		}
-		// watermill-sql's context: it ends at its backstop deadline or with
-		// the subscription.
+		if stopped() { // a ready message must not win over stop
+			return false
+		}
+		// watermill-sql's context: it ends at its deadline for the row,
+		// or with the subscription.
 		base := msg.Context()
+		if dl, ok := base.Deadline(); ok && time.Until(dl) < s.cfg.AckDeadline+closeGrace+time.Second {
+			return true
+		}
 		tx, ok := wmsql.TxFromContext(base)
 		if !ok {
 			s.cfg.Logger.Error("postgres: a message without its transaction", nil, watermill.LogFields{"uuid": msg.UUID})
-			return
+			return true
 		}
 		if _, err := tx.ExecContext(base, "SAVEPOINT "+savepoint); err != nil {
 			// The transaction is broken (its connection lost, say):
-			// nothing can be written in it, so hand nothing out and let
-			// watermill-sql's deadline end it; the row goes back.
+			// nothing can be written in it.
 			s.cfg.Logger.Error("postgres: delivery's transaction unusable", err, watermill.LogFields{"uuid": msg.UUID})
-			select {
-			case <-base.Done():
-				continue
-			case <-expired:
-				return
-			}
+			return true
 		}
-		ctx, cancel := context.WithTimeout(base, s.cfg.AckDeadline)
-		ctx = context.WithValue(ctx, deliveryKey{}, &delivery{db: s.db, tx: tx})
-		msg.SetContext(ctx) // the router sets its own later: keep ctx
+		if stopped() {
+			return false // not handed out; its row goes back when its subscriber closes
+		}
+		ctx, cancel := context.WithCancel(base)
+		msg.SetContext(context.WithValue(ctx, deliveryKey{}, &delivery{db: s.db, tx: tx})) // the router sets its own later
 		select {
 		case out <- msg:
 		case <-stop:
 			cancel()
-			s.undo(tx)
-			return // not handed out; its row goes back when its subscriber closes
+			return false
 		}
+		deadline := time.NewTimer(s.cfg.AckDeadline)
+		var nacked, expiredNow bool
 		select {
 		case <-msg.Acked():
 			// watermill-sql deletes the row and commits.
 		case <-msg.Nacked():
-			s.undo(tx) // before watermill-sql hands the message out again
-		case <-ctx.Done(): // AckDeadline, or the subscription ended
-			s.giveUp(msg, tx)
+			nacked = true
+		case <-deadline.C:
+			nacked = msg.Nack() // an ack that won stands
+		case <-base.Done(): // the subscription ended
+			nacked = msg.Nack()
 		case <-expired:
-			s.giveUp(msg, tx)
-			cancel()
-			return
+			nacked, expiredNow = msg.Nack(), true
 		}
+		deadline.Stop()
+		// Cancelled before the undo: a publish still under way fails
+		// rather than land after it.
 		cancel()
+		if nacked {
+			s.undo(tx)
+		}
+		if expiredNow {
+			return false
+		}
+		if nacked {
+			select {
+			case <-time.After(s.cfg.NackResendSleep):
+			case <-stop:
+				return false
+			}
+		}
 	}
 }
 
-// giveUp ends a delivery not acked in time: it nacks the message, and when
-// that wins over an ack, undoes what the delivery published. An ack that won
-// stands, and commits with what it published.
-func (s *Subscriber) giveUp(msg *message.Message, tx wmsql.Tx) {
-	if msg.Nack() {
-		s.undo(tx)
-	}
-}
-
-// undo rolls the transaction back to the delivery's savepoint.
+// undo rolls the transaction back to the delivery's savepoint, and releases
+// it, so that the next delivery's is not nested in it.
 func (s *Subscriber) undo(tx wmsql.Tx) {
 	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
 	defer cancel()
-	if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
-		s.cfg.Logger.Error("postgres: undoing a delivery", err, nil)
+	for _, q := range []string{"ROLLBACK TO SAVEPOINT " + savepoint, "RELEASE SAVEPOINT " + savepoint} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			s.cfg.Logger.Error("postgres: undoing a delivery", err, nil)
+			return
+		}
 	}
 }
 
