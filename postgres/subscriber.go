@@ -156,6 +156,11 @@ func (s *Subscriber) slot(inner context.Context, topic string, sub *wmsql.Subscr
 		if !replace {
 			return
 		}
+		select {
+		case <-stop: // draining: no new subscriber, no new row
+			return
+		default:
+		}
 		for {
 			var err error
 			if sub, err = wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger); err == nil {
