@@ -73,7 +73,10 @@ type Config struct {
 	// by then is nacked for it, its context cancelled and what it wrote in
 	// the delivery's transaction undone, and it is handed out again. Keep it
 	// above the Handler's MaxWaitInPlace (25 s by default) plus a publish,
-	// or a slow delivery is handled twice. Zero means 2 min.
+	// or a slow delivery is handled twice: a handler that ignores its
+	// cancelled context may still run when the message is handed out
+	// again (its publishes then fail, and its ack counts for nothing).
+	// Zero means 2 min.
 	AckDeadline time.Duration
 	// DrainTimeout bounds the drain of Close (or of the end of Subscribe's
 	// context): the subscriber stops handing out rows at once, and the
