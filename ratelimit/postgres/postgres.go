@@ -74,7 +74,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -116,14 +115,6 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// identifier is an unquoted PostgreSQL name, optionally schema-qualified,
-// that folds to itself: what TablePrefix may be.
-var identifier = regexp.MustCompile(`^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$`)
-
-// maxIdentifier is PostgreSQL's NAMEDATALEN-1: longer names are cut, which
-// could make two names collide.
-const maxIdentifier = 63
-
 // Suffixes of the names made from the prefix; longestSuffix bounds it.
 const (
 	windowSuffix  = "_window"
@@ -138,12 +129,8 @@ func (c *Config) Validate() error {
 	if c.TablePrefix == "" {
 		return nil
 	}
-	name := c.TablePrefix[strings.LastIndexByte(c.TablePrefix, '.')+1:]
-	switch {
-	case !identifier.MatchString(c.TablePrefix):
-		return fmt.Errorf("ratelimit/postgres config: TablePrefix %q is not a lowercase name (letters, digits, _), optionally schema-qualified", c.TablePrefix)
-	case len(name)+longestSuffix > maxIdentifier:
-		return fmt.Errorf("ratelimit/postgres config: TablePrefix %q is longer than %d characters", c.TablePrefix, maxIdentifier-longestSuffix)
+	if err := pgutil.CheckName("TablePrefix", c.TablePrefix, longestSuffix); err != nil {
+		return fmt.Errorf("ratelimit/postgres config: %w", err)
 	}
 	return nil
 }
@@ -211,16 +198,6 @@ type queries struct {
 	sweep                     string
 }
 
-// quote quotes each part of a validated name, so that a reserved word
-// works too.
-func quote(name string) string {
-	parts := strings.Split(name, ".")
-	for i, p := range parts {
-		parts[i] = `"` + p + `"`
-	}
-	return strings.Join(parts, ".")
-}
-
 func newQueries(prefix string) queries {
 	schema, base, qualified := strings.Cut(prefix, ".")
 	if !qualified {
@@ -230,9 +207,9 @@ func newQueries(prefix string) queries {
 	// table's schema.
 	table := func(suffix string) string {
 		if qualified {
-			return quote(schema) + "." + quote(base+suffix)
+			return pgutil.Quote(schema) + "." + pgutil.Quote(base+suffix)
 		}
-		return quote(base + suffix)
+		return pgutil.Quote(base + suffix)
 	}
 	win, usr, rate := table(windowSuffix), table(userSuffix), table(rateSuffix)
 	winIdx, usrIdx := base+windowSuffix+indexSuffix, base+userSuffix+indexSuffix
@@ -250,7 +227,7 @@ func newQueries(prefix string) queries {
 			expires_at bigint  NOT NULL,
 			PRIMARY KEY (app_id, window_id)
 		)`,
-		`CREATE INDEX IF NOT EXISTS ` + quote(winIdx) + ` ON ` + win + ` (expires_at)`,
+		`CREATE INDEX IF NOT EXISTS ` + pgutil.Quote(winIdx) + ` ON ` + win + ` (expires_at)`,
 		`CREATE TABLE IF NOT EXISTS ` + usr + ` (
 			app_id     text   NOT NULL,
 			window_id  text   NOT NULL,
@@ -259,7 +236,7 @@ func newQueries(prefix string) queries {
 			expires_at bigint NOT NULL,
 			PRIMARY KEY (app_id, window_id, open_id)
 		)`,
-		`CREATE INDEX IF NOT EXISTS ` + quote(usrIdx) + ` ON ` + usr + ` (expires_at)`,
+		`CREATE INDEX IF NOT EXISTS ` + pgutil.Quote(usrIdx) + ` ON ` + usr + ` (expires_at)`,
 		`CREATE TABLE IF NOT EXISTS ` + rate + ` (
 			app_id text   PRIMARY KEY,
 			tat    bigint NOT NULL

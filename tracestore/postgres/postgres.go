@@ -71,7 +71,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -118,14 +117,6 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// identifier is an unquoted PostgreSQL name, optionally schema-qualified,
-// that folds to itself: what Table may be.
-var identifier = regexp.MustCompile(`^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$`)
-
-// maxIdentifier is PostgreSQL's NAMEDATALEN-1: longer names are cut, which
-// would make two tables' indexes collide.
-const maxIdentifier = 63
-
 // indexSuffix makes the expiry index's name from the table's.
 const indexSuffix = "_expires_idx"
 
@@ -133,12 +124,8 @@ const indexSuffix = "_expires_idx"
 func (c *Config) Validate() error {
 	var errs []error
 	if c.Table != "" {
-		name := c.Table[strings.LastIndexByte(c.Table, '.')+1:]
-		switch {
-		case !identifier.MatchString(c.Table):
-			errs = append(errs, fmt.Errorf("Table %q is not a lowercase name (letters, digits, _), optionally schema-qualified", c.Table))
-		case len(name)+len(indexSuffix) > maxIdentifier:
-			errs = append(errs, fmt.Errorf("Table %q is longer than %d characters", c.Table, maxIdentifier-len(indexSuffix)))
+		if err := pgutil.CheckName("Table", c.Table, len(indexSuffix)); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if c.TTL < 0 {
@@ -210,27 +197,17 @@ type queries struct {
 	sweep                                      string
 }
 
-// quote quotes each part of a validated name, so that a reserved word
-// (a table called "user") works too.
-func quote(name string) string {
-	parts := strings.Split(name, ".")
-	for i, p := range parts {
-		parts[i] = `"` + p + `"`
-	}
-	return strings.Join(parts, ".")
-}
-
 func newQueries(table string) queries {
 	var q queries
-	q.table = quote(table)
+	q.table = pgutil.Quote(table)
 	schema, base, qualified := strings.Cut(table, ".")
 	if !qualified {
 		schema, base = "", table
 	}
 	// An index lives in its table's schema; CREATE INDEX names it bare.
-	q.index = quote(base + indexSuffix)
+	q.index = pgutil.Quote(base + indexSuffix)
 	if qualified {
-		q.index = quote(schema) + "." + q.index
+		q.index = pgutil.Quote(schema) + "." + q.index
 	}
 	t := q.table
 	q.ddl = []string{
@@ -248,7 +225,7 @@ func newQueries(table string) queries {
 			CHECK ((record IS NULL) = (record_expires_at IS NULL)),
 			CHECK ((claim_owner IS NULL) = (claim_expires_at IS NULL))
 		)`,
-		`CREATE INDEX IF NOT EXISTS ` + quote(base+indexSuffix) + ` ON ` + t + ` (expires_at)`,
+		`CREATE INDEX IF NOT EXISTS ` + pgutil.Quote(base+indexSuffix) + ` ON ` + t + ` (expires_at)`,
 	}
 	const key = `app_id = $1 AND waybill_id = $2 AND trans_id = $3`
 	// after is now() plus $n microseconds.
