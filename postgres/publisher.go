@@ -75,13 +75,9 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		}
 		p.ready.Store(topic, struct{}{})
 	}
-	in, err := wmsql.NewPublisher(d.tx, wmsql.PublisherConfig{SchemaAdapter: newSchema()}, p.cfg.Logger)
-	if err != nil {
-		return err
-	}
 	// A failed insert aborts the transaction; the handler's nack then rolls
 	// it back to the delivery's savepoint, and the retry finds it usable.
-	return in.Publish(topic, msgs...)
+	return insertIn(d.tx, topic, msgs)
 }
 
 func (p *publisher) Close() error { return p.pool.Close() }
@@ -116,16 +112,13 @@ func PublishInTx(ctx context.Context, tx *stdsql.Tx, topic string, msgs ...*mess
 	if err := checkMessages(topic, msgs); err != nil {
 		return err
 	}
-	var exists bool
-	if err := tx.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, Table(topic)).Scan(&exists); err != nil {
+	q := wmsql.TxFromStdSQL(tx)
+	exists, err := tableIn(ctx, q, topic)
+	if err != nil {
 		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
 	}
 	if !exists {
 		return fmt.Errorf("postgres publish %s in tx: no table %s: run InitializeTopics first", topic, Table(topic))
-	}
-	pub, err := wmsql.NewPublisher(wmsql.TxFromStdSQL(tx), wmsql.PublisherConfig{SchemaAdapter: newSchema()}, nil)
-	if err != nil {
-		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
 	}
 	// watermill-sql runs the insert in the first message's context.
 	withCtx := make([]*message.Message, len(msgs))
@@ -133,10 +126,20 @@ func PublishInTx(ctx context.Context, tx *stdsql.Tx, topic string, msgs ...*mess
 		withCtx[i] = m.Copy()
 		withCtx[i].SetContext(ctx)
 	}
-	if err := pub.Publish(topic, withCtx...); err != nil {
+	if err := insertIn(q, topic, withCtx); err != nil {
 		return fmt.Errorf("postgres publish %s in tx: %w", topic, err)
 	}
 	return nil
+}
+
+// insertIn inserts msgs into topic's existing table through q (a
+// transaction), in the first message's context.
+func insertIn(q wmsql.ContextExecutor, topic string, msgs []*message.Message) error {
+	pub, err := wmsql.NewPublisher(q, wmsql.PublisherConfig{SchemaAdapter: newSchema()}, nil)
+	if err != nil {
+		return err
+	}
+	return pub.Publish(topic, msgs...)
 }
 
 // tableIn reports whether topic's table exists, asked through q (a

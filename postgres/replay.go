@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 
+	wmsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/delay"
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -150,8 +151,9 @@ func replayOne(ctx context.Context, db *stdsql.DB, cfg ReplayConfig, table strin
 		rep.Skipped++
 		return offset, false, nil
 	}
-	var exists bool
-	if err := tx.QueryRowContext(ctx, `SELECT to_regclass($1) IS NOT NULL`, Table(to)).Scan(&exists); err != nil {
+	q := wmsql.TxFromStdSQL(tx)
+	exists, err := tableIn(ctx, q, to)
+	if err != nil {
 		return 0, false, fmt.Errorf("postgres replay %s (offset %d): %w", uuid, offset, err)
 	}
 	if !exists {
@@ -168,7 +170,8 @@ func replayOne(ctx context.Context, db *stdsql.DB, cfg ReplayConfig, table strin
 	// Due now: a park's old due time has passed anyway.
 	delete(out.Metadata, delay.DelayedUntilKey)
 	delete(out.Metadata, delay.DelayedForKey)
-	if err := PublishInTx(ctx, tx, to, out); err != nil {
+	out.SetContext(ctx)
+	if err := insertIn(q, to, []*message.Message{out}); err != nil {
 		rep.Replayed--
 		return 0, false, fmt.Errorf("postgres replay %s (offset %d): %w", uuid, offset, err)
 	}

@@ -85,14 +85,10 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	subs := make([]*wmsql.Subscriber, 0, s.cfg.Concurrency)
 	ins := make([]<-chan *message.Message, 0, s.cfg.Concurrency)
 	for range s.cfg.Concurrency {
-		sub, err := wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger)
+		sub, in, err := s.newInner(inner, topic)
 		if err == nil {
-			subs = append(subs, sub)
-			var in <-chan *message.Message
-			if in, err = sub.Subscribe(inner, topic); err == nil {
-				ins = append(ins, in)
-				continue
-			}
+			subs, ins = append(subs, sub), append(ins, in)
+			continue
 		}
 		cancel()
 		for _, sub := range subs {
@@ -141,6 +137,20 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	return out, nil
 }
 
+// newInner subscribes a new watermill-sql subscriber, one slot's, to topic.
+func (s *Subscriber) newInner(ctx context.Context, topic string) (*wmsql.Subscriber, <-chan *message.Message, error) {
+	sub, err := wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := sub.Subscribe(ctx, topic)
+	if err != nil {
+		_ = sub.Close()
+		return nil, nil, err
+	}
+	return sub, in, nil
+}
+
 // slot runs one message-in-flight slot of a subscription: it forwards the
 // messages of its inner subscriber and, when forward gives up the inner
 // subscriber's transaction, replaces it with a new one. When the slot is
@@ -163,11 +173,8 @@ func (s *Subscriber) slot(inner context.Context, topic string, sub *wmsql.Subscr
 		}
 		for {
 			var err error
-			if sub, err = wmsql.NewSubscriber(wmsql.BeginnerFromStdSQL(s.db), subscriberConfig(s.cfg), s.cfg.Logger); err == nil {
-				if in, err = sub.Subscribe(inner, topic); err == nil {
-					break
-				}
-				_ = sub.Close()
+			if sub, in, err = s.newInner(inner, topic); err == nil {
+				break
 			}
 			s.cfg.Logger.Error("postgres: replacing a subscription", err, watermill.LogFields{"topic": topic})
 			select {
