@@ -43,6 +43,16 @@ func none(t *testing.T, ch <-chan *message.Message, within time.Duration) {
 	}
 }
 
+// newDB is a fresh schema and a publisher on it, in the default
+// configuration.
+func newDB(t testing.TB) (*sql.DB, message.Publisher) {
+	t.Helper()
+	db := testpostgres.DB(t)
+	pub, err := postgres.NewPublisher(db, postgres.Config{})
+	require.NoError(t, err)
+	return db, pub
+}
+
 func subscribe(t testing.TB, db *sql.DB, cfg postgres.Config) <-chan *message.Message {
 	t.Helper()
 	sub, err := postgres.NewSubscriber(db, cfg)
@@ -106,9 +116,7 @@ func TestPublishInTxNeedsTheTable(t *testing.T) {
 }
 
 func TestDelayedMessageWaitsWithoutHoldingOthers(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	due := time.Now().Add(2 * time.Second).Truncate(time.Second).Add(time.Second)
 	later := message.NewMessage("later", []byte("1"))
 	delay.Message(later, delay.Until(due))
@@ -127,9 +135,7 @@ func TestDelayedMessageWaitsWithoutHoldingOthers(t *testing.T) {
 }
 
 func TestNackAndCloseGiveTheRowBack(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	for i := range 3 {
 		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
 	}
@@ -168,9 +174,7 @@ func TestNackAndCloseGiveTheRowBack(t *testing.T) {
 }
 
 func TestAckDeadlineGivesTheRowBack(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("slow", []byte("x"))))
 	cfg := fast
 	cfg.AckDeadline = 300 * time.Millisecond
@@ -257,9 +261,7 @@ func TestConfigValidate(t *testing.T) {
 // text), and a delay that is not a time. Both are delivered, and so is the
 // message behind them.
 func TestPoisonRowsNeverStallATopic(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	nul := message.NewMessage("nul", []byte("\x00\xff not even UTF-8"))
 	nul.Metadata.Set("errmsg", "a\x00b")
 	bad := message.NewMessage("bad-delay", []byte("x"))
@@ -291,9 +293,7 @@ func TestTopicNamesCannotEscapeTheirQuotes(t *testing.T) {
 // alive, no other message is handed out, and its ack during the drain is
 // committed. The message behind it stays for the next subscriber.
 func TestCloseDrainsInFlight(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("busy", []byte("x")), message.NewMessage("next", []byte("y"))))
 	sub, err := postgres.NewSubscriber(db, postgres.Config{})
 	require.NoError(t, err)
@@ -332,9 +332,7 @@ func TestCloseDrainsInFlight(t *testing.T) {
 
 // TestCloseWithoutReader: a subscription nobody reads closes too.
 func TestCloseWithoutReader(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("unread", []byte("x"))))
 	sub, err := postgres.NewSubscriber(db, fast)
 	require.NoError(t, err)
@@ -358,9 +356,7 @@ func TestCloseWithoutReader(t *testing.T) {
 // publishes and acks: one outcome in all. A publish without a delivery's
 // context is immediate.
 func TestOutcomeCommitsWithTheAck(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	ch := subscribe(t, db, fast)
@@ -392,9 +388,7 @@ func TestOutcomeCommitsWithTheAck(t *testing.T) {
 // TestNackUndoesWhatTheDeliveryPublished: an outcome published before a
 // nack is undone; the retry's, acked, is the one that stays.
 func TestNackUndoesWhatTheDeliveryPublished(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	ch := subscribe(t, db, fast)
@@ -415,9 +409,7 @@ func TestNackUndoesWhatTheDeliveryPublished(t *testing.T) {
 // AckDeadline).
 func TestFailedInsertDoesNotPoisonTheDelivery(t *testing.T) {
 	ctx := context.Background()
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, postgres.InitializeTopics(ctx, db, "outcome"))
 	for _, q := range []string{
 		`CREATE SEQUENCE fail_once`,
@@ -450,9 +442,7 @@ func TestFailedInsertDoesNotPoisonTheDelivery(t *testing.T) {
 // Close hands out nothing more and frees the rows its other slots had
 // taken, for other processes, while the drain waits for the first.
 func TestDrainHoldsNoOtherRows(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	for i := range 4 {
 		require.NoError(t, pub.Publish(topic, message.NewMessage(fmt.Sprint(i), []byte("x"))))
 	}
@@ -562,9 +552,7 @@ func uuids(t testing.TB, db *sql.DB, topic string) []string {
 // would commit what is pending),
 // leaves no outcome behind; its ack, at last, leaves one.
 func TestLongRedeliveryNeverCommitsUnacked(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, postgres.InitializeTopics(context.Background(), db, "outcome"))
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	cfg := postgres.Config{PollInterval: 10 * time.Millisecond, AckDeadline: 300 * time.Millisecond, DrainTimeout: 100 * time.Millisecond, NackResendSleep: time.Millisecond}
@@ -595,9 +583,7 @@ func TestLongRedeliveryNeverCommitsUnacked(t *testing.T) {
 // TestCloseIsNotHeldByTheNackSleep: a nacked message waits NackResendSleep
 // before it comes again; Close does not wait that out.
 func TestCloseIsNotHeldByTheNackSleep(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	sub, err := postgres.NewSubscriber(db, postgres.Config{PollInterval: 10 * time.Millisecond, NackResendSleep: time.Minute})
 	require.NoError(t, err)
@@ -614,9 +600,7 @@ func TestCloseIsNotHeldByTheNackSleep(t *testing.T) {
 // TestNothingHandedOutAfterTheEnd: a subscription whose context has ended
 // hands out nothing, however ready its rows.
 func TestNothingHandedOutAfterTheEnd(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	cfg := fast
 	cfg.Concurrency = 4
@@ -640,9 +624,7 @@ func TestNothingHandedOutAfterTheEnd(t *testing.T) {
 // backend terminated); the nacked message comes again soon, on a new
 // transaction, rather than after watermill-sql's deadline for the row.
 func TestBrokenTransactionIsReplaced(t *testing.T) {
-	db := testpostgres.DB(t)
-	pub, err := postgres.NewPublisher(db, postgres.Config{})
-	require.NoError(t, err)
+	db, pub := newDB(t)
 	require.NoError(t, pub.Publish(topic, message.NewMessage("in", []byte("x"))))
 	ch := subscribe(t, db, fast)
 	m := receive(t, ch, 5*time.Second)

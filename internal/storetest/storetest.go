@@ -458,3 +458,39 @@ func inFlight(t *testing.T, env Env, once func(s tracestore.Store, owner string,
 		assert.Equal(t, "tok-only", tok, "worker %d", i)
 	}
 }
+
+// BenchGet measures Get hits on s, one at a time and in parallel, over 1000
+// keys it stores first: the same benchmark for every shared store.
+func BenchGet(b *testing.B, s tracestore.Store) {
+	ctx := context.Background()
+	const n = 1000
+	keys := Keys(n)
+	for _, k := range keys {
+		if err := s.Put(ctx, k, Record); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("Hit", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
+				b.Fatal(ok, err)
+			}
+			i++
+		}
+	})
+	b.Run("HitParallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
+					b.Error(ok, err)
+					return
+				}
+				i++
+			}
+		})
+	})
+}

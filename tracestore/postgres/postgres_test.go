@@ -437,37 +437,8 @@ type jsonScanner struct{ v any }
 func (j jsonScanner) Scan(src any) error { return json.Unmarshal(src.([]byte), j.v) }
 
 func BenchmarkPostgresStoreGet(b *testing.B) {
-	ctx := context.Background()
 	_, u := testpostgres.Schema(b)
-	s := newStore(b, u, postgres.Config{TTL: time.Hour})
-	const n = 1000
-	keys := storetest.Keys(n)
-	for _, k := range keys {
-		require.NoError(b, s.Put(ctx, k, storetest.Record))
-	}
-	b.Run("Hit", func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
-				b.Fatal(ok, err)
-			}
-			i++
-		}
-	})
-	b.Run("HitParallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			i := 0
-			for pb.Next() {
-				if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
-					b.Error(ok, err)
-					return
-				}
-				i++
-			}
-		})
-	})
+	storetest.BenchGet(b, newStore(b, u, postgres.Config{TTL: time.Hour}))
 }
 
 // BenchmarkPostgresStoreTrace is the handler's path for a new waybill:

@@ -252,36 +252,7 @@ func TestCrashedHolderClaimExpires(t *testing.T) {
 }
 
 func BenchmarkRedisStoreGet(b *testing.B) {
-	ctx := context.Background()
-	s := newStore(b, testredis.Prefix(b), time.Hour)
-	const n = 1000
-	keys := storetest.Keys(n)
-	for _, k := range keys {
-		require.NoError(b, s.Put(ctx, k, storetest.Record))
-	}
-	b.Run("Hit", func(b *testing.B) {
-		b.ReportAllocs()
-		i := 0
-		for b.Loop() {
-			if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
-				b.Fatal(ok, err)
-			}
-			i++
-		}
-	})
-	b.Run("HitParallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			i := 0
-			for pb.Next() {
-				if _, ok, err := s.Get(ctx, keys[i%n]); !ok || err != nil {
-					b.Error(ok, err)
-					return
-				}
-				i++
-			}
-		})
-	})
+	storetest.BenchGet(b, newStore(b, testredis.Prefix(b), time.Hour))
 }
 
 // An unreadable record (not JSON, or a key of another type) is reported as
